@@ -1,0 +1,94 @@
+"""Binary (sign) codes, 8 dimensions per byte, compared by Hamming distance.
+
+Bit ``b`` of a vector is ``x[b] > 0``. Bits are packed most-significant first, the same
+order as ``numpy.packbits`` (and so ``faiss.IndexBinaryFlat`` and sentence-transformers'
+``quantize_embeddings(..., "ubinary")``):
+
+==========  ==========================  ======================================
+bytes        content                     shape per row
+==========  ==========================  ======================================
+0 .. D/8     sign bits                   (D/8,) uint8; dimension ``8j + i`` is bit
+                                         ``7 - i`` of byte ``j``
+..           zero bits                   up to a multiple of 8 bytes (64-bit words)
+==========  ==========================  ======================================
+
+Example, ``dim=384``: 48 bytes, no padding; ``dim=97``: 13 bytes of bits, padded to 16.
+Padding bits are 0 in every row and every query, so they never add to a distance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant_retriever.codecs._compile import cpu_compiled
+
+__all__ = ["row_bytes", "encode", "decode", "hamming", "score"]
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def row_bytes(dim: int) -> int:
+    """Bytes of one encoded row: the sign bits rounded up to whole 64-bit words."""
+    return -(-dim // 64) * 8
+
+
+def encode(x: torch.Tensor) -> torch.Tensor:
+    """Float vectors ``[n, dim]`` -> packed sign bits ``[n, row_bytes(dim)]`` uint8."""
+    n, dim = x.shape
+    nbytes = row_bytes(dim)
+    bits = torch.zeros(n, nbytes * 8, dtype=torch.uint8, device=x.device)
+    bits[:, :dim] = x > 0
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=x.device)
+    return (bits.view(n, nbytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def decode(codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Packed rows ``[n, row_bytes]`` -> ``[n, dim]`` float32 of +1 (bit set) / -1."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=codes.device)
+    bits = (codes.unsqueeze(2) & weights) != 0  # [n, row_bytes, 8]
+    return bits.view(codes.shape[0], -1)[:, :dim].float() * 2 - 1
+
+
+def _popcount64(v: torch.Tensor) -> torch.Tensor:
+    # SWAR popcount; every shift is followed by a mask, so arithmetic shifts are harmless
+    v = v - ((v >> 1) & 0x5555555555555555)
+    v = (v & 0x3333333333333333) + ((v >> 2) & 0x3333333333333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0F
+    v = v + (v >> 8)
+    v = v + (v >> 16)
+    v = v + (v >> 32)
+    return v & 0x7F
+
+
+def _hamming_words(qwords: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    # qwords: [q, W] int64, words: [n, W] int64 -> [q, n] int64
+    return _popcount64(words.unsqueeze(0) ^ qwords.unsqueeze(1)).sum(dim=2)
+
+
+_hamming_words_fast = cpu_compiled(_hamming_words)
+
+
+def hamming(qcodes: torch.Tensor, codes: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    """Hamming distances between packed queries ``[q, row_bytes]`` and rows ``[n, row_bytes]``.
+
+    Returns ``[q, n]`` int64. ``fast=True`` runs the fused kernel (``torch.compile`` on the
+    CPU; the same plain torch elsewhere), worth it for large fixed-size chunks.
+    """
+    qwords = qcodes.contiguous().view(torch.int64)
+    words = codes.view(torch.int64)
+    if fast:
+        return torch.cat([_hamming_words_fast(qwords[i : i + 1], words) for i in range(len(qwords))])
+    return _hamming_words(qwords, words)
+
+
+def score(queries: torch.Tensor, codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Asymmetric scores of float ``queries: [q, dim]`` against +-1 codes ``[..., n, row_bytes]``.
+
+    ``codes`` may carry a leading query dimension ``[q, n, row_bytes]`` (one candidate list per
+    query); the result is ``[q, n]`` float32 ``<query, sign(x)>``.
+    """
+    signs = decode(codes.reshape(-1, codes.shape[-1]), dim)
+    if codes.dim() == 3:
+        signs = signs.view(codes.shape[0], codes.shape[1], dim)
+        return torch.einsum("qd,qnd->qn", queries.float(), signs)
+    return queries.float() @ signs.T

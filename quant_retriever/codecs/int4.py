@@ -1,0 +1,152 @@
+"""Similarity-aware block-wise INT4 codes, two values per byte.
+
+Each vector ``x`` is split into its norm (kept in FP16) and its direction ``u = x / |x|``.
+``u`` is cut into blocks of ``block_size`` elements; each block is min-max quantized to
+``0..15`` with an FP16 scale and an FP16 offset (the block minimum):
+``u[i] ~= offset[b] + scale[b] * code[i]``.
+
+Packed row layout (``P = ceil(dim / block_size) * block_size`` padded elements,
+``B = P / block_size`` blocks; every codec row is a run of ``uint8``):
+
+==========  ========================  ===============================================
+bytes        content                   shape per row
+==========  ========================  ===============================================
+0 .. P/2     nibbles                   (P/2,) uint8: element ``2j`` in the low nibble,
+                                       element ``2j+1`` in the high nibble of byte ``j``
+P/2 + 0      scales                    (B,) float16, little-endian
+P/2 + 2B     offsets                   (B,) float16
+P/2 + 4B     norm                      (1,) float16
+..           padding                   zeros up to a multiple of 4 bytes
+==========  ========================  ===============================================
+
+Example, ``dim=384, block_size=64``: 192 + 12 + 12 + 2 = 218 bytes, padded to 220.
+Elements past ``dim`` repeat the last real element (so they do not widen the block range)
+and are never scored: queries are padded with zeros.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant_retriever.codecs._compile import cpu_compiled
+
+__all__ = ["row_bytes", "encode", "decode", "score"]
+
+#: Scales are floored at the smallest normal FP16 number, so a constant block never divides by 0.
+SCALE_FLOOR = 2.0**-14
+NORM_FLOOR = 1e-12
+
+
+def _padded(dim: int, block_size: int) -> int:
+    return -(-dim // block_size) * block_size
+
+
+def row_bytes(dim: int, block_size: int = 64) -> int:
+    """Bytes of one encoded row (see the layout table in the module docstring)."""
+    p = _padded(dim, block_size)
+    raw = p // 2 + 4 * (p // block_size) + 2
+    return -(-raw // 4) * 4
+
+
+def _fields(codes: torch.Tensor, dim: int, block_size: int):
+    """Views of packed rows ``codes: [n, row_bytes]`` (rows contiguous): no copies.
+
+    Returns nibbles [n, P/2] uint8, scales [n, B] float16, offsets [n, B] float16, norms [n]
+    float16.
+    """
+    p = _padded(dim, block_size)
+    nb = p // block_size
+    halves = codes.view(torch.float16)  # [n, row_bytes / 2]
+    m = p // 4  # first float16 after the nibbles
+    return codes[:, : p // 2], halves[:, m : m + nb], halves[:, m + nb : m + 2 * nb], halves[:, m + 2 * nb]
+
+
+def encode(x: torch.Tensor, block_size: int = 64) -> torch.Tensor:
+    """Encode float vectors ``x: [n, dim]`` into packed rows ``[n, row_bytes]`` uint8."""
+    n, dim = x.shape
+    x = x.float()
+    p = _padded(dim, block_size)
+    nb = p // block_size
+    norms = x.norm(dim=1).to(torch.float16)
+    u = x / norms.float().clamp(min=NORM_FLOOR).unsqueeze(1)
+    if p > dim:  # repeat the last element so padding never widens a block's range
+        u = torch.cat([u, u[:, -1:].expand(n, p - dim)], dim=1)
+    blocks = u.view(n, nb, block_size)
+    lo = blocks.amin(dim=2).to(torch.float16)
+    hi = blocks.amax(dim=2)
+    scale = ((hi - lo.float()) / 15).clamp(min=SCALE_FLOOR).to(torch.float16)
+    # quantize against the FP16-rounded scale/offset actually stored; clamp after rounding
+    q = torch.round((blocks - lo.float().unsqueeze(2)) / scale.float().unsqueeze(2))
+    q = q.clamp(0, 15).to(torch.uint8).view(n, p)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    meta = torch.cat([scale, lo, norms.unsqueeze(1)], dim=1).view(torch.uint8)
+    out = torch.zeros(n, row_bytes(dim, block_size), dtype=torch.uint8, device=x.device)
+    out[:, : p // 2] = packed
+    out[:, p // 2 : p // 2 + meta.shape[1]] = meta
+    return out
+
+
+def _unpack(nibbles: torch.Tensor) -> torch.Tensor:
+    """[n, P/2] uint8 -> [n, P] float32 codes in 0..15."""
+    return torch.stack([nibbles & 15, nibbles >> 4], dim=2).view(nibbles.shape[0], -1).float()
+
+
+def decode(codes: torch.Tensor, dim: int, block_size: int = 64) -> torch.Tensor:
+    """Packed rows ``[n, row_bytes]`` -> float32 vectors ``[n, dim]`` (norm re-applied)."""
+    nibbles, scales, offsets, norms = _fields(codes, dim, block_size)
+    n = codes.shape[0]
+    q = _unpack(nibbles).view(n, -1, block_size)
+    u = offsets.float().unsqueeze(2) + scales.float().unsqueeze(2) * q
+    return (u.view(n, -1)[:, :dim] * norms.float().unsqueeze(1)).contiguous()
+
+
+def _score_one(qw: torch.Tensor, qsum: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Fused scan of one query (the kernel ``torch.compile`` fuses on the CPU).
+
+    qw:    [W, 8]  the padded query, 8 elements per 32-bit word of nibbles (nibble k of a
+                   word is element k: low nibble first, little-endian bytes)
+    qsum:  [B]     per-block sums of the query
+    codes: [n, row_bytes] uint8 packed rows
+    returns [n] = norm * (sum_w scale_w * sum_k qw[w, k] * nib_k(word_w) + sum_b offset_b qsum_b)
+    """
+    nw, nb = qw.shape[0], qsum.shape[0]
+    n = codes.shape[0]
+    words = codes.view(torch.int32)[:, :nw]
+    halves = codes.view(torch.float16)
+    m = nw * 2
+    scales = halves[:, m : m + nb].float()
+    offsets = halves[:, m + nb : m + 2 * nb].float()
+    norms = halves[:, m + 2 * nb].float()
+    acc = ((words & 15).float()) * qw[:, 0]
+    for k in range(1, 8):
+        acc = acc + ((words >> (4 * k)) & 15).float() * qw[:, k]
+    per_word = scales.unsqueeze(2).expand(n, nb, nw // nb).reshape(n, nw)
+    return ((acc * per_word).sum(dim=1) + offsets @ qsum) * norms
+
+
+_score_one_fast = cpu_compiled(_score_one)
+
+
+def score(
+    queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int = 64, fast: bool = False
+) -> torch.Tensor:
+    """Asymmetric scores: float ``queries: [q, dim]`` against packed rows ``codes: [n, row_bytes]``.
+
+    Returns ``[q, n]`` float32 inner products ``<query, decode(code)>``. The default path
+    decodes the rows it is given (bounded by the caller's chunk) and runs one matmul for all
+    queries; ``fast=True`` runs the fused per-query kernel (``torch.compile`` on the CPU),
+    which never materialises decoded rows and wins for a few queries on large chunks.
+    """
+    p = _padded(dim, block_size)
+    nb = p // block_size
+    q = queries.float()
+    if p > dim:
+        q = torch.nn.functional.pad(q, (0, p - dim))
+    qsum = q.view(q.shape[0], nb, block_size).sum(dim=2)  # [q, B]
+    if fast:
+        qw = q.view(q.shape[0], -1, 8)
+        return torch.stack([_score_one_fast(qw[i], qsum[i], codes) for i in range(len(q))])
+    nibbles, scales, offsets, norms = _fields(codes, dim, block_size)
+    n = codes.shape[0]
+    deq = _unpack(nibbles).view(n, nb, block_size) * scales.float().unsqueeze(2)
+    return (q @ deq.view(n, p).T + qsum @ offsets.float().T) * norms.float().unsqueeze(0)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 model (offline) and a real corpus embedded with it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from quant_retriever import corpus
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    return corpus.minilm_path()
+
+
+@pytest.fixture(scope="session")
+def corpus_docs():
+    """At least 5,000 real docstrings of the Python standard library."""
+    docs = corpus.stdlib_docstrings()
+    assert len(docs) >= 5000
+    return docs
+
+
+@pytest.fixture(scope="session")
+def corpus_vectors(corpus_docs):
+    """(docs [n, 384], queries [q, 384]) float32 unit vectors from the real MiniLM model."""
+    queries = corpus.stdlib_queries(corpus_docs, 200)
+    return corpus.embed_cached([d.text for d in corpus_docs]), corpus.embed_cached(queries)
+
+
+@pytest.fixture
+def rng():
+    torch.manual_seed(0)
+    return np.random.default_rng(0)

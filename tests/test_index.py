@@ -1,0 +1,303 @@
+"""QuantizedIndex: add / search / remove / persistence / bad input, on real files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import quant_retriever.index as index_mod
+from quant_retriever import QuantizedIndex, SearchResult
+from quant_retriever.codecs import CODEC_NAMES
+
+
+def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_top(q: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+
+
+@pytest.fixture(params=CODEC_NAMES)
+def codec(request):
+    return request.param
+
+
+def test_add_assigns_ids_and_search_finds_each_vector_itself(codec):
+    x = unit(500, 97)
+    index = QuantizedIndex(97, codec=codec, block_size=16)
+    ids = index.add(x[:300])
+    np.testing.assert_array_equal(ids, np.arange(300))
+    np.testing.assert_array_equal(index.add(x[300:]), np.arange(300, 500))
+    assert len(index) == 500
+    res = index.search(x[:50], k=5)
+    assert isinstance(res, SearchResult)
+    assert res.ids.shape == (50, 5) and res.ids.dtype == np.int64 and res.scores.dtype == np.float32
+    np.testing.assert_array_equal(res.ids[:, 0], np.arange(50))
+    assert np.all(np.diff(res.scores, axis=1) <= 1e-6)  # best first
+    exact = (x[:50] @ x.T)[np.arange(50)[:, None], res.ids]
+    np.testing.assert_allclose(res.scores, exact, atol=0.05 if codec != "binary" or index.rescore else 10)
+
+
+def test_custom_ids_and_single_query_vector(codec):
+    x = unit(20, 8)
+    index = QuantizedIndex(8, codec=codec)
+    index.add(x, ids=np.arange(100, 120))
+    res = index.search(x[3], k=1)  # a 1-d query is one query
+    assert res.ids.tolist() == [[103]]
+    assert index.add(unit(1, 8, 9)).tolist() == [120]  # auto ids continue after the largest
+
+
+def test_k_is_capped_and_filters_apply_before_top_k(codec):
+    x = unit(200, 16)
+    index = QuantizedIndex(16, codec=codec, block_size=8)
+    index.add(x)
+    assert index.search(x[:2], k=500).ids.shape == (2, 200)
+    allowed = np.arange(150, 200)
+    res = index.search(x[:3], k=10, allowed_ids=allowed)
+    assert res.ids.shape == (3, 10)
+    assert np.isin(res.ids, allowed).all()
+    one = index.search(x[:2], k=10, allowed_ids=[7, 9999])
+    assert one.ids.tolist() == [[7], [7]]
+    assert index.search(x[:2], k=10, allowed_ids=[]).ids.shape == (2, 0)
+
+
+def test_remove_hides_ids_and_allows_re_adding(codec):
+    x = unit(100, 24)
+    index = QuantizedIndex(24, codec=codec, block_size=8)
+    index.add(x)
+    index.remove([0, 5])
+    assert len(index) == 98
+    res = index.search(x[:10], k=100)
+    assert not np.isin(res.ids, [0, 5]).any() and res.ids.shape == (10, 98)
+    index.add(x[5:6], ids=[5])
+    assert index.search(x[5], k=1).ids.tolist() == [[5]]
+    np.testing.assert_array_equal(np.sort(index.ids()), np.delete(np.arange(100), 0))
+
+
+def test_chunked_scan_matches_a_single_chunk(codec):
+    x, q = unit(1000, 40, 1), unit(7, 40, 2)
+    big = QuantizedIndex(40, codec=codec, block_size=8)
+    small = QuantizedIndex(40, codec=codec, block_size=8)
+    small._chunk = 64  # 16 chunks, capacity in whole chunks: exercises the fast kernels too
+    for start in range(0, 1000, 100):  # many small adds grow the storage
+        big.add(x[start : start + 100])
+        small.add(x[start : start + 100])
+    small.remove([3])
+    big.remove([3])
+    for nq in (1, 7):  # fast (fused) kernels for few queries, batched matmul for many
+        a, b = big.search(q[:nq], k=10), small.search(q[:nq], k=10)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+
+
+def test_rescoring_returns_int8_scores_and_beats_codes_alone():
+    x, q = unit(4000, 64, 3), unit(50, 64, 4)
+    exact = exact_top(q, x, 10)
+    # isotropic random vectors are the hard case for binary codes; real embeddings: test_recall
+    for codec, floor in (("int4", 0.9), ("binary", 0.6)):
+        plain = QuantizedIndex(64, codec=codec, rescore=False, block_size=16)
+        rescored = QuantizedIndex(64, codec=codec, rescore=True, block_size=16)
+        plain.add(x)
+        rescored.add(x)
+
+        def recall(res):
+            return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.ids, exact)])
+
+        r_plain, r_res = recall(plain.search(q, k=10)), recall(rescored.search(q, k=10, rescore_multiplier=10))
+        assert r_res > r_plain + 0.05 and r_res >= floor, (codec, r_plain, r_res)
+        res = rescored.search(q, k=10)
+        np.testing.assert_allclose(res.scores, (q @ x.T)[np.arange(50)[:, None], res.ids], atol=0.01)
+
+
+def test_memory_reports_device_and_disk_bytes():
+    x = unit(1000, 384)
+    sizes = {}
+    for codec in ("int4", "binary", "int8", "fp32"):
+        index = QuantizedIndex(384, codec=codec)
+        index.add(x)
+        sizes[codec] = index.memory()
+    assert sizes["int4"].bytes_per_vector <= 230 and sizes["binary"].bytes_per_vector <= 56
+    assert sizes["int4"].disk_bytes == 1000 * 384 and sizes["int4"].disk_bytes_per_vector == 384
+    assert sizes["fp32"].bytes_per_vector == 384 * 4 and sizes["fp32"].disk_bytes == 0
+    assert sizes["binary"].device_bytes >= 1000 * 48
+
+
+def test_save_load_round_trip_compacts_deleted_rows(codec, tmp_path):
+    x, q = unit(300, 33), unit(5, 33, 1)
+    index = QuantizedIndex(33, codec=codec, block_size=8)
+    index.add(x, ids=np.arange(1000, 1300))
+    index.remove(np.arange(1000, 1100))
+    before = index.search(q, k=8)
+    index.save(tmp_path / "saved")
+    loaded = QuantizedIndex.load(tmp_path / "saved")
+    assert (loaded.dim, loaded.codec_name, loaded.rescore, len(loaded)) == (33, codec, index.rescore, 200)
+    after = loaded.search(q, k=8)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_allclose(before.scores, after.scores, rtol=1e-6)
+    manifest = json.loads((tmp_path / "saved" / "manifest.json").read_text())
+    assert manifest["count"] == 200 and manifest["n_deleted"] == 0
+    assert loaded.add(unit(1, 33, 7)).tolist() == [1300]
+
+
+def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
+    x, q = unit(120, 20), unit(4, 20, 1)
+    index = QuantizedIndex(20, codec=codec, path=tmp_path / "idx", block_size=8)
+    index.add(x[:60])
+    index.add(x[60:], ids=np.arange(500, 560))
+    index.remove([3, 501])
+    expected = index.search(q, k=6)
+    del index
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert len(reopened) == 118
+    got = reopened.search(q, k=6)
+    np.testing.assert_array_equal(expected.ids, got.ids)
+    new = unit(1, 20, 9)
+    reopened.add(new, ids=[3])
+    again = QuantizedIndex.load(tmp_path / "idx")
+    assert again.search(new, k=1).ids.tolist() == [[3]]
+    assert len(again) == 119
+
+
+def test_load_cuts_an_uncommitted_tail(tmp_path):
+    index = QuantizedIndex(16, codec="int4", path=tmp_path / "idx", block_size=8)
+    index.add(unit(10, 16))
+    with open(tmp_path / "idx" / "codes.u8", "ab") as f:  # a torn append past the manifest's count
+        f.write(b"\x01" * 7)
+    with open(tmp_path / "idx" / "rescore.int8", "ab") as f:
+        f.write(b"\x02" * 5)
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert len(reopened) == 10
+    assert (tmp_path / "idx" / "codes.u8").stat().st_size == 10 * reopened.memory().bytes_per_vector
+    assert reopened.search(unit(10, 16)[4], k=1).ids.tolist() == [[4]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"dim": 0}, ValueError),
+        ({"dim": 8.0}, TypeError),
+        ({"dim": 8, "codec": "pq"}, ValueError),
+        ({"dim": 8, "block_size": 12}, ValueError),
+        ({"dim": 8, "rescore": "yes"}, TypeError),
+        ({"dim": 8, "device": "tpu:0"}, ValueError),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, error):
+    with pytest.raises(error):
+        QuantizedIndex(**kwargs)
+
+
+def test_bad_input_raises_and_leaves_the_index_unchanged(codec, tmp_path):
+    x = unit(50, 12)
+    index = QuantizedIndex(12, codec=codec, path=tmp_path / "idx", block_size=8)
+    index.add(x, ids=np.arange(50))
+    before = index.search(x[:3], k=5)
+    bad_adds = [
+        (unit(3, 13), None, ValueError, "shape \\(n, 12\\)"),
+        (np.full((2, 12), np.nan, np.float32), None, ValueError, "NaN"),
+        (np.full((2, 12), np.inf, np.float32), None, ValueError, "infinite"),
+        (np.zeros((0, 12), np.float32), None, ValueError, "empty"),
+        (np.ones((2, 12), np.int64), None, TypeError, "floats"),
+        ("not an array", None, TypeError, "numpy array"),
+        (unit(2, 12), [1], ValueError, "Got 1 ids and 2 vectors"),
+        (unit(2, 12), [60, 60], ValueError, "duplicates"),
+        (unit(2, 12), [7, 60], ValueError, "already in the index"),
+        (unit(2, 12), [-1, 60], ValueError, "non-negative"),
+        (unit(2, 12), [1.5, 60.0], TypeError, "integers"),
+    ]
+    for vectors, ids, error, match in bad_adds:
+        with pytest.raises(error, match=match):
+            index.add(vectors, ids=ids)
+    for kwargs, error in [({"k": 0}, ValueError), ({"k": 2.5}, TypeError), ({"rescore_multiplier": 0}, ValueError)]:
+        with pytest.raises(error):
+            index.search(x[:1], **kwargs)
+    with pytest.raises(ValueError, match="shape"):
+        index.search(unit(1, 11))
+    with pytest.raises(ValueError, match="not in the index"):
+        index.remove([1, 999])
+    assert len(index) == 50
+    after = index.search(x[:3], k=5)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert len(reopened) == 50
+    np.testing.assert_array_equal(reopened.search(x[:3], k=5).ids, before.ids)
+
+
+def test_failed_write_rolls_back(tmp_path, monkeypatch):
+    x = unit(30, 16)
+    index = QuantizedIndex(16, codec="int4", path=tmp_path / "idx", block_size=8)
+    index.add(x[:20])
+    real = index_mod.append_raw
+
+    def failing(path, committed, data):
+        if path.name == "ids.i64":
+            raise OSError("disk full")
+        return real(path, committed, data)
+
+    monkeypatch.setattr(index_mod, "append_raw", failing)
+    with pytest.raises(OSError, match="disk full"):
+        index.add(x[20:])
+    monkeypatch.undo()
+    assert len(index) == 20 and index._store.count == 20
+    assert index.search(x[25], k=30).ids.shape == (1, 20)
+    index.add(x[20:])
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert len(reopened) == 30
+    assert reopened.search(x[25], k=1).ids.tolist() == [[25]]
+
+
+def test_paths_that_are_not_indexes_are_refused(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "file.txt").write_text("hello")
+    with pytest.raises(ValueError, match="new or empty directory"):
+        QuantizedIndex(8, path=tmp_path / "full")
+    with pytest.raises(ValueError, match="not a quant_retriever directory"):
+        QuantizedIndex.load(tmp_path / "full")
+    index = QuantizedIndex(8, path=tmp_path / "idx")
+    index.add(unit(5, 8))
+    with pytest.raises(ValueError, match="new or empty"):
+        index.save(tmp_path / "full")
+    manifest = tmp_path / "idx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "version": 99}))
+    with pytest.raises(ValueError, match="newer quant_retriever"):
+        QuantizedIndex.load(tmp_path / "idx")
+    manifest.write_text(json.dumps({**data, "count": 6}))
+    with pytest.raises(ValueError, match="codes.u8: expected"):
+        QuantizedIndex.load(tmp_path / "idx")
+
+
+def test_a_pickle_payload_is_never_executed(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "manifest.json").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(ValueError, match="manifest.json"):
+        QuantizedIndex.load(tmp_path / "evil")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_default_device_is_cuda_when_available():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert QuantizedIndex(8).device.type == expected
+    assert index_mod.resolve_device(None).type == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_index_matches_cpu_index(codec):
+    x, q = unit(3000, 97), unit(8, 97, 1)
+    cpu, gpu = QuantizedIndex(97, codec=codec, device="cpu"), QuantizedIndex(97, codec=codec, device="cuda")
+    cpu.add(x)
+    gpu.add(x)
+    assert gpu._codes.device.type == "cuda"
+    a, b = cpu.search(q, k=10), gpu.search(q, k=10)
+    assert np.mean(a.ids == b.ids) > 0.95
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)

@@ -54,14 +54,10 @@ __all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device"]
 FORMAT = "quant_retriever.index"
 VERSION = 1
 MANIFEST = "manifest.json"
-#: Rows scanned per step. Once the index holds this many rows its capacity grows in whole
-#: chunks, so every chunk has the same shape (the compiled CPU kernels never recompile).
+#: Rows scanned per step: bounds the scores and decoded rows held at once.
 CHUNK_ROWS = 65536
 #: Binary search: width of the Hamming pass, as a multiple of ``k``.
 BINARY_WIDEN = 20
-#: Up to this many queries the fused per-query kernels scan large indexes; above it, one
-#: matmul per chunk serves the whole batch.
-FAST_MAX_QUERIES = 4
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -389,8 +385,6 @@ class QuantizedIndex:
         if rows <= cap:
             return
         new_cap = max(rows, 2 * cap, 16)
-        if new_cap >= self._chunk:
-            new_cap = -(-new_cap // self._chunk) * self._chunk
         codes = torch.zeros(new_cap, self._codes.shape[1], dtype=torch.uint8, device=self.device)
         codes[:cap] = self._codes
         alive = torch.zeros(new_cap, dtype=torch.bool, device=self.device)
@@ -410,18 +404,12 @@ class QuantizedIndex:
 
     def _scan(self, q: torch.Tensor, mask: torch.Tensor, n_top: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Chunked first stage: running top-``n_top`` (scores, rows), each ``[q, n_top]``."""
-        capacity = self._codes.shape[0]
-        fast = capacity >= self._chunk and len(q) <= FAST_MAX_QUERIES
         best_s = torch.empty(len(q), 0, device=self.device)
         best_r = torch.empty(len(q), 0, dtype=torch.int64, device=self.device)
         for start in range(0, self._rows, self._chunk):
-            # fast kernels always see whole chunks (fixed shapes); rows past _rows are masked
-            stop = start + self._chunk if fast else min(start + self._chunk, self._rows)
-            s = self._codec.score(q, self._codes[start:stop], fast=fast)
-            valid = torch.zeros(stop - start, dtype=torch.bool, device=self.device)
-            end = min(stop, self._rows)
-            valid[: end - start] = mask[start:end]
-            s = s.masked_fill(~valid, float("-inf"))
+            stop = min(start + self._chunk, self._rows)
+            s = self._codec.score(q, self._codes[start:stop])  # [q, stop - start]
+            s = s.masked_fill(~mask[start:stop], float("-inf"))
             top_s, top_r = torch.topk(s, min(n_top, s.shape[1]), dim=1)
             best_s = torch.cat([best_s, top_s], dim=1)
             best_r = torch.cat([best_r, top_r + start], dim=1)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from quant_retriever.codecs import CODEC_NAMES, CodecParams, binary, int4, int8, make_codec
+from quant_retriever.codecs import CODEC_NAMES, CodecParams, _native, binary, int4, int8, make_codec
 
 DIMS = [7, 97, 384, 1024]
 
@@ -71,13 +74,27 @@ def test_int4_constant_zero_and_out_of_range_blocks():
     assert int((nibbles & 15).max()) <= 15 and int((nibbles >> 4).max()) <= 15
 
 
+@pytest.fixture(params=["native", "eager"])
+def kernel_path(request, monkeypatch):
+    """Run a test through the native CPU kernels and through plain torch."""
+    if request.param == "eager":
+        monkeypatch.setenv("QUANT_RETRIEVER_NATIVE", "0")
+    elif shutil.which("cc") or shutil.which("gcc"):
+        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
+    else:
+        pytest.skip("no C compiler: native kernels unavailable")
+    return request.param
+
+
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("fast", [False, True])
-def test_int4_score_equals_decoded_dot(dim, fast):
-    x, q = unit(200, dim, 1), unit(3, dim, 2)
+@pytest.mark.parametrize("nq", [1, 3, 9])  # fused kernel up to 4 queries, decoded kernel above
+def test_int4_score_equals_decoded_dot(dim, nq, kernel_path):
+    x, q = unit(200, dim, 1), unit(nq, dim, 2)
     codes = int4.encode(x)
     expected = q @ int4.decode(codes, dim).T
-    torch.testing.assert_close(int4.score(q, codes, dim, fast=fast), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(int4.score(q, codes, dim), expected, atol=1e-4, rtol=1e-4)
+    strided = int4.encode(unit(400, dim, 1))[::2]  # rows of a non-contiguous view
+    torch.testing.assert_close(int4.score(q, strided, dim), q @ int4.decode(strided, dim).T, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -93,12 +110,11 @@ def test_binary_matches_numpy_packbits(dim):
 
 
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("fast", [False, True])
-def test_binary_hamming_and_asymmetric_score(dim, fast):
+def test_binary_hamming_and_asymmetric_score(dim, kernel_path):
     x, q = torch.randn(300, dim), torch.randn(2, dim)
     codes, qc = binary.encode(x), binary.encode(q)
     ref = ((x.numpy()[None] > 0) != (q.numpy()[:, None] > 0)).sum(axis=2)
-    np.testing.assert_array_equal(binary.hamming(qc, codes, fast=fast).numpy(), ref)
+    np.testing.assert_array_equal(binary.hamming(qc, codes).numpy(), ref)
     signs = np.where(x.numpy() > 0, 1.0, -1.0).astype(np.float32)
     np.testing.assert_allclose(binary.score(q, codes, dim).numpy(), q.numpy() @ signs.T, rtol=1e-5, atol=1e-4)
     per_query = codes.unsqueeze(0).expand(2, -1, -1)
@@ -157,6 +173,20 @@ def test_codecs_accept_noncontiguous_and_memmapped_input(name, dim, tmp_path):
     c = codec.encode(x.contiguous())
     assert a.shape == (40, codec.row_bytes) and a.dtype == torch.uint8
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_without_a_compiler_the_kernels_warn_once_and_fall_back(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(_native, "_state", {"lib": None, "tried": False})
+    x, q = torch.randn(50, 70), torch.randn(2, 70)
+    ref = ((x.numpy()[None] > 0) != (q.numpy()[:, None] > 0)).sum(axis=2)
+    with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable"):
+        got = binary.hamming(binary.encode(q), binary.encode(x))
+    np.testing.assert_array_equal(got.numpy(), ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        codes = int4.encode(x)
+        torch.testing.assert_close(int4.score(q, codes, 70), q @ int4.decode(codes, 70).T, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_codec_lists_the_choices():

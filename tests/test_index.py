@@ -84,13 +84,13 @@ def test_chunked_scan_matches_a_single_chunk(codec):
     x, q = unit(1000, 40, 1), unit(7, 40, 2)
     big = QuantizedIndex(40, codec=codec, block_size=8)
     small = QuantizedIndex(40, codec=codec, block_size=8)
-    small._chunk = 64  # 16 chunks, capacity in whole chunks: exercises the fast kernels too
+    small._chunk = 64  # 16 chunks, merged top-k across chunks
     for start in range(0, 1000, 100):  # many small adds grow the storage
         big.add(x[start : start + 100])
         small.add(x[start : start + 100])
     small.remove([3])
     big.remove([3])
-    for nq in (1, 7):  # fast (fused) kernels for few queries, batched matmul for many
+    for nq in (1, 7):  # fused kernel for few queries, decoded kernel for batches
         a, b = big.search(q[:nq], k=10), small.search(q[:nq], k=10)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)

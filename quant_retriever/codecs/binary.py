@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from quant_retriever.codecs._compile import cpu_compiled
+from quant_retriever.codecs import _native
 
 __all__ = ["row_bytes", "encode", "decode", "hamming", "score"]
 
@@ -60,25 +60,20 @@ def _popcount64(v: torch.Tensor) -> torch.Tensor:
     return v & 0x7F
 
 
-def _hamming_words(qwords: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    # qwords: [q, W] int64, words: [n, W] int64 -> [q, n] int64
-    return _popcount64(words.unsqueeze(0) ^ qwords.unsqueeze(1)).sum(dim=2)
-
-
-_hamming_words_fast = cpu_compiled(_hamming_words)
-
-
-def hamming(qcodes: torch.Tensor, codes: torch.Tensor, fast: bool = False) -> torch.Tensor:
+def hamming(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Hamming distances between packed queries ``[q, row_bytes]`` and rows ``[n, row_bytes]``.
 
-    Returns ``[q, n]`` int64. ``fast=True`` runs the fused kernel (``torch.compile`` on the
-    CPU; the same plain torch elsewhere), worth it for large fixed-size chunks.
+    Returns ``[q, n]`` int32: a native popcount kernel on the CPU (see :mod:`._native`), a
+    SWAR popcount in plain torch elsewhere and as the fallback.
     """
-    qwords = qcodes.contiguous().view(torch.int64)
-    words = codes.view(torch.int64)
-    if fast:
-        return torch.cat([_hamming_words_fast(qwords[i : i + 1], words) for i in range(len(qwords))])
-    return _hamming_words(qwords, words)
+    out = _native.hamming_scan(qcodes, codes)
+    return out if out is not None else _hamming_eager(qcodes, codes)
+
+
+def _hamming_eager(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    qwords = qcodes.contiguous().view(torch.int64)  # [q, W]
+    words = codes.contiguous().view(torch.int64)  # [n, W]
+    return _popcount64(words.unsqueeze(0) ^ qwords.unsqueeze(1)).sum(dim=2).to(torch.int32)
 
 
 def score(queries: torch.Tensor, codes: torch.Tensor, dim: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from quant_retriever.codecs._compile import cpu_compiled
+from quant_retriever.codecs import _native
 
 __all__ = ["row_bytes", "encode", "decode", "score"]
 
@@ -100,53 +100,27 @@ def decode(codes: torch.Tensor, dim: int, block_size: int = 64) -> torch.Tensor:
     return (u.view(n, -1)[:, :dim] * norms.float().unsqueeze(1)).contiguous()
 
 
-def _score_one(qw: torch.Tensor, qsum: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Fused scan of one query (the kernel ``torch.compile`` fuses on the CPU).
-
-    qw:    [W, 8]  the padded query, 8 elements per 32-bit word of nibbles (nibble k of a
-                   word is element k: low nibble first, little-endian bytes)
-    qsum:  [B]     per-block sums of the query
-    codes: [n, row_bytes] uint8 packed rows
-    returns [n] = norm * (sum_w scale_w * sum_k qw[w, k] * nib_k(word_w) + sum_b offset_b qsum_b)
-    """
-    nw, nb = qw.shape[0], qsum.shape[0]
-    n = codes.shape[0]
-    words = codes.view(torch.int32)[:, :nw]
-    halves = codes.view(torch.float16)
-    m = nw * 2
-    scales = halves[:, m : m + nb].float()
-    offsets = halves[:, m + nb : m + 2 * nb].float()
-    norms = halves[:, m + 2 * nb].float()
-    acc = ((words & 15).float()) * qw[:, 0]
-    for k in range(1, 8):
-        acc = acc + ((words >> (4 * k)) & 15).float() * qw[:, k]
-    per_word = scales.unsqueeze(2).expand(n, nb, nw // nb).reshape(n, nw)
-    return ((acc * per_word).sum(dim=1) + offsets @ qsum) * norms
-
-
-_score_one_fast = cpu_compiled(_score_one)
-
-
-def score(
-    queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int = 64, fast: bool = False
-) -> torch.Tensor:
+def score(queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int = 64) -> torch.Tensor:
     """Asymmetric scores: float ``queries: [q, dim]`` against packed rows ``codes: [n, row_bytes]``.
 
-    Returns ``[q, n]`` float32 inner products ``<query, decode(code)>``. The default path
-    decodes the rows it is given (bounded by the caller's chunk) and runs one matmul for all
-    queries; ``fast=True`` runs the fused per-query kernel (``torch.compile`` on the CPU),
-    which never materialises decoded rows and wins for a few queries on large chunks.
+    Returns ``[q, n]`` float32 inner products ``<query, decode(code)>``. On the CPU a fused
+    native kernel scans the nibbles directly (see :mod:`._native`); elsewhere (and as the
+    fallback) the rows given are decoded, so callers bound memory by passing chunks.
     """
     p = _padded(dim, block_size)
-    nb = p // block_size
     q = queries.float()
     if p > dim:
         q = torch.nn.functional.pad(q, (0, p - dim))
-    qsum = q.view(q.shape[0], nb, block_size).sum(dim=2)  # [q, B]
-    if fast:
-        qw = q.view(q.shape[0], -1, 8)
-        return torch.stack([_score_one_fast(qw[i], qsum[i], codes) for i in range(len(q))])
+    out = _native.int4_scan(q, codes, p // 2, p // block_size)
+    return out if out is not None else _score_eager(q, codes, dim, block_size)
+
+
+def _score_eager(q: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int) -> torch.Tensor:
+    # q: [q, P] zero-padded; decode [n, P] (scale only), one matmul, offsets via block sums
+    p = _padded(dim, block_size)
+    nb = p // block_size
     nibbles, scales, offsets, norms = _fields(codes, dim, block_size)
     n = codes.shape[0]
+    qsum = q.view(q.shape[0], nb, block_size).sum(dim=2)  # [q, B]
     deq = _unpack(nibbles).view(n, nb, block_size) * scales.float().unsqueeze(2)
     return (q @ deq.view(n, p).T + qsum @ offsets.float().T) * norms.float().unsqueeze(0)

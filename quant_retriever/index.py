@@ -274,15 +274,15 @@ class QuantizedIndex:
         k = _positive_int(k, "k")
         mult = _positive_int(rescore_multiplier, "rescore_multiplier")
         with self._lock:
-            mask = self._alive[: self._rows].clone()
+            mask = None if len(self._row_of) == self._rows else self._alive[: self._rows]
             if allowed_ids is not None:
-                mask &= self._row_mask(allowed_ids)
-            n_valid = int(mask.sum())
+                mask = self._row_mask(allowed_ids) if mask is None else mask & self._row_mask(allowed_ids)
+            n_valid = self._rows if mask is None else int(mask.sum())
             k = min(k, n_valid)
             if k == 0:
                 empty = np.zeros((len(q), 0))
                 return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
-            scores, rows = self._search(q.to(self.device), mask, k, mult)
+            scores, rows = self._search(q.to(self.device), mask, n_valid, k, mult)
             return SearchResult(self._ids[rows.cpu().numpy()], scores.cpu().numpy().astype(np.float32))
 
     def get_vectors(self, ids) -> np.ndarray:
@@ -402,24 +402,31 @@ class QuantizedIndex:
         mask[rows] = True
         return mask.to(self.device)
 
-    def _scan(self, q: torch.Tensor, mask: torch.Tensor, n_top: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chunked first stage: running top-``n_top`` (scores, rows), each ``[q, n_top]``."""
-        best_s = torch.empty(len(q), 0, device=self.device)
-        best_r = torch.empty(len(q), 0, dtype=torch.int64, device=self.device)
+    def _scan(self, q: torch.Tensor, mask: torch.Tensor | None, n_top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunked first stage: running top-``n_top`` (scores, rows), each ``[q, n_top]``.
+
+        ``mask`` (``[rows]`` bool, ``None`` = all rows) is applied before each chunk's top-k.
+        Rows outside it score the lowest value of the score dtype and are dropped by the caller.
+        """
+        best_s = best_r = None
         for start in range(0, self._rows, self._chunk):
             stop = min(start + self._chunk, self._rows)
-            s = self._codec.score(q, self._codes[start:stop])  # [q, stop - start]
-            s = s.masked_fill(~mask[start:stop], float("-inf"))
+            s = self._codec.score(q, self._codes[start:stop])  # [q, stop - start], higher is better
+            if mask is not None:
+                low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
+                s = s.masked_fill(~mask[start:stop], low)
             top_s, top_r = torch.topk(s, min(n_top, s.shape[1]), dim=1)
-            best_s = torch.cat([best_s, top_s], dim=1)
-            best_r = torch.cat([best_r, top_r + start], dim=1)
-            if best_s.shape[1] > n_top:
-                best_s, pos = torch.topk(best_s, n_top, dim=1)
-                best_r = torch.gather(best_r, 1, pos)
+            top_r += start
+            if best_s is not None:
+                top_s, top_r = torch.cat([best_s, top_s], dim=1), torch.cat([best_r, top_r], dim=1)
+                if top_s.shape[1] > n_top:
+                    top_s, pos = torch.topk(top_s, n_top, dim=1)
+                    top_r = torch.gather(top_r, 1, pos)
+            best_s, best_r = top_s, top_r
         return best_s, best_r
 
-    def _search(self, q: torch.Tensor, mask: torch.Tensor, k: int, mult: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n_valid = int(mask.sum())
+    def _search(self, q: torch.Tensor, mask: torch.Tensor | None, n_valid: int, k: int, mult: int):
+        """Top-``k`` (scores ``[q, k]`` float32, rows ``[q, k]``) among ``n_valid`` masked rows."""
         n_cand = min(k * mult if self.rescore else k, n_valid)
         if self.codec_name == "binary":
             width = min(max(n_cand, BINARY_WIDEN * k), n_valid)

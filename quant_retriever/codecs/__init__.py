@@ -83,13 +83,13 @@ class Codec:
 
     def score(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """First-stage scores, ``[q, dim]`` float x ``[n, row_bytes]`` -> ``[q, n]``; higher is
-        better (binary: minus the Hamming distance)."""
+        better (binary: minus the Hamming distance, int32; the rest float32)."""
         p = self.params
         if self.name == "int4":
             return int4.score(queries, rows, p.dim, p.block_size)
         if self.name == "binary":
             qcodes = binary.encode(queries)
-            return -binary.hamming(qcodes, rows).to(torch.float32)
+            return binary.hamming(qcodes, rows).neg_()
         if self.name == "int8":
             return int8.score(queries, self._natural(rows), p.lo, p.scale)
         return floats.score(queries, self._natural(rows))

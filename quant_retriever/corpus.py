@@ -97,7 +97,7 @@ def embed_cached(texts: list[str], model: str | None = None, precision: str = "f
     from quant_retriever.embeddings import load_encoder
 
     model = model or minilm_path()
-    key = hashlib.sha256(json.dumps([Path(model).name, precision, texts]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([str(model), precision, texts]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"emb-{Path(model).name}-{precision}-{len(texts)}-{key}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)

@@ -96,8 +96,9 @@ class MemoryUsage:
     disk_bytes_per_vector: int
 
 
-def _as_matrix(x, dim: int, what: str) -> torch.Tensor:
-    """Validate a float array/tensor ``[n, dim]`` (or ``[dim]``) -> contiguous float32 tensor."""
+def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
+    """Validate a float array/tensor ``[n, dim]`` (or ``[dim]``; any ``dim`` when ``None``)
+    -> contiguous float32 CPU-or-device tensor. Raises ``TypeError``/``ValueError``."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
     elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
@@ -111,8 +112,8 @@ def _as_matrix(x, dim: int, what: str) -> torch.Tensor:
         raise TypeError(f"{what} must hold floats; got dtype {t.dtype}.")
     if t.dim() == 1:
         t = t.unsqueeze(0)
-    if t.dim() != 2 or t.shape[1] != dim:
-        raise ValueError(f"{what} must have shape (n, {dim}); got {tuple(t.shape)}.")
+    if t.dim() != 2 or (dim is not None and t.shape[1] != dim) or t.shape[1] == 0:
+        raise ValueError(f"{what} must have shape (n, {dim or 'dim'}); got {tuple(t.shape)}.")
     if t.shape[0] == 0:
         raise ValueError(f"{what} is empty: expected at least one vector.")
     t = t.float()
@@ -233,7 +234,7 @@ class QuantizedIndex:
         ``ids`` (``[n]`` non-negative ints, unique, not yet in the index) or ``None`` for
         consecutive new ids. Nothing changes if the call raises.
         """
-        x = _as_matrix(vectors, self.dim, "vectors")
+        x = as_vectors(vectors, self.dim, "vectors")
         with self._lock:
             if ids is None:
                 new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
@@ -270,7 +271,7 @@ class QuantizedIndex:
         those ids before top-k (ids not in the index are ignored). Results have
         ``min(k, searchable vectors)`` columns.
         """
-        q = _as_matrix(queries, self.dim, "queries")
+        q = as_vectors(queries, self.dim, "queries")
         k = _positive_int(k, "k")
         mult = _positive_int(rescore_multiplier, "rescore_multiplier")
         with self._lock:

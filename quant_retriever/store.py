@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ class Record:
 @dataclass(frozen=True)
 class Cond:
     """``metadata[key] <op> value``. ``contains``/``any``/``all`` test list-valued metadata;
-    ``text_match`` is a substring test; ``is_empty`` matches missing, null or ``[]``."""
+    ``text_match`` is a substring test; ``is_empty`` matches missing, null, ``""`` or ``[]``."""
 
     key: str
     op: Operator
@@ -154,8 +156,11 @@ def _compile_cond(c: Cond, params: list) -> str:
         if op == "text_match":
             return f"({t} = 'text' AND instr({v}, ?) > 0)"
         return f"({t} = 'text' AND instr(lower({v}), lower(?)) > 0)"
-    # is_empty
-    return f"({t} IS NULL OR {t} = 'null' OR ({t} = 'array' AND json_array_length(metadata, {path}) = 0))"
+    # is_empty: missing, null, "" or []
+    return (
+        f"({t} IS NULL OR {t} = 'null' OR ({t} = 'text' AND {v} = '') "
+        f"OR ({t} = 'array' AND json_array_length(metadata, {path}) = 0))"
+    )
 
 
 def compile_filter(f: Filter) -> tuple[str, list]:
@@ -468,6 +473,30 @@ class QuantizedStore:
             ):
                 out[r[3]] = Record(r[0], r[1], json.loads(r[2]), r[3])
         return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a compacted copy of this store to ``path`` (a new or empty directory), via a
+        temporary sibling and a rename, so a failure leaves nothing behind."""
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ValueError(f"save path {target} must be a new or empty directory.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            with self._lock:
+                dst = sqlite3.connect(str(tmp / "store.sqlite"))
+                try:
+                    self._db.backup(dst)
+                finally:
+                    dst.close()
+                if self._index is not None:
+                    self._index.save(tmp / "index")
+            if target.exists():
+                target.rmdir()
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def close(self) -> None:
         """Close the SQLite connection."""

@@ -45,6 +45,7 @@ FILTERS = [
     (Cond("title", "text_match", "int8"), set()),
     (Cond("title", "text_match_insensitive", "int8"), {"c"}),
     (Cond("tags", "is_empty"), {"c", "e"}),
+    (Cond("color", "is_empty"), {"d", "e"}),
     (Cond("empty", "is_empty"), set(DOCS)),
     (Cond("flag", "eq", True), {"a"}),
     (Cond("flag", "eq", False), {"b"}),

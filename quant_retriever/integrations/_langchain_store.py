@@ -1,0 +1,246 @@
+"""LangChain vector store and retriever over :class:`~quant_retriever.store.QuantizedStore`."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import numpy as np
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+from pydantic import ConfigDict
+
+from quant_retriever.codecs import CodecName
+from quant_retriever.store import And, Cond, Not, Or, QuantizedStore, Record
+
+__all__ = ["QuantizedVectorStore", "QuantizedRetriever"]
+
+_OPS = {
+    "$eq": "eq", "$ne": "ne", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte",
+    "$in": "in", "$nin": "nin", "$contains": "contains", "$any": "any", "$all": "all",
+    "$like": "text_match", "$ilike": "text_match_insensitive",
+}
+LangChainFilter = dict | Callable[[Document], bool]
+
+
+def filter_from_dict(spec: dict) -> And:
+    """LangChain-style dict filter -> filter tree.
+
+    ``{"k": v}`` is equality; ``{"k": {"$gt": 1, "$lt": 5}}`` applies each operator
+    (``$eq $ne $lt $lte $gt $gte $in $nin $contains $any $all $like $ilike $is_empty``);
+    ``{"$and": [...]}``, ``{"$or": [...]}``, ``{"$not": {...}}`` combine; several keys are ANDed.
+    """
+    if not isinstance(spec, dict):
+        raise TypeError(f"filter must be a dict or a callable; got {type(spec).__name__}.")
+    items = []
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            if not isinstance(value, list):
+                raise TypeError(f"{key} needs a list of filters; got {type(value).__name__}.")
+            parts = tuple(filter_from_dict(v) for v in value)
+            items.append(And(parts) if key == "$and" else Or(parts))
+        elif key == "$not":
+            items.append(Not(filter_from_dict(value)))
+        elif key.startswith("$"):
+            raise ValueError(f"Invalid operator: {key!r} at the top level of a filter.")
+        elif isinstance(value, dict):
+            for op, operand in value.items():
+                if op == "$is_empty":
+                    cond = Cond(key, "is_empty")
+                    items.append(cond if operand else Not(cond))
+                elif op in _OPS:
+                    items.append(Cond(key, _OPS[op], operand))
+                else:
+                    raise ValueError(f"Invalid operator: {op!r}; expected one of {', '.join([*_OPS, '$is_empty'])}.")
+        else:
+            items.append(Cond(key, "eq", value))
+    return And(tuple(items))
+
+
+def _to_document(record: Record) -> Document:
+    return Document(id=record.id, page_content=record.text, metadata=record.metadata)
+
+
+class QuantizedVectorStore(VectorStore):
+    """A LangChain ``VectorStore`` on INT4/binary/INT8/FP16 codes with INT8 rescoring.
+
+    Scores are inner products of the embeddings (cosine for normalised embeddings);
+    relevance scores map them to ``[0, 1]`` as ``(1 + score) / 2``. Filters: a dict in the
+    common LangChain ``$``-operator style (see :func:`filter_from_dict`) or a callable on
+    ``Document`` (evaluated over all stored documents before top-k).
+    """
+
+    def __init__(
+        self,
+        embedding: Embeddings,
+        codec: CodecName = "int4",
+        rescore_multiplier: int = 4,
+        path: str | os.PathLike | None = None,
+        *,
+        rescore: bool | None = None,
+        device: str | None = None,
+        block_size: int = 64,
+        store: QuantizedStore | None = None,
+    ):
+        if not isinstance(embedding, Embeddings):
+            raise TypeError(f"embedding must be a LangChain Embeddings; got {type(embedding).__name__}.")
+        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
+        self.embedding = embedding
+        self.rescore_multiplier = rescore_multiplier
+        self.store = store or QuantizedStore(None, codec, path, rescore=rescore, device=device, block_size=block_size)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, embedding: Embeddings, rescore_multiplier: int = 4, device: str | None = None):
+        """Reopen a persistent store written with ``path=...``."""
+        return cls(embedding, rescore_multiplier=rescore_multiplier, store=QuantizedStore.open(path, device=device))
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self.embedding
+
+    # ------------------------------------------------------------------ writes
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and add texts; an id that already exists is replaced (upsert)."""
+        texts = list(texts)
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"ids must be the same length as texts. Got {len(ids)} ids and {len(texts)} texts.")
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"metadatas must be the same length as texts. Got {len(metadatas)} metadatas and {len(texts)} texts.")
+        if not texts:
+            return []
+        ids = [i if i is not None else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
+        vectors = np.asarray(self.embedding.embed_documents(texts), dtype=np.float32)
+        return self.store.upsert(ids, vectors, texts, [dict(m) if m else {} for m in (metadatas or [{}] * len(texts))])
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """Delete by ids (unknown ids are ignored); ``ids=None`` deletes everything."""
+        if ids is None:
+            self.store.clear()
+        else:
+            self.store.delete(list(ids))
+        return True
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        return [_to_document(r) for r in self.store.get(list(ids))]
+
+    # ------------------------------------------------------------------ search
+    def _search(self, vector: Sequence[float], k: int, filter: LangChainFilter | None) -> list[tuple[Record, float]]:
+        where, allowed = None, None
+        if callable(filter):
+            allowed = [r.id for r in self.store.records() if filter(_to_document(r))]
+        elif filter is not None:
+            where = filter_from_dict(filter)
+        hits = self.store.search(np.asarray(vector, dtype=np.float32), k, self.rescore_multiplier, where=where, ids=allowed)
+        return hits[0]
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return [(_to_document(r), s) for r, s in self._search(embedding, k, filter)]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self.similarity_search_with_score_by_vector(self.embedding.embed_query(query), k, filter)
+
+    def similarity_search(self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return lambda score: min(1.0, max(0.0, (1.0 + score) / 2.0))
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: LangChainFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """MMR over the top ``fetch_k`` hits, using their INT8-copy vectors."""
+        hits = self._search(embedding, max(fetch_k, k), filter)
+        if not hits:
+            return []
+        vectors = self.store.vectors([r for r, _ in hits])
+        chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult=lambda_mult, k=k)
+        return [_to_document(hits[i][0]) for i in chosen]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: LangChainFilter | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        return self.max_marginal_relevance_search_by_vector(
+            self.embedding.embed_query(query), k, fetch_k, lambda_mult, filter
+        )
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> "QuantizedVectorStore":
+        """Create a store (``kwargs`` go to the constructor) and add ``texts``."""
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+
+class QuantizedRetriever(BaseRetriever):
+    """A retriever with a top-level ``k`` (``QuantizedRetriever(vectorstore=store, k=3)``).
+
+    ``search_type``: ``"similarity"``, ``"similarity_score_threshold"`` (needs
+    ``score_threshold``, a relevance score in ``[0, 1]``) or ``"mmr"`` (``fetch_k``,
+    ``lambda_mult``). ``invoke(query, k=...)`` overrides ``k`` for one call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    vectorstore: QuantizedVectorStore
+    k: int = 4
+    search_type: Literal["similarity", "similarity_score_threshold", "mmr"] = "similarity"
+    score_threshold: float | None = None
+    fetch_k: int = 20
+    lambda_mult: float = 0.5
+    filter: Any = None
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
+    ) -> list[Document]:
+        k = self.k if k is None else k
+        store = self.vectorstore
+        if self.search_type == "similarity":
+            return store.similarity_search(query, k=k, filter=self.filter)
+        if self.search_type == "mmr":
+            return store.max_marginal_relevance_search(query, k, self.fetch_k, self.lambda_mult, filter=self.filter)
+        if self.score_threshold is None:
+            raise ValueError("search_type 'similarity_score_threshold' needs score_threshold.")
+        hits = store.similarity_search_with_relevance_scores(query, k=k, filter=self.filter)
+        return [d for d, s in hits if s >= self.score_threshold]

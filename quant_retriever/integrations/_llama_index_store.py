@@ -1,0 +1,197 @@
+"""LlamaIndex vector store over :class:`~quant_retriever.store.QuantizedStore`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
+from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    FilterCondition,
+    MetadataFilter,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+
+from quant_retriever.store import And, Cond, Filter, Not, Or, QuantizedStore, Record
+
+__all__ = ["QuantizedVectorStore"]
+
+_OPS = {
+    "==": "eq", "!=": "ne", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "in": "in", "nin": "nin",
+    "any": "any", "all": "all", "contains": "contains", "text_match": "text_match",
+    "text_match_insensitive": "text_match_insensitive", "is_empty": "is_empty",
+}
+
+
+def filters_to_tree(filters: MetadataFilters) -> Filter:
+    """``MetadataFilters`` (nested, any ``FilterOperator`` and ``FilterCondition``) -> filter tree."""
+    items = []
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            items.append(filters_to_tree(f))
+        elif isinstance(f, MetadataFilter):
+            op = f.operator.value if hasattr(f.operator, "value") else str(f.operator)
+            if op not in _OPS:
+                raise ValueError(f"Invalid operator: {f.operator}")
+            items.append(Cond(f.key, _OPS[op], f.value))
+        else:
+            raise TypeError(f"filters must hold MetadataFilter or MetadataFilters; got {type(f).__name__}.")
+    condition = filters.condition or FilterCondition.AND
+    if condition == FilterCondition.AND:
+        return And(tuple(items))
+    if condition == FilterCondition.OR:
+        return Or(tuple(items))
+    if condition == FilterCondition.NOT:  # as LlamaIndex: none of the filters match
+        return Not(Or(tuple(items)))
+    raise ValueError(f"Invalid filter condition: {condition}")
+
+
+class QuantizedVectorStore(BasePydanticVectorStore):
+    """A LlamaIndex vector store on INT4/binary/INT8/FP16 codes with INT8 rescoring.
+
+    ``dim`` is taken from the first ``add`` when not given. With a ``path``, every write is
+    durable and constructing the store again with the same ``path`` (or
+    :meth:`from_persist_dir`) reopens it. Query modes: ``DEFAULT`` and ``MMR``.
+    """
+
+    stores_text: bool = True
+    flat_metadata: bool = False
+    codec: str = "int4"
+    dim: Optional[int] = None
+    path: Optional[str] = None
+    rescore_multiplier: int = 4
+
+    _store: QuantizedStore = PrivateAttr()
+
+    def __init__(
+        self,
+        codec: str = "int4",
+        dim: Optional[int] = None,
+        path: Optional[str | os.PathLike] = None,
+        rescore_multiplier: int = 4,
+        *,
+        rescore: Optional[bool] = None,
+        device: Optional[str] = None,
+        block_size: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
+        super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
+        if path is not None and (Path(path) / "store.sqlite").is_file():
+            self._store = QuantizedStore.open(path, device=device)
+            if dim is not None and self._store.dim not in (None, dim):
+                raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")
+        else:
+            self._store = QuantizedStore(dim, codec, path, rescore=rescore, device=device, block_size=block_size)
+        self.dim = self._store.dim
+
+    @classmethod
+    def from_persist_dir(cls, persist_dir: str | os.PathLike, **kwargs: Any) -> "QuantizedVectorStore":
+        """Reopen a store persisted in ``persist_dir``."""
+        if not (Path(persist_dir) / "store.sqlite").is_file():
+            raise ValueError(f"{persist_dir} is not a quant_retriever store (no store.sqlite).")
+        return cls(path=persist_dir, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "QuantizedVectorStore"
+
+    @property
+    def client(self) -> QuantizedStore:
+        return self._store
+
+    # ------------------------------------------------------------------ writes
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
+        """Add nodes with embeddings; a node id that already exists is replaced."""
+        if not nodes:
+            return []
+        missing = [n.node_id for n in nodes if n.embedding is None]
+        if missing:
+            raise ValueError(f"nodes must carry embeddings; these have none: {missing[:5]}.")
+        ids = self._store.upsert(
+            [n.node_id for n in nodes],
+            np.asarray([n.get_embedding() for n in nodes], dtype=np.float32),
+            [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+            [node_to_metadata_dict(n, remove_text=True, flat_metadata=self.flat_metadata) for n in nodes],
+        )
+        self.dim = self._store.dim
+        return ids
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node of the document ``ref_doc_id``."""
+        self._store.delete_where(Cond("ref_doc_id", "eq", ref_doc_id))
+
+    def delete_nodes(
+        self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None, **delete_kwargs: Any
+    ) -> None:
+        """Delete nodes by id and/or filter (both given: nodes matching both; neither: all)."""
+        self._store.delete([r.id for r in self._records(node_ids, filters)])
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def persist(self, persist_path: str, fs: Any = None) -> None:
+        """A store made with ``path`` is always persisted; an in-memory store writes a copy
+        to the directory ``persist_path``."""
+        if self.path is not None:
+            return
+        self._store.save(persist_path)
+
+    # ------------------------------------------------------------------ reads
+    def _records(self, node_ids: Optional[List[str]], filters: Optional[MetadataFilters]) -> list[Record]:
+        where = filters_to_tree(filters) if filters is not None else None
+        if node_ids is not None:  # as SimpleVectorStore: None is no restriction, [] matches nothing
+            wanted = {r.id for r in self._store.get(node_ids)}
+            return [r for r in self._store.records(where) if r.id in wanted]
+        return list(self._store.records(where))
+
+    def get_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+        return [self._to_node(r) for r in self._records(node_ids, filters)]
+
+    @staticmethod
+    def _to_node(record: Record) -> BaseNode:
+        return metadata_dict_to_node(record.metadata, text=record.text)
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Top ``similarity_top_k`` nodes; ``filters``, ``doc_ids`` and ``node_ids`` restrict the
+        search before top-k (an empty list means no restriction)."""
+        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
+            raise ValueError(f"QuantizedVectorStore supports query modes 'default' and 'mmr'; got {query.mode!r}.")
+        if query.query_embedding is None:
+            raise ValueError("query_embedding is required.")
+        parts = []
+        if query.filters is not None:
+            parts.append(filters_to_tree(query.filters))
+        if query.doc_ids:
+            parts.append(Cond("ref_doc_id", "in", list(query.doc_ids)))
+        where = And(tuple(parts)) if parts else None
+        ids = list(query.node_ids) if query.node_ids else None
+        k = query.similarity_top_k
+        q = np.asarray(query.query_embedding, dtype=np.float32)
+        if query.mode == VectorStoreQueryMode.MMR:
+            prefetch = kwargs.get("mmr_prefetch_k") or k * kwargs.get("mmr_prefetch_factor", 4)
+            hits = self._store.search(q, prefetch, self.rescore_multiplier, where=where, ids=ids)[0]
+            if hits:
+                vectors = self._store.vectors([r for r, _ in hits])
+                sims, chosen = get_top_k_mmr_embeddings(
+                    q.tolist(), vectors.tolist(), similarity_top_k=k, embedding_ids=list(range(len(hits))),
+                    mmr_threshold=kwargs.get("mmr_threshold", query.mmr_threshold),
+                )
+                hits = [(hits[i][0], float(s)) for i, s in zip(chosen, sims)]
+        else:
+            hits = self._store.search(q, k, self.rescore_multiplier, where=where, ids=ids)[0]
+        return VectorStoreQueryResult(
+            nodes=[self._to_node(r) for r, _ in hits],
+            similarities=[s for _, s in hits],
+            ids=[r.id for r, _ in hits],
+        )

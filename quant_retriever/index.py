@@ -3,16 +3,16 @@ exact-enough rescoring from the INT8 copy on disk.
 
 Search pipeline for ``k`` results and ``rescore_multiplier = m``:
 
-1. scan the codes chunk by chunk (``chunk_rows`` rows at a time), keeping the running
+1. scan the codes chunk by chunk (see :meth:`QuantizedIndex._chunk_rows`), keeping the running
    top ``k * m`` rows per query (binary: the top ``max(k * m, 20 * k)`` by Hamming distance,
    then re-ranked by the float query against the +-1 codes down to ``k * m``);
 2. with rescoring on, gather those rows from the INT8 memory map, dequantize, score them with
    the float query and keep the best ``k``.
 
-Peak extra memory of a search, beyond the codes: the scores of one chunk
-(``queries * chunk_rows * 4`` bytes), the decoded chunk for int4/int8/fp16 matmul scans
-(``chunk_rows * dim * 4`` bytes), and the candidates (``queries * k * m * dim * 4`` bytes).
-It does not grow with the number of vectors.
+Peak extra memory of a search, beyond the codes: the scores of one chunk (at most
+``SCORES_PER_CHUNK * 4`` = 16 MB, more only when a batch has over 4M/1024 queries), a decoded
+chunk on the plain-torch paths (at most ``DECODED_PER_CHUNK * 4`` = 64 MB), and the candidates
+(``queries * k * m * dim * 4`` bytes). It does not grow with the number of vectors.
 
 On-disk layout of a saved or persistent index (a directory):
 
@@ -54,8 +54,10 @@ __all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device"]
 FORMAT = "quant_retriever.index"
 VERSION = 1
 MANIFEST = "manifest.json"
-#: Rows scanned per step: bounds the scores and decoded rows held at once.
-CHUNK_ROWS = 65536
+#: Scores held per scan step (``queries * rows``), and float elements of decoded rows per step
+#: where a codec has to decode (plain-torch paths): 16 MB and 64 MB.
+SCORES_PER_CHUNK = 1 << 22
+DECODED_PER_CHUNK = 1 << 24
 #: Binary search: width of the Hamming pass, as a multiple of ``k``.
 BINARY_WIDEN = 20
 
@@ -186,7 +188,7 @@ class QuantizedIndex:
         self.device = resolve_device(device)
         self._codec = codec_obj
         self._lock = threading.RLock()
-        self._chunk = CHUNK_ROWS
+        self._chunk: int | None = None  # rows per scan step; None = sized by _chunk_rows
         self._codes = torch.zeros(0, codec_obj.row_bytes, dtype=torch.uint8, device=self.device)
         self._alive = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._ids = np.zeros(0, dtype=np.int64)
@@ -249,11 +251,7 @@ class QuantizedIndex:
     def remove(self, ids) -> None:
         """Remove vectors by id. Unknown ids raise ``ValueError`` and nothing is removed."""
         with self._lock:
-            arr = _as_ids(ids)
-            unknown = [int(i) for i in arr if int(i) not in self._row_of]
-            if unknown:
-                raise ValueError(f"ids not in the index: {unknown[:10]}.")
-            rows = np.array([self._row_of[int(i)] for i in arr], dtype=np.int64)
+            arr, rows = self._rows_for(ids)
             if self._path is not None:
                 append_raw(self._path / "deleted.i64", len(self._deleted) * 8, rows)
             for i in arr:
@@ -290,11 +288,7 @@ class QuantizedIndex:
         """Best available reconstruction ``[n, dim]`` float32 of the given ids: the INT8 copy
         when there is one, else the decoded codes."""
         with self._lock:
-            arr = _as_ids(ids)
-            unknown = [int(i) for i in arr if int(i) not in self._row_of]
-            if unknown:
-                raise ValueError(f"ids not in the index: {unknown[:10]}.")
-            rows = np.array([self._row_of[int(i)] for i in arr], dtype=np.int64)
+            _, rows = self._rows_for(ids)
             if self._store is not None:
                 return self._store.gather(rows).numpy()
             return self._codec.decode(self._codes[torch.from_numpy(rows).to(self.device)]).cpu().numpy()
@@ -339,6 +333,14 @@ class QuantizedIndex:
         return cls._open(Path(path), device)
 
     # ------------------------------------------------------------------ internals
+    def _rows_for(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(validated ids, their rows); an id not in the index raises ``ValueError``."""
+        arr = _as_ids(ids)
+        unknown = [int(i) for i in arr if int(i) not in self._row_of]
+        if unknown:
+            raise ValueError(f"ids not in the index: {unknown[:10]}.")
+        return arr, np.array([self._row_of[int(i)] for i in arr], dtype=np.int64)
+
     def _calibrate(self, x: torch.Tensor) -> None:
         lo, scale = int8.calibrate(x)
         self._codec = Codec(self.codec_name, CodecParams(self.dim, self.block_size, lo, scale))
@@ -410,8 +412,9 @@ class QuantizedIndex:
         Rows outside it score the lowest value of the score dtype and are dropped by the caller.
         """
         best_s = best_r = None
-        for start in range(0, self._rows, self._chunk):
-            stop = min(start + self._chunk, self._rows)
+        step = self._chunk_rows(len(q))
+        for start in range(0, self._rows, step):
+            stop = min(start + step, self._rows)
             s = self._codec.score(q, self._codes[start:stop])  # [q, stop - start], higher is better
             if mask is not None:
                 low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
@@ -425,6 +428,16 @@ class QuantizedIndex:
                     top_r = torch.gather(top_r, 1, pos)
             best_s, best_r = top_s, top_r
         return best_s, best_r
+
+    def _chunk_rows(self, n_queries: int) -> int:
+        """Rows per scan step: ``SCORES_PER_CHUNK / queries``, and no more than
+        ``DECODED_PER_CHUNK / dim`` when the codec decodes rows to score them."""
+        if self._chunk is not None:
+            return self._chunk
+        rows = SCORES_PER_CHUNK // n_queries
+        if not self._codec.scans_in_place(self.device):
+            rows = min(rows, DECODED_PER_CHUNK // self.dim)
+        return max(rows, 1024)
 
     def _search(self, q: torch.Tensor, mask: torch.Tensor | None, n_valid: int, k: int, mult: int):
         """Top-``k`` (scores ``[q, k]`` float32, rows ``[q, k]``) among ``n_valid`` masked rows."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from quant_retriever.codecs import CODEC_NAMES, CodecParams, _native, binary, int4, int8, make_codec
+from quant_retriever.codecs import CODEC_NAMES, CodecParams, _native, binary, floats, int4, int8, make_codec
 
 DIMS = [7, 97, 384, 1024]
 
@@ -127,7 +127,7 @@ def ref_int8(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dim", DIMS)
-def test_int8_calibration_encoding_and_score(dim):
+def test_int8_calibration_encoding_and_score(dim, kernel_path):
     x = unit(500, dim).numpy()
     x[:, dim // 2] = 1e-33  # a constant dimension, like MiniLM's dimension 127
     lo, scale = int8.calibrate(torch.from_numpy(x))
@@ -140,6 +140,15 @@ def test_int8_calibration_encoding_and_score(dim):
     assert float(dec[0, dim // 2]) == pytest.approx(1e-33, abs=1e-12)
     q = torch.from_numpy(unit(4, dim, 3).numpy())
     torch.testing.assert_close(int8.score(q, codes, lo, scale), q @ dec.T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_float_codecs_score_exactly(dim, kernel_path):
+    x, q = unit(300, dim, 4), unit(5, dim, 6)
+    for dtype in (torch.float16, torch.float32):
+        codes = floats.encode(x, dtype)
+        assert codes.dtype == dtype
+        torch.testing.assert_close(floats.score(q, codes), q @ codes.float().T, atol=1e-5, rtol=1e-5)
 
 
 def test_int8_clamps_values_outside_the_calibrated_range():

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 import torch
 
-from quant_retriever.codecs import binary, floats, int4, int8
+from quant_retriever.codecs import _native, binary, floats, int4, int8
 
 __all__ = ["CodecName", "CODEC_NAMES", "Codec", "CodecParams", "make_codec"]
 
@@ -53,6 +53,10 @@ class Codec:
             "fp16": lambda: 2 * d,
             "fp32": lambda: 4 * d,
         }[self.name]()
+
+    def scans_in_place(self, device: torch.device) -> bool:
+        """Whether ``score`` reads rows without making a float copy of them (bounds chunk size)."""
+        return self.name == "fp32" or _native.available(device)
 
     @property
     def exact_as_int8(self) -> bool:

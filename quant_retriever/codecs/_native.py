@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "int4_scan", "hamming_scan"]
+__all__ = ["kernels", "int4_scan", "hamming_scan", "dense_scan", "available"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -102,6 +102,33 @@ void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64
     }
 }
 
+/* Dense rows: int8 [n, dim] or float16 [n, dim] against float queries q [nq, dim]; out [nq, n]. */
+void dense_scan_i8(const int8_t* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        const int8_t* row = codes + r * dim;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float* qq = q + qi * dim;
+            float s = 0.f;
+            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];
+            out[qi * n + r] = s;
+        }
+    }
+}
+
+void dense_scan_f16(const _Float16* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        const _Float16* row = codes + r * dim;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float* qq = q + qi * dim;
+            float s = 0.f;
+            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];
+            out[qi * n + r] = s;
+        }
+    }
+}
+
 /* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
 void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
                   int32_t* out, int nthreads) {
@@ -144,6 +171,8 @@ def _compile() -> ctypes.CDLL:
     dll.int4_scan_fused.argtypes = [p, i64, i64, i64, i64, p, p, p, i64, p, i32]
     dll.int4_scan_decoded.argtypes = [p, i64, i64, i64, i64, p, i64, p, i32]
     dll.hamming_scan.argtypes = [p, i64, i64, p, i64, p, i32]
+    dll.dense_scan_i8.argtypes = [p, i64, i64, p, i64, p, i32]
+    dll.dense_scan_f16.argtypes = [p, i64, i64, p, i64, p, i32]
     return dll
 
 
@@ -208,3 +237,21 @@ def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | No
         torch.get_num_threads(),
     )
     return out
+
+
+def dense_scan(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
+    """Inner products ``[nq, n]`` of float queries ``[nq, dim]`` with int8 or float16 rows
+    ``[n, dim]`` (values as stored, no scaling); ``None`` when the kernels are unavailable."""
+    lib = _usable(q, codes)
+    if lib is None:
+        return None
+    fn = {torch.int8: lib.dense_scan_i8, torch.float16: lib.dense_scan_f16}[codes.dtype]
+    codes, q = codes.contiguous(), q.float().contiguous()
+    out = torch.empty(q.shape[0], codes.shape[0], dtype=torch.float32)
+    fn(codes.data_ptr(), codes.shape[0], codes.shape[1], q.data_ptr(), q.shape[0], out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def available(device: torch.device) -> bool:
+    """Whether scans on ``device`` run in the native kernels (no decoded copies of rows)."""
+    return device.type == "cpu" and kernels() is not None

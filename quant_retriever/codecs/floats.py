@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from quant_retriever.codecs import _native
+
 __all__ = ["encode", "decode", "score"]
 
 
@@ -25,5 +27,10 @@ def decode(codes: torch.Tensor) -> torch.Tensor:
 
 
 def score(queries: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``[q, dim]`` x ``[n, dim]`` -> ``[q, n]`` float32 inner products (computed in float32)."""
+    """``[q, dim]`` x ``[n, dim]`` -> ``[q, n]`` float32 inner products (computed in float32;
+    FP16 rows through the native CPU kernel when there is one)."""
+    if codes.dtype == torch.float16:
+        out = _native.dense_scan(queries, codes)
+        if out is not None:
+            return out
     return queries.float() @ codes.float().T

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from quant_retriever.codecs import _native
+
 __all__ = ["calibrate", "encode", "decode", "score"]
 
 SCALE_FLOOR = 1e-8
@@ -58,5 +60,8 @@ def score(queries: torch.Tensor, codes: torch.Tensor, lo: torch.Tensor, scale: t
     corpus is only converted to float, never decoded.
     """
     q = queries.float()
-    bias = q @ (lo + 128 * scale)  # [q]
-    return (q * scale) @ codes.float().T + bias.unsqueeze(1)
+    bias = (q @ (lo + 128 * scale)).unsqueeze(1)  # [q, 1]
+    dots = _native.dense_scan(q * scale, codes)
+    if dots is None:
+        dots = (q * scale) @ codes.float().T
+    return dots + bias

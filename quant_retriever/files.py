@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir"]
+__all__ = ["write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock"]
 
 MAX_HEADER_BYTES = 64 << 20
 
@@ -85,3 +85,34 @@ def append_raw(path: Path, committed_bytes: int, data: np.ndarray) -> None:
         f.write(np.ascontiguousarray(data).tobytes())
         f.flush()
         os.fsync(f.fileno())
+
+
+class DirectoryLock:
+    """An exclusive advisory lock (``flock``) on ``<directory>/.lock``, held while a persistent
+    index or store is open for writing, so a second writer (another process, or a second open
+    in this one) gets a clear error instead of interleaving appends. Released by
+    :meth:`release` or when the object is garbage collected."""
+
+    def __init__(self, directory: Path):
+        import fcntl
+
+        self._fd: int | None = None
+        self.path = Path(directory) / ".lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RuntimeError(
+                f"{directory} is already open for writing (by another process or another open "
+                "object in this one); close it first."
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __del__(self):
+        self.release()

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import CODEC_NAMES, Codec, CodecName, CodecParams, binary, int8, make_codec
-from quant_retriever.files import append_raw, read_json, read_raw, write_json_atomic, fsync_dir
+from quant_retriever.files import DirectoryLock, append_raw, fsync_dir, read_json, read_raw, write_json_atomic
 from quant_retriever.rescore import RescoreStore
 
 __all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device"]
@@ -198,6 +198,7 @@ class QuantizedIndex:
         self._next_id = 0
         self._store: RescoreStore | None = None
         self._path: Path | None = None
+        self._dir_lock: DirectoryLock | None = None
         if path is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="quant_retriever_"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._workdir, True)
@@ -206,6 +207,7 @@ class QuantizedIndex:
             if p.exists() and (not p.is_dir() or any(p.iterdir())):
                 raise ValueError(f"path {p} must be a new or empty directory; reopen an index with QuantizedIndex.load.")
             p.mkdir(parents=True, exist_ok=True)
+            self._dir_lock = DirectoryLock(p)
             self._workdir = self._path = p
             self._write_manifest()
 
@@ -331,6 +333,42 @@ class QuantizedIndex:
         inconsistent files. The opened index keeps persisting to ``path``.
         """
         return cls._open(Path(path), device)
+
+    def close(self) -> None:
+        """Release a persistent index's directory lock (the data is already on disk); the
+        object must not be used afterwards."""
+        with self._lock:
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+
+    def verify(self) -> list[str]:
+        """Cross-check every part (in-memory state, the INT8 copy, the files of a persistent
+        index); returns the problems found, ``[]`` when consistent."""
+        with self._lock:
+            problems = []
+            alive = self._alive[: self._rows].cpu().numpy()
+            live_ids = self._ids[: self._rows][alive]
+            if len(np.unique(live_ids)) != len(live_ids):
+                problems.append("live ids repeat")
+            if self._row_of != dict(zip(live_ids.tolist(), np.flatnonzero(alive).tolist())):
+                problems.append("id -> row map disagrees with ids and deletions")
+            if int((~alive).sum()) != len(set(self._deleted)):
+                problems.append(f"{int((~alive).sum())} dead rows but {len(set(self._deleted))} deletions recorded")
+            if self.rescore and self._rows and (self._store is None or self._store.count != self._rows):
+                problems.append(f"INT8 copy has {self._store.count if self._store else 0} rows; codes have {self._rows}")
+            if self._path is not None:
+                expect = {"codes.u8": self._rows * self._codec.row_bytes, "ids.i64": self._rows * 8,
+                          "deleted.i64": len(self._deleted) * 8}
+                if self._store is not None:
+                    expect[RescoreStore.DATA_FILE] = self._store.nbytes
+                for name, size in expect.items():
+                    found = (self._path / name).stat().st_size if (self._path / name).exists() else (0 if size == 0 else -1)
+                    if found != size:
+                        problems.append(f"{name}: {found} bytes on disk, {size} committed")
+                on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION)
+                if on_disk["count"] != self._rows or on_disk["n_deleted"] != len(self._deleted):
+                    problems.append("manifest.json disagrees with the open index")
+            return problems
 
     # ------------------------------------------------------------------ internals
     def _rows_for(self, ids) -> tuple[np.ndarray, np.ndarray]:
@@ -505,6 +543,7 @@ class QuantizedIndex:
         index = cls.__new__(cls)
         QuantizedIndex.__init__(index, dim, codec, rescore, None, device, block_size)
         index._cleanup()  # drop the temporary directory made by __init__
+        index._dir_lock = DirectoryLock(path)
         index._workdir = index._path = path
         dev = index.device
         if calib is not None:

@@ -36,6 +36,8 @@ HEADER_FILE = "rescore.json"
 class RescoreStore:
     """INT8 copy of every vector, on disk. Calibrated (per-dimension ranges) at creation."""
 
+    DATA_FILE = DATA_FILE
+
     def __init__(self, directory: str | os.PathLike, dim: int, lo: torch.Tensor, scale: torch.Tensor):
         """Create an empty store in ``directory`` with the given calibration ``lo``/``scale`` ``[dim]``."""
         self.directory = Path(directory)

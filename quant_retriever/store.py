@@ -30,6 +30,7 @@ from typing import Any, Iterator, Literal, Sequence, Union, get_args
 import numpy as np
 
 from quant_retriever.codecs import CodecName
+from quant_retriever.files import DirectoryLock
 from quant_retriever.index import QuantizedIndex, as_vectors
 
 __all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "QuantizedStore", "compile_filter"]
@@ -228,6 +229,7 @@ class QuantizedStore:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise ValueError(f"path {self.path} must be a new or empty directory; reopen a store with QuantizedStore.open.")
             self.path.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = DirectoryLock(self.path) if self.path is not None else None
         self._db = self._connect()
         self._index: QuantizedIndex | None = None
         with self._db:
@@ -267,6 +269,7 @@ class QuantizedStore:
         store = cls.__new__(cls)
         store._lock = threading.RLock()
         store.path = path
+        store._dir_lock = DirectoryLock(path)
         try:
             store._db = store._connect()
             meta = dict(store._db.execute("SELECT name, value FROM meta").fetchall())
@@ -498,7 +501,27 @@ class QuantizedStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def verify(self) -> list[str]:
+        """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""
+        with self._lock:
+            problems = [f"sqlite: {row[0]}" for row in self._db.execute("PRAGMA integrity_check") if row[0] != "ok"]
+            keys = {k for (k,) in self._db.execute("SELECT key FROM docs")}
+            if self._index is None:
+                return problems + ([f"{len(keys)} records but no index"] if keys else [])
+            problems += self._index.verify()
+            in_index = set(self._index.ids().tolist())
+            if keys != in_index:
+                problems.append(
+                    f"{len(keys - in_index)} records without vectors, {len(in_index - keys)} vectors without records"
+                )
+            return problems
+
     def close(self) -> None:
-        """Close the SQLite connection."""
+        """Close SQLite and the index and release the directory lock; the store must not be
+        used afterwards. Everything written is already durable."""
         with self._lock:
             self._db.close()
+            if self._index is not None:
+                self._index.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()

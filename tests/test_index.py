@@ -152,13 +152,17 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
     index.add(x[60:], ids=np.arange(500, 560))
     index.remove([3, 501])
     expected = index.search(q, k=6)
-    del index
+    with pytest.raises(RuntimeError, match="already open for writing"):
+        QuantizedIndex.load(tmp_path / "idx")  # a second writer is refused
+    index.close()
     reopened = QuantizedIndex.load(tmp_path / "idx")
     assert len(reopened) == 118
     got = reopened.search(q, k=6)
     np.testing.assert_array_equal(expected.ids, got.ids)
     new = unit(1, 20, 9)
     reopened.add(new, ids=[3])
+    assert reopened.verify() == []
+    reopened.close()
     again = QuantizedIndex.load(tmp_path / "idx")
     assert again.search(new, k=1).ids.tolist() == [[3]]
     assert len(again) == 119
@@ -167,12 +171,13 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
 def test_load_cuts_an_uncommitted_tail(tmp_path):
     index = QuantizedIndex(16, codec="int4", path=tmp_path / "idx", block_size=8)
     index.add(unit(10, 16))
+    index.close()
     with open(tmp_path / "idx" / "codes.u8", "ab") as f:  # a torn append past the manifest's count
         f.write(b"\x01" * 7)
     with open(tmp_path / "idx" / "rescore.int8", "ab") as f:
         f.write(b"\x02" * 5)
     reopened = QuantizedIndex.load(tmp_path / "idx")
-    assert len(reopened) == 10
+    assert len(reopened) == 10 and reopened.verify() == []
     assert (tmp_path / "idx" / "codes.u8").stat().st_size == 10 * reopened.memory().bytes_per_vector
     assert reopened.search(unit(10, 16)[4], k=1).ids.tolist() == [[4]]
 
@@ -221,9 +226,10 @@ def test_bad_input_raises_and_leaves_the_index_unchanged(codec, tmp_path):
         index.search(unit(1, 11))
     with pytest.raises(ValueError, match="not in the index"):
         index.remove([1, 999])
-    assert len(index) == 50
+    assert len(index) == 50 and index.verify() == []
     after = index.search(x[:3], k=5)
     np.testing.assert_array_equal(before.ids, after.ids)
+    index.close()
     reopened = QuantizedIndex.load(tmp_path / "idx")
     assert len(reopened) == 50
     np.testing.assert_array_equal(reopened.search(x[:3], k=5).ids, before.ids)
@@ -247,6 +253,8 @@ def test_failed_write_rolls_back(tmp_path, monkeypatch):
     assert len(index) == 20 and index._store.count == 20
     assert index.search(x[25], k=30).ids.shape == (1, 20)
     index.add(x[20:])
+    assert index.verify() == []
+    index.close()
     reopened = QuantizedIndex.load(tmp_path / "idx")
     assert len(reopened) == 30
     assert reopened.search(x[25], k=1).ids.tolist() == [[25]]
@@ -263,6 +271,7 @@ def test_paths_that_are_not_indexes_are_refused(tmp_path):
     index.add(unit(5, 8))
     with pytest.raises(ValueError, match="new or empty"):
         index.save(tmp_path / "full")
+    index.close()
     manifest = tmp_path / "idx" / "manifest.json"
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "version": 99}))

@@ -163,8 +163,12 @@ def test_persistent_store_reopens(tmp_path):
         codec="binary", path=tmp_path / "lc",
     )
     store.delete(["b"])
+    before = store.similarity_search("gamma", k=5)
+    with pytest.raises(RuntimeError, match="already open for writing"):
+        QuantizedVectorStore.load(tmp_path / "lc", emb)
+    store.close()
     reopened = QuantizedVectorStore.load(tmp_path / "lc", emb)
-    assert reopened.similarity_search("gamma", k=5) == store.similarity_search("gamma", k=5)
+    assert reopened.similarity_search("gamma", k=5) == before
     assert {d.id for d in reopened.similarity_search("alpha", k=5)} == {"a", "c"}
     assert reopened.get_by_ids(["c"]) == [Document(id="c", page_content="gamma", metadata={"n": 3})]
 

@@ -167,8 +167,10 @@ def test_persistence_reopen_by_path_and_from_persist_dir(tmp_path):
     s = QuantizedVectorStore(codec="int4", path=tmp_path / "li")
     s.add([node("a", 1, "d1", k=1), node("b", 2, "d2", k=2)])
     assert s.dim == 16
+    s.close()
     again = QuantizedVectorStore(path=tmp_path / "li")
     assert {n.node_id for n in again.get_nodes()} == {"a", "b"} and again.dim == 16
+    again.close()
     third = QuantizedVectorStore.from_persist_dir(tmp_path / "li")
     assert third.query(VectorStoreQuery(query_embedding=unit(2), similarity_top_k=1)).ids == ["b"]
     with pytest.raises(ValueError, match="not a quant_retriever store"):
@@ -204,9 +206,12 @@ def test_vector_store_index_retriever_and_query_engine(tmp_path, persistent):
     assert {h.node.ref_doc_id for h in filtered} == {"doc2", "doc3"}
     response = index.as_query_engine(similarity_top_k=2).query("Where are texts and metadata stored?")
     assert response.source_nodes[0].node.ref_doc_id == "doc3"
+    if persistent:
+        store.close()
     reopened = VectorStoreIndex.from_vector_store(
         QuantizedVectorStore(path=tmp_path / "vs") if persistent else store, embed_model=embed
     )
+    index = reopened
     assert reopened.as_retriever(similarity_top_k=1).retrieve("memory-mapped INT8 copy")[0].node.ref_doc_id == "doc2"
     index.delete_ref_doc("doc2")
     assert "doc2" not in {h.node.ref_doc_id for h in index.as_retriever(similarity_top_k=4).retrieve("INT8 copy")}

@@ -151,6 +151,9 @@ def test_persistent_store_reopens_with_everything(tmp_path):
     s.delete(["doc-3"])
     s.upsert(["doc-4"], vecs(1, seed=7), ["replaced"], [{"i": -4}])
     before = s.search(x[:5], k=5, where=Cond("i", "gte", 0))
+    assert s.verify() == []
+    with pytest.raises(RuntimeError, match="already open for writing"):
+        QuantizedStore.open(tmp_path / "st")
     s.close()
     r = QuantizedStore.open(tmp_path / "st")
     assert len(r) == 49 and len(r.index) == 49 and r.dim == 16
@@ -166,10 +169,11 @@ def test_open_reconciles_a_write_interrupted_between_parts(tmp_path):
     s.index.add(vecs(1, seed=3))  # index rows SQLite never committed (crash after step 1)
     with s._db:
         s._db.execute("INSERT INTO docs VALUES (999, 'ghost', 'G', '{}')")  # a record without vectors
+    assert s.verify() == ["1 records without vectors, 1 vectors without records"]
     s.close()
     r = QuantizedStore.open(tmp_path / "st")
     assert sorted(rec.id for rec in r.records()) == ["a", "b"]
-    assert len(r.index) == 2
+    assert len(r.index) == 2 and r.verify() == []
 
 
 def test_not_a_store_is_refused(tmp_path):

@@ -104,6 +104,10 @@ class QuantizedVectorStore(VectorStore):
     def embeddings(self) -> Embeddings:
         return self.embedding
 
+    def close(self) -> None:
+        """Close the underlying store (releases a persistent store's directory lock)."""
+        self.store.close()
+
     # ------------------------------------------------------------------ writes
     def add_texts(
         self,

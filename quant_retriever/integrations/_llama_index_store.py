@@ -110,6 +110,10 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     def client(self) -> QuantizedStore:
         return self._store
 
+    def close(self) -> None:
+        """Close the underlying store (releases a persistent store's directory lock)."""
+        self._store.close()
+
     # ------------------------------------------------------------------ writes
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
         """Add nodes with embeddings; a node id that already exists is replaced."""

@@ -104,14 +104,20 @@ def _typed_equal(value: Any, expr: str, type_expr: str, params: list) -> str:
     if isinstance(value, bool):
         return f"COALESCE({type_expr} = '{'true' if value else 'false'}', 0)"
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"filter values must be finite numbers; got {value!r}.")
-        params.append(value)
+        params.append(_number(value))
         return f"COALESCE({type_expr} IN ('integer', 'real') AND {expr} = ?, 0)"
     if isinstance(value, str):
         params.append(value)
         return f"COALESCE({type_expr} = 'text' AND {expr} = ?, 0)"
     raise TypeError(f"filter values must be str, int, float, bool or None; got {type(value).__name__} {value!r}.")
+
+
+def _number(value: int | float) -> int | float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"filter values must be finite numbers; got {value!r}.")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"filter integers must fit in 64 bits; got {value}.")
+    return value
 
 
 def _as_list(value: Any, op: str) -> list:
@@ -132,7 +138,7 @@ def _compile_cond(c: Cond, params: list) -> str:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise TypeError(f"operator {op!r} compares numbers or strings; got {type(value).__name__} {value!r}.")
         kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
-        params.append(value)
+        params.append(value if isinstance(value, str) else _number(value))
         return f"({t} IN ({kinds}) AND {v} {dict(lt='<', lte='<=', gt='>', gte='>=')[op]} ?)"
     if op in ("in", "nin"):
         parts = [_typed_equal(x, v, t, params) for x in _as_list(value, op)]

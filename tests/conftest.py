@@ -14,6 +14,10 @@ import torch
 from quant_retriever import corpus
 
 
+def pytest_addoption(parser):
+    parser.addoption("--crash-trials", type=int, default=12, help="SIGKILL trials in test_crash.py (full run: 50)")
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     return corpus.minilm_path()

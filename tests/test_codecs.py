@@ -198,6 +198,14 @@ def test_without_a_compiler_the_kernels_warn_once_and_fall_back(monkeypatch):
         torch.testing.assert_close(int4.score(q, codes, 70), q @ int4.decode(codes, 70).T, atol=1e-4, rtol=1e-4)
 
 
+def test_loading_the_kernels_keeps_subnormal_floats():
+    # a library linked with -ffast-math would switch the whole process to flush-to-zero
+    if _native.kernels() is None:
+        pytest.skip("no C compiler")
+    tiny = np.float32(1e-40)
+    assert tiny * np.float32(1.0) != 0 and torch.tensor(1e-40, dtype=torch.float32) * 1.0 != 0
+
+
 def test_unknown_codec_lists_the_choices():
     with pytest.raises(ValueError, match="'int4', 'binary', 'int8', 'fp16', 'fp32'; got 'pq'"):
         make_codec("pq", CodecParams(8))

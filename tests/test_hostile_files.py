@@ -1,0 +1,128 @@
+"""Loading from an untrusted directory: never executes code, and every damaged file raises a
+clear ValueError that names it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from quant_retriever import QuantizedIndex, files
+from quant_retriever.store import QuantizedStore
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    x = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    index = QuantizedIndex(16, codec="int4", path=tmp_path / "idx", block_size=8)
+    index.add(x)
+    index.remove([3])
+    index.close()
+    return tmp_path / "idx"
+
+
+def damage(path, name, data: bytes):
+    (path / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "rescore.json", "codes.u8", "ids.i64", "deleted.i64", "rescore.int8"])
+def test_pickle_payloads_are_never_loaded(saved, tmp_path, name):
+    marker = tmp_path / "pwned"
+    damage(saved, name, pickle.dumps(Payload(marker)))
+    with pytest.raises(ValueError, match=name.replace(".", "\\.")):
+        QuantizedIndex.load(saved)
+    assert not marker.exists()
+
+
+def test_truncated_files_name_the_file(saved):
+    for name in ("codes.u8", "ids.i64", "deleted.i64", "rescore.int8"):
+        data = (saved / name).read_bytes()
+        damage(saved, name, data[: len(data) // 2])
+        with pytest.raises(ValueError, match=name.replace(".", "\\.")):
+            QuantizedIndex.load(saved)
+        damage(saved, name, data)
+    assert len(QuantizedIndex.load(saved)) == 19
+
+
+def test_oversized_header(saved, monkeypatch):
+    monkeypatch.setattr(files, "MAX_HEADER_BYTES", 64)
+    with pytest.raises(ValueError, match="manifest.json: header is .* bytes, larger than any valid header"):
+        QuantizedIndex.load(saved)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"version": 2}, "newer quant_retriever"),
+        ({"version": "1"}, "invalid format version"),
+        ({"format": "something.else"}, "expected a 'quant_retriever.index' header"),
+        ({"dim": "sixteen"}, "malformed manifest"),
+        ({"codec": "pq"}, "unknown codec"),
+        ({"row_bytes": 99}, "row_bytes 99 does not match"),  # wrong dtype/shape of the code rows
+        ({"count": -1}, "negative or inconsistent"),
+        ({"n_deleted": 5}, "deleted.i64: expected"),
+        ({"int8": {"lo": [0.0], "scale": [1.0]}}, "int8 calibration must have 16 values"),
+    ],
+)
+def test_inconsistent_manifests(saved, change, match):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    (saved / "manifest.json").write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ValueError, match=match):
+        QuantizedIndex.load(saved)
+
+
+def test_bad_rescore_header_and_bad_deleted_rows(saved):
+    header = json.loads((saved / "rescore.json").read_text())
+    (saved / "rescore.json").write_text(json.dumps({**header, "version": 7}))
+    with pytest.raises(ValueError, match="rescore.json: written by a newer"):
+        QuantizedIndex.load(saved)
+    (saved / "rescore.json").write_text(json.dumps({**header, "scale": [0.0] * 16}))
+    with pytest.raises(ValueError, match="rescore.json: dim/lo/scale are inconsistent"):
+        QuantizedIndex.load(saved)
+    (saved / "rescore.json").write_text(json.dumps(header))
+    np.array([500], dtype=np.int64).tofile(saved / "deleted.i64")
+    with pytest.raises(ValueError, match="deleted.i64: row numbers outside"):
+        QuantizedIndex.load(saved)
+
+
+def test_hostile_store_files(tmp_path):
+    marker = tmp_path / "pwned"
+    store = QuantizedStore(8, path=tmp_path / "st")
+    store.upsert(["a"], np.ones((1, 8), np.float32), ["t"])
+    store.close()
+    with store_db(tmp_path / "st") as db:
+        db.execute("UPDATE meta SET value = '9' WHERE name = 'version'")
+    with pytest.raises(ValueError, match="newer quant_retriever"):
+        QuantizedStore.open(tmp_path / "st")
+    (tmp_path / "st" / "store.sqlite").write_bytes(pickle.dumps(Payload(marker)))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "st" / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="store.sqlite"):
+        QuantizedStore.open(tmp_path / "st")
+    assert not marker.exists()
+
+
+def store_db(path):
+    import contextlib
+    import sqlite3
+
+    @contextlib.contextmanager
+    def cm():
+        db = sqlite3.connect(str(path / "store.sqlite"))
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    return cm()

@@ -421,11 +421,11 @@ class QuantizedIndex:
             raise
 
     def _reserve(self, rows: int) -> None:
-        """Grow code storage to hold ``rows`` rows: doubling, then whole chunks (amortised O(1))."""
+        """Grow code storage to hold ``rows`` rows by at least half its size (amortised O(1) per row)."""
         cap = self._codes.shape[0]
         if rows <= cap:
             return
-        new_cap = max(rows, 2 * cap, 16)
+        new_cap = max(rows, cap + cap // 2, 16)
         codes = torch.zeros(new_cap, self._codes.shape[1], dtype=torch.uint8, device=self.device)
         codes[:cap] = self._codes
         alive = torch.zeros(new_cap, dtype=torch.bool, device=self.device)

@@ -1,0 +1,35 @@
+"""The examples run end to end, offline, on a real corpus with the real MiniLM model."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name: str, *args: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", ["langchain_rag.py", "llamaindex_query_engine.py"])
+def test_example_retrieves_sources_and_compares_with_float32(script):
+    out = run_example(script, "--limit", "300")
+    assert "Q: " in out and "A" in out
+    sources = re.findall(r"^\s+(?:source: |\d\.\d{3}\s+)(\S+)", out, flags=re.M)
+    assert len(sources) == 3, out
+    overlap = int(re.search(r"top-10 overlap with float32: (\d+)/10", out).group(1))
+    assert overlap >= 7, out
+    rows = re.findall(r"^(\w+VectorStore) .*?\s(\d+)\s+(\d+)\s+([\d.]+)$", out, flags=re.M)
+    sizes = {name: int(ram) for name, ram, _, _ in rows}
+    assert sizes["QuantizedVectorStore"] == 220 and min(sizes.values()) == 220, out

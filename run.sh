@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
-#   ./run.sh demo          build the demo indexes over a real corpus and search them
+#   ./run.sh demo          the index demo, then the LangChain and LlamaIndex examples, on a real corpus
 #   ./run.sh test [ARGS]   run the whole test suite (ARGS go to pytest)
 #   ./run.sh bench [ARGS]  run benchmarks/bench_index.py
 # Creates .venv/ on first use (installing the CPU build of torch when none is importable);
@@ -29,7 +29,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-    demo) exec "$PY" examples/demo.py "$@" ;;
+    demo)
+        for example in demo langchain_rag llamaindex_query_engine; do
+            echo; echo "===== examples/$example.py"
+            "$PY" "examples/$example.py" "$@"
+        done ;;
     test) exec "$PY" -m pytest -q "$@" ;;
     bench) exec "$PY" benchmarks/bench_index.py "$@" ;;
     *) echo "usage: ./run.sh demo | test [pytest args] | bench [args]" >&2; exit 2 ;;

@@ -7,11 +7,10 @@ INT8 copy on disk, next to exact float32 search.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from quant_retriever import QuantizedIndex, load_encoder
+from quant_retriever.bench import median_ms
 from quant_retriever.corpus import embed_cached, minilm_path, stdlib_docstrings
 
 QUESTIONS = [
@@ -20,15 +19,6 @@ QUESTIONS = [
     "run a shell command and capture its output",
     "read rows from a CSV file",
 ]
-
-
-def median_ms(fn, runs: int = 30) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def main() -> None:

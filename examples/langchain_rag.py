@@ -18,19 +18,11 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
+from quant_retriever.bench import median_ms
 from quant_retriever.corpus import minilm_path, stdlib_docstrings
 from quant_retriever.langchain import QuantizedEmbeddings, QuantizedVectorStore
 
 QUESTION = "How do I compress bytes with gzip?"
-
-
-def median_ms(fn, runs: int = 20) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def main(argv=None) -> None:

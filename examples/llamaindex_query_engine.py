@@ -15,19 +15,11 @@ from llama_index.core import Document, Settings, StorageContext, VectorStoreInde
 from llama_index.core.llms import MockLLM
 from llama_index.core.vector_stores import SimpleVectorStore
 
+from quant_retriever.bench import median_ms
 from quant_retriever.corpus import minilm_path, stdlib_docstrings
 from quant_retriever.llama_index import QuantizedEmbedding, QuantizedVectorStore
 
 QUESTION = "How do I read rows from a CSV file?"
-
-
-def median_ms(fn, runs: int = 20) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def main(argv=None) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "index_table",
     "encoder_table",
     "format_table",
+    "median_ms",
     "write_results",
     "plot_index",
     "plot_encoders",
@@ -405,6 +406,11 @@ def _timed(fn: Callable[[Any], Any], runs) -> np.ndarray:
         fn(run)
         times.append(time.perf_counter() - start)
     return np.array(times) * 1e3  # ms
+
+
+def median_ms(fn: Callable[[], Any], runs: int = 20) -> float:
+    """Median wall time of ``runs`` calls of ``fn``, in milliseconds."""
+    return float(np.median(_timed(lambda _: fn(), range(runs))))
 
 
 def _evaluate(method: Method, x, q, truth, qrels, k, exact, n_single, n_batches, batch_size) -> IndexRow:

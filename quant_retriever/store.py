@@ -369,11 +369,7 @@ class QuantizedStore:
         return ids
 
     def _keys_of(self, ids: Sequence[str]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for start in range(0, len(ids), 900):
-            part = list(ids[start : start + 900])
-            out.update(self._db.execute(f"SELECT id, key FROM docs WHERE id IN ({','.join('?' * len(part))})", part).fetchall())
-        return out
+        return {r.id: r.key for r in self._records_where_in("id", list(ids))}
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete documents by id; returns the ids that existed (unknown ids are ignored)."""
@@ -412,13 +408,7 @@ class QuantizedStore:
         """Records for the ids that exist, in the order asked."""
         with self._lock:
             ids = list(ids)
-            rows = {}
-            for start in range(0, len(ids), 900):
-                part = ids[start : start + 900]
-                for r in self._db.execute(
-                    f"SELECT id, text, metadata, key FROM docs WHERE id IN ({','.join('?' * len(part))})", part
-                ):
-                    rows[r[0]] = Record(r[0], r[1], json.loads(r[2]), r[3])
+            rows = {r.id: r for r in self._records_where_in("id", ids)}
             return [rows[i] for i in dict.fromkeys(ids) if i in rows]
 
     def records(self, where: Filter | None = None) -> Iterator[Record]:
@@ -460,28 +450,25 @@ class QuantizedStore:
                     sql, params = compile_filter(where)
                     clauses.append(sql)
                 if ids is not None:
-                    ids = list(ids)
-                    clauses.append(f"id IN (SELECT value FROM json_each(?))")
-                    params = [*params, json.dumps(ids)]
+                    clauses.append("id IN (SELECT value FROM json_each(?))")
+                    params = [*params, json.dumps(list(ids))]
                 allowed = np.array([k_ for (k_,) in self._db.execute(
                     f"SELECT key FROM docs WHERE {' AND '.join(clauses)}", params
                 )], dtype=np.int64)
             res = self._index.search(q, k=k, rescore_multiplier=rescore_multiplier, allowed_ids=allowed)
-            by_key = self._records_by_key(np.unique(res.ids).tolist())
+            by_key = {r.key: r for r in self._records_where_in("key", np.unique(res.ids).tolist())}
             return [
                 [(by_key[int(key)], float(score)) for key, score in zip(row_ids, row_scores)]
                 for row_ids, row_scores in zip(res.ids, res.scores)
             ]
 
-    def _records_by_key(self, keys: list[int]) -> dict[int, Record]:
-        out = {}
-        for start in range(0, len(keys), 900):
-            part = keys[start : start + 900]
-            for r in self._db.execute(
-                f"SELECT id, text, metadata, key FROM docs WHERE key IN ({','.join('?' * len(part))})", part
-            ):
-                out[r[3]] = Record(r[0], r[1], json.loads(r[2]), r[3])
-        return out
+    def _records_where_in(self, column: str, values: list) -> list[Record]:
+        """Records whose ``column`` (``id`` or ``key``) is in ``values`` (one query, any length)."""
+        rows = self._db.execute(
+            f"SELECT id, text, metadata, key FROM docs WHERE {column} IN (SELECT value FROM json_each(?))",
+            [json.dumps(values)],
+        )
+        return [Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy of this store to ``path`` (a new or empty directory), via a

@@ -103,31 +103,21 @@ void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64
 }
 
 /* Dense rows: int8 [n, dim] or float16 [n, dim] against float queries q [nq, dim]; out [nq, n]. */
-void dense_scan_i8(const int8_t* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        const int8_t* row = codes + r * dim;
-        for (int64_t qi = 0; qi < nq; qi++) {
-            const float* qq = q + qi * dim;
-            float s = 0.f;
-            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];
-            out[qi * n + r] = s;
-        }
-    }
+#define DENSE_SCAN(NAME, T)                                                                          \
+void NAME(const T* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) { \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                               \
+    for (int64_t r = 0; r < n; r++) {                                                                \
+        const T* row = codes + r * dim;                                                              \
+        for (int64_t qi = 0; qi < nq; qi++) {                                                        \
+            const float* qq = q + qi * dim;                                                          \
+            float s = 0.f;                                                                           \
+            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];                            \
+            out[qi * n + r] = s;                                                                     \
+        }                                                                                            \
+    }                                                                                                \
 }
-
-void dense_scan_f16(const _Float16* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        const _Float16* row = codes + r * dim;
-        for (int64_t qi = 0; qi < nq; qi++) {
-            const float* qq = q + qi * dim;
-            float s = 0.f;
-            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];
-            out[qi * n + r] = s;
-        }
-    }
-}
+DENSE_SCAN(dense_scan_i8, int8_t)
+DENSE_SCAN(dense_scan_f16, _Float16)
 
 /* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
 void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,

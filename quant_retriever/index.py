@@ -453,17 +453,14 @@ class QuantizedIndex:
         step = self._chunk_rows(len(q))
         for start in range(0, self._rows, step):
             stop = min(start + step, self._rows)
-            s = self._codec.score(q, self._codes[start:stop])  # [q, stop - start], higher is better
-            if mask is not None:
-                low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
-                s = s.masked_fill(~mask[start:stop], low)
-            top_s, top_r = torch.topk(s, min(n_top, s.shape[1]), dim=1)
+            valid = None if mask is None else mask[start:stop]
+            top_s, top_r = self._codec.top(q, self._codes[start:stop], valid, min(n_top, stop - start))
             top_r += start
             if best_s is not None:
                 top_s, top_r = torch.cat([best_s, top_s], dim=1), torch.cat([best_r, top_r], dim=1)
-                if top_s.shape[1] > n_top:
-                    top_s, pos = torch.topk(top_s, n_top, dim=1)
-                    top_r = torch.gather(top_r, 1, pos)
+                if top_s.shape[1] > n_top:  # stable: equal scores keep the lower row (earlier chunk)
+                    top_s, pos = torch.sort(top_s, dim=1, descending=True, stable=True)
+                    top_s, top_r = top_s[:, :n_top], torch.gather(top_r, 1, pos[:, :n_top])
             best_s, best_r = top_s, top_r
         return best_s, best_r
 

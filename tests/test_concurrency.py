@@ -66,3 +66,25 @@ def test_readers_and_one_writer(tmp_path, persistent, codec):
             assert -1.01 <= score <= 1.01
     assert store.verify() == []
     assert {r.id for r in store.records()} == {f"d{i}" for i in range(200, 400)}
+
+
+def test_a_second_process_cannot_open_a_store_for_writing(tmp_path):
+    import subprocess
+    import sys
+
+    store = QuantizedStore(8, "int4", tmp_path / "s")
+    store.upsert(["a"], vec(1, 8)[None], ["t"])
+    code = (
+        "import sys\n"
+        "from quant_retriever.store import QuantizedStore\n"
+        "try:\n"
+        "    QuantizedStore.open(sys.argv[1])\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "already open for writing" in proc.stdout, proc.stderr[-2000:]
+    store.close()
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -98,6 +98,23 @@ class Codec:
             return int8.score(queries, self._natural(rows), p.lo, p.scale)
         return floats.score(queries, self._natural(rows))
 
+    def top(
+        self, queries: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n`` best rows per query by first-stage score: ``(scores [q, n], positions
+        [q, n])``, best first. Rows where ``valid`` (``[rows]`` bool) is False score lowest."""
+        if self.name == "binary":
+            picked = _native.hamming_select(binary.encode(queries), rows, valid, n)
+            if picked is not None:  # histogram selection instead of a top-k over all rows
+                dist, pos = picked
+                dist, order = torch.sort(dist, dim=1, stable=True)
+                return dist.neg_(), torch.gather(pos, 1, order)
+        s = self.score(queries, rows)
+        if valid is not None:
+            low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
+            s = s.masked_fill(~valid, low)
+        return torch.topk(s, n, dim=1)
+
     def _natural(self, rows: torch.Tensor) -> torch.Tensor:
         dtype = {"int8": torch.int8, "fp16": torch.float16, "fp32": torch.float32}[self.name]
         return rows.view(dtype)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "int4_scan", "hamming_scan", "dense_scan", "available"]
+__all__ = ["kernels", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "available"]
 
 _SOURCE = r"""
 #include <stdint.h>
+#include <limits.h>
 #ifdef __F16C__
 #include <immintrin.h>
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -105,19 +106,62 @@ void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64
 /* Dense rows: int8 [n, dim] or float16 [n, dim] against float queries q [nq, dim]; out [nq, n]. */
 #define DENSE_SCAN(NAME, T)                                                                          \
 void NAME(const T* codes, int64_t n, int64_t dim, const float* q, int64_t nq, float* out, int nthreads) { \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                               \
-    for (int64_t r = 0; r < n; r++) {                                                                \
-        const T* row = codes + r * dim;                                                              \
-        for (int64_t qi = 0; qi < nq; qi++) {                                                        \
-            const float* qq = q + qi * dim;                                                          \
-            float s = 0.f;                                                                           \
-            for (int64_t d = 0; d < dim; d++) s += qq[d] * (float)row[d];                            \
-            out[qi * n + r] = s;                                                                     \
+    _Pragma("omp parallel num_threads(nthreads)")                                                    \
+    {                                                                                                \
+        float buf[dim];                                                                              \
+        _Pragma("omp for schedule(static)")                                                          \
+        for (int64_t r = 0; r < n; r++) {                                                            \
+            const T* row = codes + r * dim;                                                          \
+            for (int64_t d = 0; d < dim; d++) buf[d] = (float)row[d];                                \
+            for (int64_t qi = 0; qi < nq; qi++) {                                                    \
+                const float* qq = q + qi * dim;                                                      \
+                float s = 0.f;                                                                       \
+                for (int64_t d = 0; d < dim; d++) s += qq[d] * buf[d];                               \
+                out[qi * n + r] = s;                                                                 \
+            }                                                                                        \
         }                                                                                            \
     }                                                                                                \
 }
 DENSE_SCAN(dense_scan_i8, int8_t)
 DENSE_SCAN(dense_scan_f16, _Float16)
+
+/* Hamming top-k without sorting: distances of every (query, row) into dist [nq, n] (rows
+   with valid[r] == 0 get INT32_MAX), then per query a histogram of the distances gives the
+   cut-off, and one more pass takes the `keep` rows with the smallest distances (ties at the
+   cut-off in row order) into rows_out [nq, keep]. */
+void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
+                    const uint8_t* valid, int64_t keep, int32_t* dist, int64_t* rows_out, int nthreads) {
+    const int32_t maxd = (int32_t)(row_words * 64);
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        const uint64_t* row = codes + r * row_words;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int32_t d = 0;
+            if (valid && !valid[r]) { d = INT32_MAX; }
+            else {
+                const uint64_t* qq = q + qi * row_words;
+                for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ qq[w]);
+            }
+            dist[qi * n + r] = d;
+        }
+    }
+    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const int32_t* dq = dist + qi * n;
+        int64_t* out = rows_out + qi * keep;
+        int64_t hist[maxd + 2];
+        for (int32_t i = 0; i < maxd + 2; i++) hist[i] = 0;
+        for (int64_t r = 0; r < n; r++) hist[dq[r] == INT32_MAX ? maxd + 1 : dq[r]]++;
+        int32_t cut = 0;
+        int64_t below = 0;  /* rows with distance < cut */
+        while (cut <= maxd + 1 && below + hist[cut] < keep) { below += hist[cut]; cut++; }
+        int64_t taken = 0, at_cut = keep - below;
+        for (int64_t r = 0; r < n && taken < keep; r++) {
+            int32_t d = dq[r] == INT32_MAX ? maxd + 1 : dq[r];
+            if (d < cut || (d == cut && at_cut-- > 0)) out[taken++] = r;
+        }
+    }
+}
 
 /* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
 void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
@@ -165,6 +209,7 @@ def _compile() -> ctypes.CDLL:
     dll.int4_scan_fused.argtypes = [p, i64, i64, i64, i64, p, p, p, i64, p, i32]
     dll.int4_scan_decoded.argtypes = [p, i64, i64, i64, i64, p, i64, p, i32]
     dll.hamming_scan.argtypes = [p, i64, i64, p, i64, p, i32]
+    dll.hamming_select.argtypes = [p, i64, i64, p, i64, p, i64, p, p, i32]
     dll.dense_scan_i8.argtypes = [p, i64, i64, p, i64, p, i32]
     dll.dense_scan_f16.argtypes = [p, i64, i64, p, i64, p, i32]
     return dll
@@ -231,6 +276,27 @@ def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | No
         torch.get_num_threads(),
     )
     return out
+
+
+def hamming_select(
+    qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``keep`` rows of smallest Hamming distance per query: ``(distances [nq, keep] int32,
+    rows [nq, keep] int64)``, unsorted; rows where ``valid`` is False come last with distance
+    ``INT32_MAX``. ``None`` when the kernels are unavailable."""
+    lib = _usable(qcodes, codes)
+    if lib is None:
+        return None
+    codes, qcodes = codes.contiguous(), qcodes.contiguous()
+    nq, n = qcodes.shape[0], codes.shape[0]
+    mask = None if valid is None else valid.contiguous().view(torch.uint8)
+    dist = torch.empty(nq, n, dtype=torch.int32)
+    rows = torch.empty(nq, keep, dtype=torch.int64)
+    lib.hamming_select(
+        codes.data_ptr(), n, codes.shape[1] // 8, qcodes.data_ptr(), nq, None if mask is None else mask.data_ptr(),
+        keep, dist.data_ptr(), rows.data_ptr(), torch.get_num_threads(),
+    )
+    return torch.gather(dist, 1, rows), rows
 
 
 def dense_scan(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:

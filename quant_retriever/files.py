@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock"]
+__all__ = ["write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory"]
 
 MAX_HEADER_BYTES = 64 << 20
 
@@ -38,6 +39,25 @@ def write_json_atomic(path: Path, obj: dict) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def write_directory(path, fill) -> None:
+    """Create the directory ``path`` (new or empty) with ``fill(tmp_dir)``: written into a
+    temporary sibling and renamed into place, so a failure leaves nothing behind."""
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"save path {target} must be a new or empty directory.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_json(path: Path, fmt: str, version: int) -> dict:

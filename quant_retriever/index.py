@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import CODEC_NAMES, Codec, CodecName, CodecParams, binary, int8, make_codec
-from quant_retriever.files import DirectoryLock, append_raw, fsync_dir, read_json, read_raw, write_json_atomic
+from quant_retriever.files import DirectoryLock, append_raw, read_json, read_raw, write_directory, write_json_atomic
 from quant_retriever.rescore import RescoreStore
 
 __all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device"]
@@ -307,23 +307,10 @@ class QuantizedIndex:
 
         Written to a temporary sibling and renamed into place, so a failure leaves nothing.
         """
-        target = Path(path)
-        if self._path is not None and target.resolve() == self._path.resolve():
+        if self._path is not None and Path(path).resolve() == self._path.resolve():
             return  # a persistent index is always saved
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ValueError(f"save path {target} must be a new or empty directory.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            with self._lock:
-                self._save_compacted(tmp)
-            if target.exists():
-                target.rmdir()
-            os.rename(tmp, target)
-            fsync_dir(target.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with self._lock:
+            write_directory(path, self._save_compacted)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "QuantizedIndex":

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any, Iterator, Literal, Sequence, Union, get_args
 import numpy as np
 
 from quant_retriever.codecs import CodecName
-from quant_retriever.files import DirectoryLock
+from quant_retriever.files import DirectoryLock, write_directory
 from quant_retriever.index import QuantizedIndex, as_vectors
 
 __all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "QuantizedStore", "compile_filter"]
@@ -473,26 +471,17 @@ class QuantizedStore:
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy of this store to ``path`` (a new or empty directory), via a
         temporary sibling and a rename, so a failure leaves nothing behind."""
-        target = Path(path)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ValueError(f"save path {target} must be a new or empty directory.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            with self._lock:
-                dst = sqlite3.connect(str(tmp / "store.sqlite"))
-                try:
-                    self._db.backup(dst)
-                finally:
-                    dst.close()
-                if self._index is not None:
-                    self._index.save(tmp / "index")
-            if target.exists():
-                target.rmdir()
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        def fill(tmp: Path) -> None:
+            dst = sqlite3.connect(str(tmp / "store.sqlite"))
+            try:
+                self._db.backup(dst)
+            finally:
+                dst.close()
+            if self._index is not None:
+                self._index.save(tmp / "index")
+
+        with self._lock:
+            write_directory(path, fill)
 
     def verify(self) -> list[str]:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""

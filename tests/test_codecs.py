@@ -123,16 +123,17 @@ def test_binary_hamming_and_asymmetric_score(dim, kernel_path):
 
 @pytest.mark.parametrize("dim", [7, 97, 384])
 @pytest.mark.parametrize("masked", [False, True])
-def test_binary_top_selects_the_smallest_distances(dim, masked, kernel_path):
-    x, q = torch.randn(500, dim), torch.randn(3, dim)
+@pytest.mark.parametrize("nq", [3, 9])  # the kernel's plain loop below 4 queries, its vector loop above
+def test_binary_top_selects_the_smallest_distances(dim, masked, nq, kernel_path):
+    x, q = torch.randn(500, dim), torch.randn(nq, dim)
     codec = make_codec("binary", CodecParams(dim))
     rows = codec.encode(x)
     valid = torch.rand(500, generator=torch.Generator().manual_seed(1)) > 0.5 if masked else None
-    ref = ((x.numpy()[None] > 0) != (q.numpy()[:, None] > 0)).sum(axis=2)  # [3, 500]
+    ref = ((x.numpy()[None] > 0) != (q.numpy()[:, None] > 0)).sum(axis=2)  # [nq, 500]
     if masked:
         ref = np.where(valid.numpy()[None], ref, 10**6)
     scores, pos = codec.top(q, rows, valid, 40)
-    assert scores.shape == pos.shape == (3, 40)
+    assert scores.shape == pos.shape == (nq, 40)
     np.testing.assert_array_equal(-scores.numpy(), np.sort(ref, axis=1)[:, :40])  # best first, exact distances
     np.testing.assert_array_equal(np.take_along_axis(ref, pos.numpy(), axis=1), -scores.numpy())
     assert all(len(set(p)) == 40 for p in pos.tolist())

@@ -27,6 +27,7 @@ __all__ = ["kernels", "int4_scan", "hamming_scan", "hamming_select", "dense_scan
 _SOURCE = r"""
 #include <stdint.h>
 #include <limits.h>
+#include <stdlib.h>
 #ifdef __F16C__
 #include <immintrin.h>
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
@@ -132,19 +133,39 @@ DENSE_SCAN(dense_scan_f16, _Float16)
 void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
                     const uint8_t* valid, int64_t keep, int32_t* dist, int64_t* rows_out, int nthreads) {
     const int32_t maxd = (int32_t)(row_words * 64);
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        const uint64_t* row = codes + r * row_words;
-        for (int64_t qi = 0; qi < nq; qi++) {
-            int32_t d = 0;
-            if (valid && !valid[r]) { d = INT32_MAX; }
-            else {
-                const uint64_t* qq = q + qi * row_words;
-                for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ qq[w]);
+    /* queries transposed to [row_words, nq], so the popcounts of one row against all queries
+       run as one vector loop per word */
+    uint64_t* qt = (uint64_t*)malloc((size_t)(nq * row_words) * sizeof(uint64_t));
+    for (int64_t qi = 0; qi < nq; qi++)
+        for (int64_t w = 0; w < row_words; w++) qt[w * nq + qi] = q[qi * row_words + w];
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int64_t acc[nq];
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (valid && !valid[r]) {
+                for (int64_t qi = 0; qi < nq; qi++) dist[qi * n + r] = INT32_MAX;
+                continue;
             }
-            dist[qi * n + r] = d;
+            const uint64_t* row = codes + r * row_words;
+            if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
+                for (int64_t qi = 0; qi < nq; qi++) {
+                    int32_t d = 0;
+                    for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ q[qi * row_words + w]);
+                    dist[qi * n + r] = d;
+                }
+                continue;
+            }
+            for (int64_t qi = 0; qi < nq; qi++) acc[qi] = 0;
+            for (int64_t w = 0; w < row_words; w++) {
+                const uint64_t rw = row[w];
+                const uint64_t* qw = qt + w * nq;
+                for (int64_t qi = 0; qi < nq; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
+            }
+            for (int64_t qi = 0; qi < nq; qi++) dist[qi * n + r] = (int32_t)acc[qi];
         }
     }
+    free(qt);
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t qi = 0; qi < nq; qi++) {
         const int32_t* dq = dist + qi * n;

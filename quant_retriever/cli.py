@@ -492,24 +492,23 @@ def _model_options(parser: argparse.ArgumentParser, default_model: str, default_
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {n}")
-    return n
+def _int_at_least(minimum: int, expected: str):
+    """An argparse ``type`` for integers >= ``minimum``; ``expected`` words the error."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {n}")
+        return n
+
+    return parse
 
 
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {n}")
-    return n
+_positive = _int_at_least(1, "a positive integer")
+_non_negative = _int_at_least(0, "an integer >= 0")
 
 
 _EXAMPLES = {

@@ -12,7 +12,9 @@ Search pipeline for ``k`` results and ``rescore_multiplier = m``:
 Peak extra memory of a search, beyond the codes: the scores of one chunk (at most
 ``SCORES_PER_CHUNK * 4`` = 16 MB, more only when a batch has over 4M/1024 queries), a decoded
 chunk on the plain-torch paths (at most ``DECODED_PER_CHUNK * 4`` = 64 MB), and the candidates
-(``queries * k * m * dim * 4`` bytes). It does not grow with the number of vectors.
+(``queries * k * m * dim * 4`` bytes). It does not grow with the number of vectors. Binary
+codes on the CPU scan all rows in one step: the native kernel keeps only per-query candidate
+lists (about ``threads * queries * 3 * n_top * 8`` bytes), no score per row.
 
 On-disk layout of a saved or persistent index (a directory):
 
@@ -453,9 +455,12 @@ class QuantizedIndex:
 
     def _chunk_rows(self, n_queries: int) -> int:
         """Rows per scan step: ``SCORES_PER_CHUNK / queries``, and no more than
-        ``DECODED_PER_CHUNK / dim`` when the codec decodes rows to score them."""
+        ``DECODED_PER_CHUNK / dim`` when the codec decodes rows to score them; every row
+        when the codec selects without scores."""
         if self._chunk is not None:
             return self._chunk
+        if self._codec.selects_in_place(self.device):
+            return min(max(self._rows, 1), 1 << 30)
         rows = SCORES_PER_CHUNK // n_queries
         if not self._codec.scans_in_place(self.device):
             rows = min(rows, DECODED_PER_CHUNK // self.dim)

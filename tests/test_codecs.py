@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 import shutil
 import warnings
 
@@ -74,15 +76,26 @@ def test_int4_constant_zero_and_out_of_range_blocks():
     assert int((nibbles & 15).max()) <= 15 and int((nibbles >> 4).max()) <= 15
 
 
-@pytest.fixture(params=["native", "eager"])
+@functools.cache
+def portable_kernels():
+    """The same kernels built for baseline x86-64: no AVX-512, no F16C, so their fallbacks run."""
+    return _native._compile("x86-64")
+
+
+@pytest.fixture(params=["native", "portable", "eager"])
 def kernel_path(request, monkeypatch):
-    """Run a test through the native CPU kernels and through plain torch."""
+    """Run a test through the native CPU kernels, their portable build and plain torch."""
     if request.param == "eager":
         monkeypatch.setenv("QUANT_RETRIEVER_NATIVE", "0")
-    elif shutil.which("cc") or shutil.which("gcc"):
-        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
-    else:
+    elif not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler: native kernels unavailable")
+    elif request.param == "native":
+        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
+    elif platform.machine() not in {"x86_64", "AMD64"}:
+        pytest.skip("the portable build targets x86-64")
+    else:
+        monkeypatch.setitem(_native._state, "tried", True)
+        monkeypatch.setitem(_native._state, "lib", portable_kernels())
     return request.param
 
 
@@ -123,7 +136,7 @@ def test_binary_hamming_and_asymmetric_score(dim, kernel_path):
 
 @pytest.mark.parametrize("dim", [7, 97, 384])
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("nq", [3, 9])  # the kernel's plain loop below 4 queries, its vector loop above
+@pytest.mark.parametrize("nq", [1, 3, 9, 32])  # the kernel's plain loop below 4 queries, vector groups of 8 above
 def test_binary_top_selects_the_smallest_distances(dim, masked, nq, kernel_path):
     x, q = torch.randn(500, dim), torch.randn(nq, dim)
     codec = make_codec("binary", CodecParams(dim))
@@ -137,6 +150,45 @@ def test_binary_top_selects_the_smallest_distances(dim, masked, nq, kernel_path)
     np.testing.assert_array_equal(-scores.numpy(), np.sort(ref, axis=1)[:, :40])  # best first, exact distances
     np.testing.assert_array_equal(np.take_along_axis(ref, pos.numpy(), axis=1), -scores.numpy())
     assert all(len(set(p)) == 40 for p in pos.tolist())
+    if kernel_path != "eager":  # dim 7 has many ties: the kernels keep the earlier rows
+        np.testing.assert_array_equal(pos.numpy(), np.argsort(ref, axis=1, kind="stable")[:, :40])
+
+
+@pytest.mark.parametrize("nq", [1, 12])
+def test_binary_kernel_selection_is_the_same_for_any_thread_count(nq, kernel_path):
+    if kernel_path == "eager":
+        pytest.skip("the eager path is torch.topk")
+    x = torch.randn(3000, 16)
+    x[1000:2000] = x[0]  # a thousand ties, split across the threads' blocks
+    rows, qc = binary.encode(x), binary.encode(torch.randn(nq, 16))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3, 5):
+            torch.set_num_threads(t)
+            results.append([r.numpy() for r in _native.hamming_select(qc, rows, None, 700)])
+    finally:
+        torch.set_num_threads(threads)
+    for dist, pos in results[1:]:
+        np.testing.assert_array_equal(dist, results[0][0])
+        np.testing.assert_array_equal(pos, results[0][1])
+
+
+def test_binary_kernel_pads_with_invalid_rows_when_too_few_are_valid(kernel_path):
+    x, q = torch.randn(100, 64), torch.randn(3, 64)
+    codec = make_codec("binary", CodecParams(64))
+    valid = torch.zeros(100, dtype=torch.bool)
+    valid[[5, 50, 70]] = True
+    scores, pos = codec.top(q, codec.encode(x), valid, 10)
+    assert sorted(pos[:, :3].flatten().tolist()) == [5, 5, 5, 50, 50, 50, 70, 70, 70]
+    ref = ((x.numpy()[None] > 0) != (q.numpy()[:, None] > 0)).sum(axis=2)
+    np.testing.assert_array_equal(-scores[:, :3].numpy(), np.take_along_axis(ref, pos[:, :3].numpy(), axis=1))
+    assert not valid[pos[:, 3:].flatten()].any()  # the rest are invalid rows, scored lowest
+    assert (scores[:, 3:] < scores[:, 2:3]).all()
+    if kernel_path != "eager":
+        assert pos[:, 3:].tolist() == [[0, 1, 2, 3, 4, 6, 7]] * 3
+        with pytest.raises(ValueError, match="keep"):
+            _native.hamming_select(binary.encode(q), codec.encode(x), valid, 101)
 
 
 def ref_int8(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -58,6 +58,10 @@ class Codec:
         """Whether ``score`` reads rows without making a float copy of them (bounds chunk size)."""
         return self.name == "fp32" or _native.available(device)
 
+    def selects_in_place(self, device: torch.device) -> bool:
+        """Whether ``top`` keeps only candidate lists, never a score per row (no chunking needed)."""
+        return self.name == "binary" and _native.available(device)
+
     @property
     def exact_as_int8(self) -> bool:
         return self.name in ("int8", "fp16", "fp32")
@@ -105,7 +109,7 @@ class Codec:
         [q, n])``, best first. Rows where ``valid`` (``[rows]`` bool) is False score lowest."""
         if self.name == "binary":
             picked = _native.hamming_select(binary.encode(queries), rows, valid, n)
-            if picked is not None:  # histogram selection instead of a top-k over all rows
+            if picked is not None:  # streaming selection instead of a top-k over all rows
                 dist, pos = picked
                 dist, order = torch.sort(dist, dim=1, stable=True)
                 return dist.neg_(), torch.gather(pos, 1, order)

@@ -28,8 +28,11 @@ _SOURCE = r"""
 #include <stdint.h>
 #include <limits.h>
 #include <stdlib.h>
-#ifdef __F16C__
+#include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
+#ifdef __F16C__
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 #else
 #include <string.h>
@@ -126,62 +129,138 @@ void NAME(const T* codes, int64_t n, int64_t dim, const float* q, int64_t nq, fl
 DENSE_SCAN(dense_scan_i8, int8_t)
 DENSE_SCAN(dense_scan_f16, _Float16)
 
-/* Hamming top-k without sorting: distances of every (query, row) into dist [nq, n] (rows
-   with valid[r] == 0 get INT32_MAX), then per query a histogram of the distances gives the
-   cut-off, and one more pass takes the `keep` rows with the smallest distances (ties at the
-   cut-off in row order) into rows_out [nq, keep]. */
+/* Keep the `keep` smallest distances of a candidate list (cnt >= keep entries, in row order;
+   ties at the cut-off keep the earlier rows), in place. Returns the cut-off distance c: a row
+   seen later belongs in the list only if its distance is < c. */
+#define QB 8  /* queries per vector group: 8 x 64-bit lanes */
+static int32_t hamming_compact(int32_t* bd, int32_t* br, int64_t cnt, int64_t keep, int32_t maxd, int64_t* hist) {
+    for (int32_t i = 0; i <= maxd; i++) hist[i] = 0;
+    for (int64_t j = 0; j < cnt; j++) hist[bd[j]]++;
+    int32_t cut = 0;
+    int64_t below = 0;  /* entries with distance < cut */
+    while (below + hist[cut] < keep) { below += hist[cut]; cut++; }
+    int64_t at_cut = keep - below, m = 0;
+    for (int64_t j = 0; j < cnt; j++) {
+        const int32_t d = bd[j];
+        if (d < cut || (d == cut && at_cut-- > 0)) { bd[m] = d; br[m] = br[j]; m++; }
+    }
+    return cut;
+}
+
+/* Hamming top-k in one streaming pass, without a distance matrix. Each thread scans a block
+   of rows and keeps, per query, a list of up to `cap` candidates and a threshold: a row
+   enters only if its distance is below the threshold, and a full list is cut back to the
+   best `keep` (which lowers the threshold). The threads' lists are then merged per query.
+   Result: the `keep` rows with the smallest (distance, row) per query into dist_out/rows_out
+   [nq, keep], unsorted; rows with valid[r] == 0 only pad a short result (in row order,
+   distance INT32_MAX). Requires keep <= n. */
 void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
-                    const uint8_t* valid, int64_t keep, int32_t* dist, int64_t* rows_out, int nthreads) {
+                    const uint8_t* valid, int64_t keep, int32_t* dist_out, int64_t* rows_out, int nthreads) {
     const int32_t maxd = (int32_t)(row_words * 64);
-    /* queries transposed to [row_words, nq], so the popcounts of one row against all queries
-       run as one vector loop per word */
-    uint64_t* qt = (uint64_t*)malloc((size_t)(nq * row_words) * sizeof(uint64_t));
+    /* queries transposed to [row_words, nqp] (zero-padded to whole groups of QB), so the
+       distances of one row to QB queries accumulate in one AVX-512 register (or, without
+       AVX-512 VPOPCNTDQ, in a loop the compiler vectorises as it can) */
+    const int64_t nqp = (nq + QB - 1) / QB * QB;
+    uint64_t* qt = (uint64_t*)calloc((size_t)(nqp * row_words), sizeof(uint64_t));
     for (int64_t qi = 0; qi < nq; qi++)
-        for (int64_t w = 0; w < row_words; w++) qt[w * nq + qi] = q[qi * row_words + w];
+        for (int64_t w = 0; w < row_words; w++) qt[w * nqp + qi] = q[qi * row_words + w];
+    if (nthreads < 1) nthreads = 1;
+    /* each thread's final lists: [thread][query][keep] and their lengths */
+    int32_t* td = (int32_t*)malloc((size_t)(nthreads * nq * keep) * sizeof(int32_t));
+    int32_t* tr = (int32_t*)malloc((size_t)(nthreads * nq * keep) * sizeof(int32_t));
+    int64_t* tcnt = (int64_t*)calloc((size_t)(nthreads * nq), sizeof(int64_t));
     #pragma omp parallel num_threads(nthreads)
     {
-        int64_t acc[nq];
-        #pragma omp for schedule(static)
-        for (int64_t r = 0; r < n; r++) {
-            if (valid && !valid[r]) {
-                for (int64_t qi = 0; qi < nq; qi++) dist[qi * n + r] = INT32_MAX;
-                continue;
-            }
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+        int64_t cap = 2 * keep < hi - lo ? 2 * keep : hi - lo;  /* a list this long never overflows */
+        if (cap < 1) cap = 1;
+        int32_t* bd = (int32_t*)malloc((size_t)(nq * cap) * sizeof(int32_t));
+        int32_t* br = (int32_t*)malloc((size_t)(nq * cap) * sizeof(int32_t));
+        int64_t* cnt = (int64_t*)calloc((size_t)nq, sizeof(int64_t));
+        int64_t* thr = (int64_t*)malloc((size_t)nqp * sizeof(int64_t));
+        int64_t* acc = (int64_t*)malloc((size_t)nqp * sizeof(int64_t));
+        int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
+        for (int64_t qi = 0; qi < nqp; qi++) thr[qi] = qi < nq ? maxd + 1 : 0;  /* padding never enters */
+        for (int64_t r = lo; r < hi; r++) {
+            if (valid && !valid[r]) continue;
             const uint64_t* row = codes + r * row_words;
+            int64_t hit = 0;
             if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
                 for (int64_t qi = 0; qi < nq; qi++) {
-                    int32_t d = 0;
+                    int64_t d = 0;
                     for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ q[qi * row_words + w]);
-                    dist[qi * n + r] = d;
+                    acc[qi] = d;
+                    hit |= d < thr[qi];
                 }
-                continue;
+            } else {
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+                for (int64_t g = 0; g < nqp; g += QB) {
+                    __m512i a = _mm512_setzero_si512();
+                    for (int64_t w = 0; w < row_words; w++) {
+                        const __m512i x = _mm512_xor_si512(_mm512_set1_epi64((long long)row[w]), _mm512_loadu_si512(qt + w * nqp + g));
+                        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(x));
+                    }
+                    _mm512_storeu_si512(acc + g, a);
+                    hit |= _mm512_cmplt_epi64_mask(a, _mm512_loadu_si512(thr + g));
+                }
+#else
+                for (int64_t qi = 0; qi < nqp; qi++) acc[qi] = 0;
+                for (int64_t w = 0; w < row_words; w++) {
+                    const uint64_t rw = row[w];
+                    const uint64_t* qw = qt + w * nqp;
+                    for (int64_t qi = 0; qi < nqp; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
+                }
+                for (int64_t qi = 0; qi < nqp; qi++) hit |= acc[qi] < thr[qi];
+#endif
             }
-            for (int64_t qi = 0; qi < nq; qi++) acc[qi] = 0;
-            for (int64_t w = 0; w < row_words; w++) {
-                const uint64_t rw = row[w];
-                const uint64_t* qw = qt + w * nq;
-                for (int64_t qi = 0; qi < nq; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
+            if (!hit) continue;  /* the common case once the lists have filled */
+            for (int64_t qi = 0; qi < nq; qi++) {
+                if (acc[qi] >= thr[qi]) continue;
+                int32_t* d = bd + qi * cap;
+                int32_t* rr = br + qi * cap;
+                d[cnt[qi]] = (int32_t)acc[qi];
+                rr[cnt[qi]] = (int32_t)r;
+                if (++cnt[qi] == cap && cap > keep) {
+                    thr[qi] = hamming_compact(d, rr, cap, keep, maxd, hist);
+                    cnt[qi] = keep;
+                }
             }
-            for (int64_t qi = 0; qi < nq; qi++) dist[qi * n + r] = (int32_t)acc[qi];
         }
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int32_t* d = bd + qi * cap;
+            int32_t* rr = br + qi * cap;
+            if (cnt[qi] > keep) { hamming_compact(d, rr, cnt[qi], keep, maxd, hist); cnt[qi] = keep; }
+            const int64_t slot = (int64_t)t * nq + qi;
+            for (int64_t j = 0; j < cnt[qi]; j++) { td[slot * keep + j] = d[j]; tr[slot * keep + j] = rr[j]; }
+            tcnt[slot] = cnt[qi];
+        }
+        free(bd); free(br); free(cnt); free(thr); free(acc); free(hist);
     }
     free(qt);
-    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
-    for (int64_t qi = 0; qi < nq; qi++) {
-        const int32_t* dq = dist + qi * n;
-        int64_t* out = rows_out + qi * keep;
-        int64_t hist[maxd + 2];
-        for (int32_t i = 0; i < maxd + 2; i++) hist[i] = 0;
-        for (int64_t r = 0; r < n; r++) hist[dq[r] == INT32_MAX ? maxd + 1 : dq[r]]++;
-        int32_t cut = 0;
-        int64_t below = 0;  /* rows with distance < cut */
-        while (cut <= maxd + 1 && below + hist[cut] < keep) { below += hist[cut]; cut++; }
-        int64_t taken = 0, at_cut = keep - below;
-        for (int64_t r = 0; r < n && taken < keep; r++) {
-            int32_t d = dq[r] == INT32_MAX ? maxd + 1 : dq[r];
-            if (d < cut || (d == cut && at_cut-- > 0)) out[taken++] = r;
+    /* merge: the threads' lists, concatenated in thread order, are in row order */
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int32_t* md = (int32_t*)malloc((size_t)(nthreads * keep) * sizeof(int32_t));
+        int32_t* mr = (int32_t*)malloc((size_t)(nthreads * keep) * sizeof(int32_t));
+        int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int64_t m = 0;
+            for (int t = 0; t < nthreads; t++) {
+                const int64_t slot = (int64_t)t * nq + qi;
+                for (int64_t j = 0; j < tcnt[slot]; j++) { md[m] = td[slot * keep + j]; mr[m] = tr[slot * keep + j]; m++; }
+            }
+            if (m > keep) { hamming_compact(md, mr, m, keep, maxd, hist); m = keep; }
+            int32_t* od = dist_out + qi * keep;
+            int64_t* orow = rows_out + qi * keep;
+            for (int64_t j = 0; j < m; j++) { od[j] = md[j]; orow[j] = mr[j]; }
+            for (int64_t r = 0; m < keep && r < n; r++)  /* too few valid rows: pad with the others */
+                if (valid && !valid[r]) { od[m] = INT32_MAX; orow[m] = r; m++; }
         }
+        free(md); free(mr); free(hist);
     }
+    free(td); free(tr); free(tcnt);
 }
 
 /* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
@@ -211,7 +290,8 @@ _lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False}
 
 
-def _compile() -> ctypes.CDLL:
+def _compile(march: str = "native") -> ctypes.CDLL:
+    """Build the kernels for ``-march=<march>`` (tests build a portable copy as well)."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set $CC)")
@@ -219,7 +299,7 @@ def _compile() -> ctypes.CDLL:
     try:
         src, lib = workdir / "kernels.c", workdir / "kernels.so"
         src.write_text(_SOURCE)
-        cmd = [cc, "-O3", *_MATH_FLAGS, "-march=native", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)]
+        cmd = [cc, "-O3", *_MATH_FLAGS, f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:500]}")
@@ -310,14 +390,16 @@ def hamming_select(
         return None
     codes, qcodes = codes.contiguous(), qcodes.contiguous()
     nq, n = qcodes.shape[0], codes.shape[0]
+    if not 0 < keep <= n < 2**31:
+        raise ValueError(f"hamming_select needs 0 < keep <= rows < 2**31; got keep={keep}, rows={n}.")
     mask = None if valid is None else valid.contiguous().view(torch.uint8)
-    dist = torch.empty(nq, n, dtype=torch.int32)
+    dist = torch.empty(nq, keep, dtype=torch.int32)
     rows = torch.empty(nq, keep, dtype=torch.int64)
     lib.hamming_select(
         codes.data_ptr(), n, codes.shape[1] // 8, qcodes.data_ptr(), nq, None if mask is None else mask.data_ptr(),
         keep, dist.data_ptr(), rows.data_ptr(), torch.get_num_threads(),
     )
-    return torch.gather(dist, 1, rows), rows
+    return dist, rows
 
 
 def dense_scan(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:

@@ -14,11 +14,18 @@ ten nearest other texts under FP32 that it keeps under the precision). The preci
 ``--compile`` (default: fp32 and int8) are measured once more under ``torch.compile``, so that
 the compiled int8 can be compared with compiled and eager FP32; their compile time is not
 timed. torch runs with the machine's default thread count.
+
+``--large-heap`` raises glibc's mmap threshold for this process (what
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647`` does for any
+process), the allocator tuning recommended for PyTorch CPU inference: activations of tens of
+MB are then reused from the heap instead of being mapped, page-faulted and unmapped at every
+allocation. It speeds up every precision, the INT8 ones most.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import platform
 from typing import get_args
@@ -52,6 +59,16 @@ def _cpu_features() -> str:
     return ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in wanted.items())
 
 
+def _large_heap() -> str:
+    """glibc's ``mallopt``: serve allocations up to 1 GiB from the heap and keep it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 1 << 30) == 1 and libc.mallopt(-1, (1 << 31) - 1) == 1  # M_MMAP_ / M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc mmap threshold 1 GiB" if ok else "--large-heap: not glibc, allocator unchanged"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="name or path (default: the bundled all-MiniLM-L6-v2)")
@@ -62,7 +79,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--large-heap", action="store_true", help="raise glibc's mmap threshold (see above)")
     args = parser.parse_args()
+    heap = _large_heap() if args.large_heap else "default allocator"
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     model = args.model or minilm_path()
@@ -72,7 +91,7 @@ def main() -> None:
     print(
         f"{args.model or 'all-MiniLM-L6-v2'}: {len(texts)} stdlib docstrings "
         f"(mean {sum(map(len, texts)) / len(texts):.0f} chars), batch {args.batch_size}, "
-        f"{device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"{device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads, {heap}"
     )
 
     reports = evaluate_encoders(

@@ -10,7 +10,8 @@ precision costs in fidelity and buys in memory and speed, side by side with FP32
 | fp32       | float32                                | float32               | -             |
 | fp16       | float16 (CUDA); bf16 on a CPU          | same                  | -             |
 | bf16       | bfloat16                               | bfloat16              | -             |
-| int8       | int8 weights + per-token int8 inputs   | int8 rows             | torchao       |
+| int8       | int8 weights + per-token int8 inputs   | int8 rows             | oneDNN (CPU)  |
+|            |                                        |                       | or torchao    |
 | bnb-int8   | LLM.int8() 8-bit weights               | int8 rows             | bitsandbytes  |
 | bnb-nf4    | 4-bit NormalFloat, blocks of 64 (*)    | int8 rows             | bitsandbytes  |
 | bnb-fp4    | 4-bit float, blocks of 64 (*)          | int8 rows             | bitsandbytes  |
@@ -25,10 +26,12 @@ The token-embedding table is a large share of a small encoder (all-MiniLM-L6-v2:
 22.7M parameters), and the linear-layer quantizers leave it alone, so the integer precisions
 also store it as int8 rows with one float scale per row (``_Int8Embedding``).
 
-``load_encoder(..., compile=True)`` runs the transformer under ``torch.compile``. On a CPU
-without AMX, eager torchao INT8 is slower than FP32: each linear layer quantizes its input and
-rescales its output in separate memory-bound passes that cost more than the INT8 matmul
-saves. Compiled, Inductor fuses those passes.
+``int8`` on a CPU runs :mod:`quant_retriever.int8_linear`: torchao's scheme (per-channel INT8
+weights, per-token INT8 inputs) with oneDNN's integer GEMM and fused native passes around it.
+Eager torchao, which on a CPU without AMX is slower than FP32 (each linear layer quantizes its
+input and rescales its output in separate memory-bound passes), stays the path on GPUs and
+where the torch build lacks oneDNN's INT8 ops. ``load_encoder(..., compile=True)`` runs the
+transformer under ``torch.compile``.
 
 Environment settings, read when the matching argument is ``None``:
 ``QUANT_RETRIEVER_PRECISION``, ``QUANT_RETRIEVER_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``,
@@ -49,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Sequence, get_args
 
 import numpy as np
 import torch
+
+from quant_retriever import int8_linear
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -79,7 +84,7 @@ class _PrecisionSpec:
     """How to apply one precision. ``name`` is what ``Encoder.precision`` reports."""
 
     name: str
-    method: Literal["dtype", "torchao", "bnb"]
+    method: Literal["dtype", "int8", "bnb"]
     detail: str  # for the log line
     dtype: str = "float32"  # torch dtype of the weights that stay floating point
     bnb_options: tuple[tuple[str, Any], ...] = ()  # BitsAndBytesConfig keyword arguments
@@ -111,7 +116,7 @@ _PRECISIONS: dict[str, _PrecisionSpec] = {
     "bf16": _PrecisionSpec("bf16", "dtype", "bfloat16 weights", dtype="bfloat16"),
     "int8": _PrecisionSpec(
         "int8",
-        "torchao",
+        "int8",
         "torchao dynamic INT8 linear layers",
         int8_token_embeddings=True,
     ),
@@ -251,7 +256,7 @@ def _side_tensors(module: torch.nn.Module) -> list[Any]:
     bitsandbytes keeps 4-bit block scales (``absmax``, nested for double quantization) and the
     code book in ``weight.quant_state``, and 8-bit row scales in ``weight.SCB`` or, after the
     first forward, ``module.state.SCB``. ``torch.ao`` dynamic quantization keeps its weights
-    in ``_packed_params``.
+    in ``_packed_params``, ``Int8Linear`` in ``packed_weight``.
     """
     found: list[Any] = []
     weight = getattr(module, "weight", None)
@@ -269,6 +274,7 @@ def _side_tensors(module: torch.nn.Module) -> list[Any]:
     packed = getattr(module, "_packed_params", None)
     if hasattr(packed, "_weight_bias"):
         found.extend(packed._weight_bias())
+    found.append(getattr(module, "packed_weight", None))  # Int8Linear's oneDNN weights
     return found
 
 
@@ -283,7 +289,10 @@ def _parameter_bytes(model: torch.nn.Module) -> int:
         for leaf in _leaf_tensors(tensor)
     ]
     storages = {
-        (str(leaf.device), leaf.untyped_storage().data_ptr()): leaf.untyped_storage().nbytes()
+        # oneDNN's packed tensors hide their storage: count their elements
+        ("mkldnn", id(leaf)) if leaf.is_mkldnn else (str(leaf.device), leaf.untyped_storage().data_ptr()): (
+            leaf.numel() * leaf.element_size() if leaf.is_mkldnn else leaf.untyped_storage().nbytes()
+        )
         for leaf in leaves
         if leaf.device.type != "meta"
     }
@@ -356,10 +365,13 @@ def _load_dtype(name: str, spec: _PrecisionSpec, device: torch.device, st_kwargs
     return _Loaded(model, _fp32_bytes(model), spec.detail)
 
 
-def _load_torchao(name: str, spec: _PrecisionSpec, device: torch.device, st_kwargs: dict[str, Any]) -> _Loaded:
+def _load_int8(name: str, spec: _PrecisionSpec, device: torch.device, st_kwargs: dict[str, Any]) -> _Loaded:
     model = _sentence_transformer(name, device, {}, st_kwargs)
     fp32_bytes = _fp32_bytes(model)
     inner = _transformer(model, f"precision {spec.name!r}")
+    if device.type == "cpu" and int8_linear.available():
+        int8_linear.quantize_linear_layers(inner)
+        return _Loaded(model, fp32_bytes, "oneDNN dynamic INT8 linear layers")
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
@@ -425,7 +437,7 @@ def _last_block_pattern(transformers: Any, name: str, st_kwargs: dict[str, Any])
     return rf"(?:.*\.)?layers?\.{layers - 1}" if isinstance(layers, int) and layers > 1 else None
 
 
-_LOADERS = {"dtype": _load_dtype, "torchao": _load_torchao, "bnb": _load_bnb}
+_LOADERS = {"dtype": _load_dtype, "int8": _load_int8, "bnb": _load_bnb}
 
 
 class _Int8Embedding(torch.nn.Module):
@@ -498,8 +510,8 @@ def _load_encoder(
         detail += ", INT8 token embeddings"
     if use_compile:
         # Compiled on the first encode (about a minute on 2 CPU cores); dynamic shapes, so new
-        # batch sizes and text lengths don't recompile. Fuses torchao's quantize/dequantize
-        # passes, which run one by one, memory-bound, in eager mode.
+        # batch sizes and text lengths don't recompile. Fuses the elementwise passes between
+        # matmuls (torchao's quantize/dequantize steps among them); Int8Linear stays opaque.
         inner = _transformer(loaded.model, "compile=True")
         inner.forward = torch.compile(inner.forward, dynamic=True)
         detail += ", torch.compile"
@@ -660,8 +672,8 @@ def load_encoder(
         query_prompt, document_prompt: prefixes for ``encode_queries``/``encode_documents``.
         compile: run the transformer under ``torch.compile`` (needs a C++ compiler on a CPU).
             The first ``encode`` then compiles, which takes about a minute on 2 CPU cores. It
-            pays off for ``int8`` on a CPU, where eager torchao runs its quantize/dequantize
-            steps as separate memory-bound passes (see ``docs/embeddings.md``).
+            pays off where the eager model runs many separate memory-bound passes, as torchao's
+            INT8 does (see ``docs/embeddings.md``).
         **kwargs: passed to ``SentenceTransformer`` (``revision=``, ``trust_remote_code=``,
             ``model_kwargs=`` without dtype or quantization settings).
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -12,6 +15,7 @@ import pytest
 import torch
 
 from quant_retriever import corpus
+from quant_retriever.codecs import _native
 
 
 def pytest_addoption(parser):
@@ -42,3 +46,26 @@ def corpus_vectors(corpus_docs):
 def rng():
     torch.manual_seed(0)
     return np.random.default_rng(0)
+
+
+@functools.cache
+def portable_kernels():
+    """The same kernels built for baseline x86-64: no AVX-512, no F16C, so their fallbacks run."""
+    return _native._compile("x86-64")
+
+
+@pytest.fixture(params=["native", "portable", "eager"])
+def kernel_path(request, monkeypatch):
+    """Run a test through the native CPU kernels, their portable build and plain torch."""
+    if request.param == "eager":
+        monkeypatch.setenv("QUANT_RETRIEVER_NATIVE", "0")
+    elif not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: native kernels unavailable")
+    elif request.param == "native":
+        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
+    elif platform.machine() not in {"x86_64", "AMD64"}:
+        pytest.skip("the portable build targets x86-64")
+    else:
+        monkeypatch.setitem(_native._state, "tried", True)
+        monkeypatch.setitem(_native._state, "lib", portable_kernels())
+    return request.param

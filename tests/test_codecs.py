@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import platform
-import shutil
 import warnings
 
 import numpy as np
@@ -74,29 +71,6 @@ def test_int4_constant_zero_and_out_of_range_blocks():
     torch.testing.assert_close(dec[2], x[2], atol=5 * 10 / 15 * 0.5 * 1.01 / 5, rtol=0.05)
     nibbles = codes[:, : int4.row_bytes(70, 64) - 16]
     assert int((nibbles & 15).max()) <= 15 and int((nibbles >> 4).max()) <= 15
-
-
-@functools.cache
-def portable_kernels():
-    """The same kernels built for baseline x86-64: no AVX-512, no F16C, so their fallbacks run."""
-    return _native._compile("x86-64")
-
-
-@pytest.fixture(params=["native", "portable", "eager"])
-def kernel_path(request, monkeypatch):
-    """Run a test through the native CPU kernels, their portable build and plain torch."""
-    if request.param == "eager":
-        monkeypatch.setenv("QUANT_RETRIEVER_NATIVE", "0")
-    elif not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: native kernels unavailable")
-    elif request.param == "native":
-        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
-    elif platform.machine() not in {"x86_64", "AMD64"}:
-        pytest.skip("the portable build targets x86-64")
-    else:
-        monkeypatch.setitem(_native._state, "tried", True)
-        monkeypatch.setitem(_native._state, "lib", portable_kernels())
-    return request.param
 
 
 @pytest.mark.parametrize("dim", DIMS)

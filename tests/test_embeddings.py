@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import get_args
 
 import numpy as np
 import pytest
 import torch
 
-from quant_retriever import corpus
+from quant_retriever import corpus, int8_linear
 from quant_retriever.embeddings import (
     _PRECISIONS,
     Encoder,
@@ -98,9 +99,22 @@ def test_parameter_memory_shrinks_as_expected(precision, encoders):
     assert low <= share <= high, f"{precision}: {share:.1%} of fp32"
 
 
-def test_int8_memory_counts_torchao_inner_tensors(encoders):
-    """torchao's Int8Tensor reports float32 per element; the real size is its qdata + scales."""
+def test_int8_memory_counts_onednn_packed_weights(encoders):
+    """Int8Linear keeps its int8 weights in an opaque oneDNN tensor, outside parameters()."""
     encoder = encoders("int8")
+    model = encoder.model
+    layers = [m for m in model.modules() if isinstance(m, int8_linear.Int8Linear)]
+    assert len(layers) == 37  # 6 blocks x (q, k, v, attention out, 2 feed-forward) + pooler
+    plain = sum(t.nbytes for t in [*model.parameters(), *model.buffers()])
+    packed = sum(m.in_features * m.out_features for m in layers)  # one byte per weight
+    assert encoder.parameter_bytes == plain + packed
+
+
+def test_int8_memory_counts_torchao_inner_tensors(minilm_path, monkeypatch):
+    """Without oneDNN's INT8 ops, torchao: its Int8Tensor reports float32 per element; the
+    real size is its qdata + scales."""
+    monkeypatch.setattr(int8_linear, "available", lambda: False)
+    encoder = load_encoder(minilm_path, "int8", device="cpu")
     model = encoder.model
     naive = sum(p.numel() * p.element_size() for p in model.parameters())
     naive += sum(b.numel() * b.element_size() for b in model.buffers())
@@ -112,6 +126,7 @@ def test_int8_memory_counts_torchao_inner_tensors(encoders):
             by_hand += tensor.zero_point.nbytes if tensor.zero_point is not None else 0
         else:
             by_hand += tensor.nbytes
+    assert by_hand < naive and not any(isinstance(m, int8_linear.Int8Linear) for m in model.modules())
     assert encoder.parameter_bytes == by_hand
     assert naive > 1.4 * by_hand  # the linear layers would count as float32
 
@@ -146,7 +161,7 @@ def test_load_logs_one_info_line(minilm_path, caplog):
     infos = [r.getMessage() for r in caplog.records if r.name == "quant_retriever.embeddings" and r.levelno == logging.INFO]
     assert len(infos) == 1
     message = infos[0]
-    assert message.startswith("Using int8 quantization for embeddings (torchao dynamic INT8")
+    assert message.startswith("Using int8 quantization for embeddings (oneDNN dynamic INT8 linear layers")
     assert "384-d" in message
     assert f"{FP32_BYTES / 1e6:.1f} MB -> {encoder.parameter_bytes / 1e6:.1f} MB parameters" in message
 
@@ -230,7 +245,20 @@ def test_missing_optional_dependencies_name_the_extra(minilm_path, monkeypatch):
         load_encoder(minilm_path, "fp32", device="cpu")
 
 
-def test_int8_without_torchao_falls_back_to_per_channel_dynamic_quantization(minilm_path, monkeypatch, texts, reference):
+def test_int8_on_a_cpu_needs_no_torchao(minilm_path, monkeypatch, texts, reference):
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder = load_encoder(minilm_path, "int8", device="cpu")
+    assert type(encoder.model[0].model.encoder.layer[0].intermediate.dense) is int8_linear.Int8Linear
+    assert np.einsum("nd,nd->n", encoder.encode(texts), reference).mean() >= 0.995
+
+
+def test_int8_without_onednn_or_torchao_falls_back_to_per_channel_dynamic_quantization(
+    minilm_path, monkeypatch, texts, reference
+):
+    monkeypatch.setattr(int8_linear, "available", lambda: False)
     monkeypatch.setitem(sys.modules, "torchao", None)
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)
     with pytest.warns(UserWarning, match=r"torchao is not installed.*quant-retriever\[int8\]"):
@@ -288,7 +316,7 @@ def test_compile_runs_the_transformer_under_torch_compile(minilm_path, texts, re
     assert "torch.compile" in caplog.records[-1].getMessage()
     vectors = encoder.encode(texts, batch_size=16)
     assert counters["stats"]["unique_graphs"] > graphs_before
-    # Inductor fuses the activation quantization, so roundings differ from eager int8; the
+    # Inductor compiles the rest of the model around the opaque Int8Linear layers; the
     # fidelity to fp32 is the same.
     assert np.einsum("nd,nd->n", vectors, reference).mean() >= 0.995
 

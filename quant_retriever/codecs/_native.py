@@ -22,12 +22,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "available"]
+__all__ = [
+    "kernels", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "quantize_rows_u8", "rescale_rows_",
+    "available",
+]
 
 _SOURCE = r"""
 #include <stdint.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <math.h>
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -263,6 +267,93 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
     free(td); free(tr); free(tcnt);
 }
 
+/* Dynamic INT8 for linear layers (see quant_retriever/_int8.py). quantize_rows_u8: per-row
+   symmetric INT8 of float rows x [m, k], scale[i] = max|x_i| / 127 (1 for a zero row), stored
+   as uint8 q = round(x / scale) + 128 (oneDNN's u8 with zero point 128). rescale_rows:
+   y[i, j] = y[i, j] * s[i] + b[j] in place (b may be NULL), then GELU if asked. */
+static inline void quantize_row_u8(const float* xi, int64_t k, uint8_t* qi, float* scale) {
+    float amax = 0.f;
+    int64_t j = 0;
+#ifdef __AVX512F__
+    __m512 vmax = _mm512_setzero_ps();
+    for (; j + 16 <= k; j += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xi + j)));
+    amax = _mm512_reduce_max_ps(vmax);
+#endif
+    for (; j < k; j++) { const float a = fabsf(xi[j]); amax = a > amax ? a : amax; }
+    const float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+    j = 0;
+#ifdef __AVX512F__
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i zp = _mm512_set1_epi32(128);
+    for (; j + 16 <= k; j += 16) {  /* cvtps rounds to nearest even, like lrintf */
+        const __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xi + j), vinv)), zp);
+        _mm_storeu_si128((__m128i*)(qi + j), _mm512_cvtepi32_epi8(r));
+    }
+#endif
+    for (; j < k; j++) qi[j] = (uint8_t)((int32_t)lrintf(xi[j] * inv) + 128);
+    *scale = s;
+}
+
+void quantize_rows_u8(const float* x, int64_t m, int64_t k, uint8_t* q, float* scale, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < m; i++) quantize_row_u8(x + i * k, k, q + i * k, scale + i);
+}
+
+/* erf(x) to about 1e-7: the rational approximation of Eigen and XLA (odd polynomial of degree
+   13 over even of degree 8, inputs clamped to [-4, 4]); plain arithmetic, so it vectorises. */
+static inline float erf_approx(float x) {
+    x = x < -4.f ? -4.f : (x > 4.f ? 4.f : x);
+    const float x2 = x * x;
+    float p = x2 * -2.72614225801306e-10f + 2.77068142495902e-08f;
+    p = x2 * p + -2.10102402082508e-06f;
+    p = x2 * p + -5.69250639462346e-05f;
+    p = x2 * p + -7.34990630326855e-04f;
+    p = x2 * p + -2.95459980854025e-03f;
+    p = x2 * p + -1.60960333262415e-02f;
+    float q = x2 * -1.45660718464996e-05f + -2.13374055278905e-04f;
+    q = x2 * q + -1.68282697438203e-03f;
+    q = x2 * q + -7.37332916720468e-03f;
+    q = x2 * q + -1.42647390514189e-02f;
+    return x * p / q;
+}
+
+/* q/qscale (may be NULL): also the rows' quantize_rows_u8, while they are in cache */
+void rescale_rows(float* y, int64_t m, int64_t n, const float* s, const float* b, int gelu,
+                  uint8_t* q, float* qscale, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < m; i++) {
+        float* yi = y + i * n;
+        const float si = s[i];
+        if (b) for (int64_t j = 0; j < n; j++) yi[j] = yi[j] * si + b[j];
+        else for (int64_t j = 0; j < n; j++) yi[j] *= si;
+        if (gelu) for (int64_t j = 0; j < n; j++) yi[j] = 0.5f * yi[j] * (1.f + erf_approx(yi[j] * 0.70710678118654752f));
+        if (q) quantize_row_u8(yi, n, q + i * n, qscale + i);
+    }
+}
+
+/* y = LayerNorm(y * s[i] + b + res) per row, in place: a BERT block's output layer, its
+   residual connection and its normalisation in one pass (b may be NULL). */
+void rescale_add_layernorm(float* y, int64_t m, int64_t n, const float* s, const float* b, const float* res,
+                           const float* gamma, const float* beta, float eps, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < m; i++) {
+        float* yi = y + i * n;
+        const float* ri = res + i * n;
+        const float si = s[i];
+        float sum = 0.f;
+        for (int64_t j = 0; j < n; j++) {
+            const float v = yi[j] * si + (b ? b[j] : 0.f) + ri[j];
+            yi[j] = v;
+            sum += v;
+        }
+        const float mean = sum / (float)n;
+        float var = 0.f;
+        for (int64_t j = 0; j < n; j++) { const float d = yi[j] - mean; var += d * d; }
+        const float inv = 1.f / sqrtf(var / (float)n + eps);
+        for (int64_t j = 0; j < n; j++) yi[j] = (yi[j] - mean) * inv * gamma[j] + beta[j];
+    }
+}
+
 /* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
 void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
                   int32_t* out, int nthreads) {
@@ -299,7 +390,7 @@ def _compile(march: str = "native") -> ctypes.CDLL:
     try:
         src, lib = workdir / "kernels.c", workdir / "kernels.so"
         src.write_text(_SOURCE)
-        cmd = [cc, "-O3", *_MATH_FLAGS, f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)]
+        cmd = [cc, "-O3", *_MATH_FLAGS, f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:500]}")
@@ -313,6 +404,9 @@ def _compile(march: str = "native") -> ctypes.CDLL:
     dll.hamming_select.argtypes = [p, i64, i64, p, i64, p, i64, p, p, i32]
     dll.dense_scan_i8.argtypes = [p, i64, i64, p, i64, p, i32]
     dll.dense_scan_f16.argtypes = [p, i64, i64, p, i64, p, i32]
+    dll.quantize_rows_u8.argtypes = [p, i64, i64, p, p, i32]
+    dll.rescale_add_layernorm.argtypes = [p, i64, i64, p, p, p, p, p, ctypes.c_float, i32]
+    dll.rescale_rows.argtypes = [p, i64, i64, p, p, i32, p, p, i32]
     return dll
 
 
@@ -413,6 +507,55 @@ def dense_scan(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
     out = torch.empty(q.shape[0], codes.shape[0], dtype=torch.float32)
     fn(codes.data_ptr(), codes.shape[0], codes.shape[1], q.data_ptr(), q.shape[0], out.data_ptr(), torch.get_num_threads())
     return out
+
+
+def quantize_rows_u8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-row symmetric INT8 of contiguous float32 rows ``x [m, k]``: ``(q [m, k] uint8 =
+    round(x / scale) + 128, scale [m] float32)``; ``None`` when the kernels are unavailable."""
+    lib = _usable(x)
+    if lib is None:
+        return None
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.uint8)
+    scale = torch.empty(m, dtype=torch.float32)
+    lib.quantize_rows_u8(x.data_ptr(), m, k, q.data_ptr(), scale.data_ptr(), torch.get_num_threads())
+    return q, scale
+
+
+def rescale_rows_(
+    y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False, quantize: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | bool:
+    """``y [m, n] = y * scale[:, None] + bias`` in place (contiguous float32), then the erf
+    GELU when ``gelu``. With ``quantize``, returns ``quantize_rows_u8`` of the result (one
+    pass), else True. False, doing nothing, when the kernels are unavailable."""
+    lib = _usable(y)
+    if lib is None:
+        return False
+    m, n = y.shape
+    q = torch.empty(m, n, dtype=torch.uint8) if quantize else None
+    qscale = torch.empty(m, dtype=torch.float32) if quantize else None
+    lib.rescale_rows(
+        y.data_ptr(), m, n, scale.data_ptr(), None if bias is None else bias.data_ptr(), int(gelu),
+        None if q is None else q.data_ptr(), None if qscale is None else qscale.data_ptr(), torch.get_num_threads(),
+    )
+    return (q, qscale) if quantize else True
+
+
+def rescale_add_layernorm_(
+    y: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor, norm: torch.nn.LayerNorm
+) -> bool:
+    """``y [m, n] = norm(y * scale[:, None] + bias + residual)`` in place (contiguous float32,
+    ``norm`` over the last dimension with float32 weight and bias); False, doing nothing, when
+    the kernels are unavailable."""
+    lib = _usable(y)
+    if lib is None:
+        return False
+    m, n = y.shape
+    lib.rescale_add_layernorm(
+        y.data_ptr(), m, n, scale.data_ptr(), None if bias is None else bias.data_ptr(), residual.data_ptr(),
+        norm.weight.data_ptr(), norm.bias.data_ptr(), norm.eps, torch.get_num_threads(),
+    )
+    return True
 
 
 def available(device: torch.device) -> bool:

@@ -1,0 +1,222 @@
+"""Dynamic INT8 linear layers for the CPU, run by oneDNN's integer GEMM (inference only).
+
+The scheme is torchao's ``Int8DynamicActivationInt8WeightConfig``: weights symmetric INT8
+per output channel, inputs quantized symmetric INT8 per token at every call, the integer
+product rescaled to float32. torchao runs it in eager mode as one pass over memory per step
+(find the scales, divide, round, cast, matmul, rescale, add the bias), which on a CPU without
+AMX costs more than the INT8 matmul saves. Here a layer (:class:`Int8Linear`) is three calls:
+one native pass quantizes the input (``codecs/_native.py``), oneDNN's ``qlinear_pointwise``
+multiplies (VNNI instructions where the CPU has them) straight into float32, and one native
+pass rescales that output in place and adds the bias.
+
+:func:`quantize_linear_layers` swaps every ``nn.Linear`` of a model and, for BERT-style
+blocks, folds more into those passes: the GELU after ``intermediate.dense`` (and the
+quantization of its output for ``output.dense``), the residual add and LayerNorm after each
+``...Output.dense`` (:class:`Int8AddNorm`), and one quantization of the hidden states for
+``query``, ``key`` and ``value`` (:class:`_LastInput`). Each saves a pass over memory and a
+new tensor.
+
+=============  ======================================================  =================
+tensor         content                                                 shape
+=============  ======================================================  =================
+packed_weight  INT8 weights in oneDNN's blocked layout (opaque)        [out, in] logical
+weight_scale   float32 per output channel: ``max|w_row| / 127``         [out]
+bias           float32, or none                                        [out]
+=============  ======================================================  =================
+
+Inputs go to oneDNN as uint8 with zero point 128 (its fast path); results match a reference
+``(round(x / sx) @ round(w / sw).T) * sx * sw + b`` to float rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from quant_retriever.codecs import _native
+
+__all__ = ["Int8Linear", "Int8AddNorm", "available", "quantize_linear_layers"]
+
+
+def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 rows: ``(q [out, in] int8, scale [out] float32)``."""
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).eps)
+    return torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8), scale
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this torch build has oneDNN's INT8 linear ops and they run here."""
+    try:
+        layer = Int8Linear(torch.nn.Linear(16, 8))
+        layer(torch.randn(3, 16))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+class _LastInput:
+    """The last input a group of :class:`Int8Linear` layers quantized, with its codes, so the
+    next layer of the group that reads the very same tensor skips quantizing it again.
+
+    Groups are only the layers known to read one tensor back to back, with nothing between
+    that could change it in place: a BERT-style attention's ``query``, ``key`` and ``value``,
+    and an ``intermediate.dense`` with its GELU folded in, whose output goes straight to
+    ``output.dense`` (it quantizes that output in the pass that writes it). Identity is the
+    test: inference-mode tensors carry no version counter.
+    """
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        entry = self.entry  # one read: another thread may replace it
+        return (entry[1], entry[2]) if entry is not None and entry[0] is x else None
+
+    def put(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
+        self.entry = (x, q, scale)
+
+
+class Int8Linear(torch.nn.Module):
+    """CPU stand-in for an ``nn.Linear`` (float32 in and out); see the module docstring."""
+
+    def __init__(self, linear: torch.nn.Linear, gelu: bool = False, group: _LastInput | None = None) -> None:
+        super().__init__()
+        self.group = group
+        weight = linear.weight.detach().float().cpu()
+        q, scale = _per_channel(weight)
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.onednn.qlinear_prepack(q, None)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("_zero_point", torch.zeros(1, dtype=torch.int64), persistent=False)  # weights: symmetric
+        bias = None if linear.bias is None else linear.bias.detach().float().cpu().contiguous()
+        self.register_buffer("bias", bias)
+        self.gelu = gelu
+
+    def product(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The INT8 matmul of ``x [..., in]``: ``(out [m, out] float32 without the input scales,
+        input scales [m])``, ``m`` the number of tokens."""
+        x2 = x.reshape(-1, self.in_features).float().contiguous()
+        picked = self.group.get(x) if self.group is not None else None
+        if picked is None:
+            picked = _native.quantize_rows_u8(x2)
+            if picked is not None and self.group is not None:
+                self.group.put(x, *picked)
+        if picked is None:  # no C compiler: the same steps in torch
+            amax = x2.abs().amax(dim=1)
+            scale = torch.where(amax > 0, amax / 127.0, 1.0)
+            q = (torch.round(x2 * (1.0 / scale)[:, None]) + 128).to(torch.uint8)
+        else:
+            q, scale = picked
+        out = torch.ops.onednn.qlinear_pointwise(
+            q, 1.0, 128, self.packed_weight, self.weight_scale, self._zero_point, None, 1.0, 0,
+            torch.float32, "none", [], "",
+        )
+        return out, scale
+
+    @torch.compiler.disable  # ctypes and oneDNN calls: opaque to torch.compile
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, scale = self.product(x)
+        y = out.view(*x.shape[:-1], self.out_features)
+        done = _native.rescale_rows_(out, scale, self.bias, self.gelu, quantize=self.gelu and self.group is not None)
+        if isinstance(done, tuple):
+            self.group.put(y, *done)
+        elif not done:
+            out.mul_(scale[:, None])
+            if self.bias is not None:
+                out.add_(self.bias)
+            if self.gelu:
+                torch.ops.aten.gelu.out(out, out=out)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, int8 weights and inputs" + (", gelu" if self.gelu else "")
+        )
+
+
+class Int8AddNorm(torch.nn.Module):
+    """A BERT block's output: ``LayerNorm(dropout(dense(h)) + input_tensor)`` at inference
+    (dropout off), the rescale, bias, residual and normalisation in one pass after the INT8
+    matmul. Keeps the names ``dense`` and ``LayerNorm`` of the module it replaces."""
+
+    def __init__(self, dense: Int8Linear, norm: torch.nn.LayerNorm) -> None:
+        super().__init__()
+        self.dense, self.LayerNorm = dense, norm
+
+    @torch.compiler.disable
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        out, scale = self.dense.product(hidden_states)
+        residual = input_tensor.reshape(out.shape).float().contiguous()
+        if not _native.rescale_add_layernorm_(out, scale, self.dense.bias, residual, self.LayerNorm):
+            out.mul_(scale[:, None])
+            if self.dense.bias is not None:
+                out.add_(self.dense.bias)
+            out = self.LayerNorm(out.add_(residual))
+        return out.view(*hidden_states.shape[:-1], self.dense.out_features)
+
+
+def _is_add_norm(module: torch.nn.Module) -> bool:
+    """A BERT-style ``...Output`` block: exactly ``dense``, ``LayerNorm`` (float32, affine) and
+    ``dropout``, called as ``forward(hidden_states, input_tensor)``."""
+    children = dict(module.named_children())
+    norm = children.get("LayerNorm")
+    return (
+        type(module).__name__.endswith("Output")
+        and children.keys() == {"dense", "LayerNorm", "dropout"}
+        and type(children["dense"]) is torch.nn.Linear
+        and type(norm) is torch.nn.LayerNorm
+        and isinstance(children["dropout"], torch.nn.Dropout)
+        and norm.weight is not None
+        and norm.bias is not None
+        and norm.weight.dtype == torch.float32
+        and len(norm.normalized_shape) == 1
+        and type(module).forward.__code__.co_varnames[1:3] == ("hidden_states", "input_tensor")
+    )
+
+
+def _is_exact_gelu(module: object) -> bool:
+    """transformers' ``GELUActivation`` (erf GELU), or ``nn.GELU()``."""
+    if isinstance(module, torch.nn.GELU):
+        return module.approximate == "none"
+    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is torch.nn.functional.gelu
+
+
+def quantize_linear_layers(model: torch.nn.Module) -> int:
+    """Replace every ``nn.Linear`` in ``model`` by :class:`Int8Linear`, in place; returns how
+    many. A BERT-style ``dense`` layer followed by an erf-GELU ``intermediate_act_fn`` gets the
+    GELU folded in (the activation becomes ``nn.Identity``), ``...Output`` blocks become
+    :class:`Int8AddNorm`, and :class:`_LastInput` groups share quantized inputs. For
+    inference: dropout is taken to be off."""
+    is_linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (subclasses may do more)
+    groups: dict[int, _LastInput] = {}
+    gelu_after: set[int] = set()
+    modules = list(model.modules())
+    for module in modules:
+        qkv = [getattr(module, n, None) for n in ("query", "key", "value")]
+        if all(map(is_linear, qkv)):
+            groups.update(dict.fromkeys(map(id, qkv), _LastInput()))
+        ffn1 = getattr(getattr(module, "intermediate", None), "dense", None)
+        ffn2 = getattr(getattr(module, "output", None), "dense", None)
+        gelu = _is_exact_gelu(getattr(getattr(module, "intermediate", None), "intermediate_act_fn", None))
+        if is_linear(ffn1) and is_linear(ffn2) and gelu:
+            groups.update(dict.fromkeys((id(ffn1), id(ffn2)), _LastInput()))
+    for module in modules:
+        if is_linear(getattr(module, "dense", None)) and _is_exact_gelu(getattr(module, "intermediate_act_fn", None)):
+            gelu_after.add(id(module.dense))
+            module.intermediate_act_fn = torch.nn.Identity()
+    add_norms = [(parent, name, block) for parent in modules for name, block in parent.named_children()]
+    add_norms = [(parent, name, block) for parent, name, block in add_norms if _is_add_norm(block)]
+    count = 0
+    for module in modules:
+        for name, child in list(module.named_children()):
+            if is_linear(child):
+                setattr(module, name, Int8Linear(child, gelu=id(child) in gelu_after, group=groups.get(id(child))))
+                count += 1
+    for parent, name, block in add_norms:
+        setattr(parent, name, Int8AddNorm(block.dense, block.LayerNorm))
+    return count

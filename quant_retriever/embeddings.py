@@ -288,14 +288,15 @@ def _parameter_bytes(model: torch.nn.Module) -> int:
         for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False), *_side_tensors(module))
         for leaf in _leaf_tensors(tensor)
     ]
-    storages = {
-        # oneDNN's packed tensors hide their storage: count their elements
-        ("mkldnn", id(leaf)) if leaf.is_mkldnn else (str(leaf.device), leaf.untyped_storage().data_ptr()): (
-            leaf.numel() * leaf.element_size() if leaf.is_mkldnn else leaf.untyped_storage().nbytes()
-        )
-        for leaf in leaves
-        if leaf.device.type != "meta"
-    }
+    storages: dict[tuple[str, int], int] = {}
+    for leaf in leaves:
+        if leaf.device.type == "meta":
+            continue
+        if leaf.is_mkldnn:  # oneDNN's packed tensors hide their storage: count their elements
+            storages["mkldnn", id(leaf)] = leaf.numel() * leaf.element_size()
+        else:
+            storage = leaf.untyped_storage()
+            storages[str(leaf.device), storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 

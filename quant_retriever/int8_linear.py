@@ -99,18 +99,17 @@ class Int8Linear(torch.nn.Module):
     def product(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The INT8 matmul of ``x [..., in]``: ``(out [m, out] float32 without the input scales,
         input scales [m])``, ``m`` the number of tokens."""
-        x2 = x.reshape(-1, self.in_features).float().contiguous()
         picked = self.group.get(x) if self.group is not None else None
         if picked is None:
+            x2 = x.reshape(-1, self.in_features).float().contiguous()
             picked = _native.quantize_rows_u8(x2)
-            if picked is not None and self.group is not None:
+            if picked is None:  # no C compiler: the same steps in torch
+                amax = x2.abs().amax(dim=1)
+                scale = torch.where(amax > 0, amax / 127.0, 1.0)
+                picked = (torch.round(x2 * (1.0 / scale)[:, None]) + 128).to(torch.uint8), scale
+            elif self.group is not None:
                 self.group.put(x, *picked)
-        if picked is None:  # no C compiler: the same steps in torch
-            amax = x2.abs().amax(dim=1)
-            scale = torch.where(amax > 0, amax / 127.0, 1.0)
-            q = (torch.round(x2 * (1.0 / scale)[:, None]) + 128).to(torch.uint8)
-        else:
-            q, scale = picked
+        q, scale = picked
         out = torch.ops.onednn.qlinear_pointwise(
             q, 1.0, 128, self.packed_weight, self.weight_scale, self._zero_point, None, 1.0, 0,
             torch.float32, "none", [], "",
@@ -125,12 +124,16 @@ class Int8Linear(torch.nn.Module):
         if isinstance(done, tuple):
             self.group.put(y, *done)
         elif not done:
-            out.mul_(scale[:, None])
-            if self.bias is not None:
-                out.add_(self.bias)
+            self.rescale_in_torch(out, scale)
             if self.gelu:
                 torch.ops.aten.gelu.out(out, out=out)
         return y
+
+    def rescale_in_torch(self, out: torch.Tensor, scale: torch.Tensor) -> None:
+        """``out * scale[:, None] + bias`` in place: what the native passes start with."""
+        out.mul_(scale[:, None])
+        if self.bias is not None:
+            out.add_(self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -153,9 +156,7 @@ class Int8AddNorm(torch.nn.Module):
         out, scale = self.dense.product(hidden_states)
         residual = input_tensor.reshape(out.shape).float().contiguous()
         if not _native.rescale_add_layernorm_(out, scale, self.dense.bias, residual, self.LayerNorm):
-            out.mul_(scale[:, None])
-            if self.dense.bias is not None:
-                out.add_(self.dense.bias)
+            self.dense.rescale_in_torch(out, scale)
             out = self.LayerNorm(out.add_(residual))
         return out.view(*hidden_states.shape[:-1], self.dense.out_features)
 
@@ -193,22 +194,22 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     :class:`Int8AddNorm`, and :class:`_LastInput` groups share quantized inputs. For
     inference: dropout is taken to be off."""
     is_linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (subclasses may do more)
-    groups: dict[int, _LastInput] = {}
-    gelu_after: set[int] = set()
     modules = list(model.modules())
+    gelu_blocks = [
+        m for m in modules if is_linear(getattr(m, "dense", None)) and _is_exact_gelu(getattr(m, "intermediate_act_fn", None))
+    ]
+    gelu_after = {id(m.dense) for m in gelu_blocks}
+    groups: dict[int, _LastInput] = {}
     for module in modules:
         qkv = [getattr(module, n, None) for n in ("query", "key", "value")]
         if all(map(is_linear, qkv)):
             groups.update(dict.fromkeys(map(id, qkv), _LastInput()))
         ffn1 = getattr(getattr(module, "intermediate", None), "dense", None)
         ffn2 = getattr(getattr(module, "output", None), "dense", None)
-        gelu = _is_exact_gelu(getattr(getattr(module, "intermediate", None), "intermediate_act_fn", None))
-        if is_linear(ffn1) and is_linear(ffn2) and gelu:
+        if id(ffn1) in gelu_after and is_linear(ffn2):
             groups.update(dict.fromkeys((id(ffn1), id(ffn2)), _LastInput()))
-    for module in modules:
-        if is_linear(getattr(module, "dense", None)) and _is_exact_gelu(getattr(module, "intermediate_act_fn", None)):
-            gelu_after.add(id(module.dense))
-            module.intermediate_act_fn = torch.nn.Identity()
+    for block in gelu_blocks:
+        block.intermediate_act_fn = torch.nn.Identity()
     add_norms = [(parent, name, block) for parent in modules for name, block in parent.named_children()]
     add_norms = [(parent, name, block) for parent, name, block in add_norms if _is_add_norm(block)]
     count = 0

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from quant_retriever import bench
-from quant_retriever.codecs import _native
+from quant_retriever.kernels import scans as _native
 
 K = 10
 
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    lib = _native.kernels()
+    lib = _native.LIBRARY.get()
     print(f"native CPU kernels: {'compiled in %.2f s' % (time.perf_counter() - t0) if lib else 'unavailable (eager torch)'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     x, q, qrels = load_data(args.data, args.n, args.queries)

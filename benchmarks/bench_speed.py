@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from quant_retriever import QuantizedIndex
-from quant_retriever.codecs import _native
+from quant_retriever.kernels import scans as _native
 
 
 def median_ms(fn, runs) -> float:
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     import faiss
 
     start = time.perf_counter()
-    compiled = _native.kernels() is not None
+    compiled = _native.LIBRARY.get() is not None
     print(f"native kernels: {'compiled in %.2f s (not timed below)' % (time.perf_counter() - start) if compiled else 'unavailable'}")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.n, 384), dtype=np.float32)

@@ -5,14 +5,69 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory"]
+__all__ = [
+    "Field", "Int", "Bool", "OneOf", "Object",
+    "write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory",
+    "open_nofollow", "write_all", "prepare_new_directory",
+]
 
 MAX_HEADER_BYTES = 64 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link as the last component (``ValueError``)."""
+    try:
+        return os.open(path, flags | _NOFOLLOW, mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ValueError(f"{path} is a symbolic link; quant_retriever never follows links in its directories.") from None
+        raise exc
+
+
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset`` (short writes continue)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda name: False) -> "DirectoryLock":
+    """Lock ``path`` to create a new persistent ``what`` in it, and return the lock.
+
+    ``path`` must not exist, be empty, or hold only what an interrupted creation leaves
+    (``.lock`` and names for which ``leftovers(name)`` is true; removed here, under the lock).
+    Anything else raises ``ValueError`` pointing to ``reopen_hint``, before anything is written.
+    """
+    path = Path(path)
+
+    def check() -> list[Path]:
+        if not (path.exists() or path.is_symlink()):
+            return []
+        if path.is_symlink() or not path.is_dir():
+            raise ValueError(f"path {path} must be a new or empty directory; it is a file or a link.")
+        found = list(path.iterdir())
+        if any(p.name != ".lock" and not leftovers(p.name) for p in found):
+            raise ValueError(f"path {path} must be a new or empty directory; to reopen a {what}, use {reopen_hint}.")
+        return [p for p in found if p.name != ".lock"]
+
+    check()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(path)
+    try:
+        for p in check():  # again, under the lock
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def fsync_dir(directory: Path) -> None:
@@ -60,51 +115,110 @@ def write_directory(path, fill) -> None:
         raise
 
 
-def read_json(path: Path, fmt: str, version: int) -> dict:
-    """Read a JSON header and check its ``format`` and ``version``; clear ``ValueError`` otherwise."""
+class Field:
+    """One field of a header schema: a check and what it expects (for the error message)."""
+
+    def __init__(self, expects: str, check):
+        self.expects, self.check = expects, check
+
+
+def Int(lo: int = 0, hi: int = 2**63 - 1) -> Field:
+    """An integer (never a bool or a float) in ``[lo, hi]``."""
+    return Field(f"an integer in {lo}..{hi}", lambda v: type(v) is int and lo <= v <= hi)
+
+
+def Bool() -> Field:
+    return Field("true or false", lambda v: type(v) is bool)
+
+
+def OneOf(*choices: str) -> Field:
+    return Field(f"one of {', '.join(map(repr, choices))}", lambda v: type(v) is str and v in choices)
+
+
+def Object() -> Field:
+    """A JSON object whose keys are strings (its own schema is checked by the caller)."""
+    return Field("an object", lambda v: type(v) is dict)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json(path: Path, fmt: str, version: int, schema: dict[str, Field] | None = None) -> dict:
+    """Read a JSON header, check its ``format`` and ``version`` and, with ``schema``, that
+    every field is present with the expected kind: any mismatch is a ``ValueError`` naming
+    the file and the field. ``NaN``/``Infinity``, deep nesting and oversized files are refused."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist: not a quant_retriever directory.")
-    if path.stat().st_size > MAX_HEADER_BYTES:
-        raise ValueError(f"{path}: header is {path.stat().st_size} bytes, larger than any valid header.")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON header ({exc}).") from None
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: not a quant_retriever directory.") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{path} is not a regular file.")
+        raw = f.read(MAX_HEADER_BYTES + 1)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ValueError(f"{path}: header is larger than any valid header ({MAX_HEADER_BYTES} bytes).")
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a valid JSON header ({str(exc)[:200]}).") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise ValueError(f"{path}: expected a {fmt!r} header, found {str(obj)[:80]!r}.")
     found = obj.get("version")
-    if not isinstance(found, int) or found < 1:
+    if type(found) is not int or found < 1:
         raise ValueError(f"{path}: invalid format version {found!r}.")
     if found > version:
         raise ValueError(
             f"{path}: written by a newer quant_retriever (format version {found}; this one reads up to {version})."
         )
+    if found < version:
+        raise ValueError(
+            f"{path}: format version {found} is no longer read by this quant_retriever (it reads version {version}); "
+            "re-create it from your documents (see the README's upgrade note)."
+        )
+    for name, spec in (schema or {}).items():
+        if name not in obj:
+            raise ValueError(f"{path}: field {name!r} is missing.")
+        if not spec.check(obj[name]):
+            raise ValueError(f"{path}: field {name!r} must be {spec.expects}; found {str(obj[name])[:80]!r}.")
     return obj
 
 
-def read_raw(path: Path, dtype: np.dtype, count: int, width: int = 1) -> np.ndarray:
-    """Read ``count`` rows of ``width`` items of ``dtype`` from a raw file; cut a longer file's
-    tail (an uncommitted append), raise ``ValueError`` if it is shorter."""
+def read_raw(path: Path, dtype: np.dtype, count: int, width: int = 1, *, cut_tail: bool = True) -> np.ndarray:
+    """Read ``count`` rows of ``width`` items of ``dtype`` from a raw file (never through a
+    link). A longer file's tail (an uncommitted append) is cut when ``cut_tail``; a shorter
+    file raises ``ValueError``."""
     path = Path(path)
     itemsize = np.dtype(dtype).itemsize
     need = count * width * itemsize
-    size = path.stat().st_size if path.is_file() else -1
-    if size < need:
-        raise ValueError(f"{path}: expected {need} bytes ({count} rows), found {max(size, 0)}.")
-    if size > need:
-        os.truncate(path, need)
-    data = np.fromfile(path, dtype=dtype, count=count * width)
+    try:
+        fd = open_nofollow(path, os.O_RDWR if cut_tail else os.O_RDONLY)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; expected {need} bytes ({count} rows).") from None
+    with os.fdopen(fd, "r+b" if cut_tail else "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size < need:
+            raise ValueError(f"{path}: expected {need} bytes ({count} rows), found {st.st_size}.")
+        if st.st_size > need and cut_tail:
+            os.ftruncate(f.fileno(), need)
+        data = np.frombuffer(f.read(need), dtype=dtype).copy() if need else np.zeros(0, dtype=dtype)
     return data.reshape(count, width) if width > 1 else data
 
 
 def append_raw(path: Path, committed_bytes: int, data: np.ndarray) -> None:
-    """Append ``data``'s bytes to ``path`` after its first ``committed_bytes`` (fsynced)."""
-    with open(path, "ab") as f:
-        f.truncate(committed_bytes)
-        f.write(np.ascontiguousarray(data).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``data``'s bytes to ``path`` right after its first ``committed_bytes``, dropping
+    anything after them first (fsynced; never through a link; the file is created if absent)."""
+    fd = open_nofollow(Path(path), os.O_RDWR | os.O_CREAT)
+    try:
+        size = os.fstat(fd).st_size
+        if size < committed_bytes:
+            raise ValueError(f"{path}: {size} bytes on disk but {committed_bytes} committed; it was truncated or replaced.")
+        os.ftruncate(fd, committed_bytes)
+        write_all(fd, np.ascontiguousarray(data).tobytes(), committed_bytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DirectoryLock:
@@ -118,7 +232,7 @@ class DirectoryLock:
 
         self._fd: int | None = None
         self.path = Path(directory) / ".lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -1,77 +1,114 @@
 """``QuantizedIndex``: compact codes in one device tensor, a chunked first-stage scan, and
-exact-enough rescoring from the INT8 copy on disk.
+rescoring from a finer copy (INT8 or FP16) on disk.
 
 Search pipeline for ``k`` results and ``rescore_multiplier = m``:
 
-1. scan the codes chunk by chunk (see :meth:`QuantizedIndex._chunk_rows`), keeping the running
-   top ``k * m`` rows per query (binary: the top ``max(k * m, 20 * k)`` by Hamming distance,
-   then re-ranked by the float query against the +-1 codes down to ``k * m``);
-2. with rescoring on, gather those rows from the INT8 memory map, dequantize, score them with
-   the float query and keep the best ``k``.
+1. queries are split into norm and direction (ranking by inner product does not depend on a
+   query's norm), and the codec's first stage scans the codes chunk by chunk (see
+   :meth:`QuantizedIndex._chunk_rows`), keeping the running top ``k * m`` rows per query;
+   a codec may add a second stage (binary: a ``20 * k`` Hamming pass re-ranked by the float
+   query against the +-1 codes);
+2. with rescoring on, those rows are gathered from the memory-mapped rescore copy and
+   scored again; the best ``k`` are kept and multiplied by the query norms.
+
+Nothing in the index depends on which vectors came first or how they were batched: every
+code format is calibration-free (see :mod:`quant_retriever.codecs`).
 
 Peak extra memory of a search, beyond the codes: the scores of one chunk (at most
 ``SCORES_PER_CHUNK * 4`` = 16 MB, more only when a batch has over 4M/1024 queries), a decoded
-chunk on the plain-torch paths (at most ``DECODED_PER_CHUNK * 4`` = 64 MB), and the candidates
-(``queries * k * m * dim * 4`` bytes). It does not grow with the number of vectors. Binary
-codes on the CPU scan all rows in one step: the native kernel keeps only per-query candidate
-lists (about ``threads * queries * 3 * n_top * 8`` bytes), no score per row.
+chunk on the plain-torch paths (at most ``DECODED_PER_CHUNK * 4`` = 64 MB), and the candidates.
+Binary codes on the CPU scan all rows in one step, keeping only per-query candidate lists.
 
-On-disk layout of a saved or persistent index (a directory):
+Deleted and replaced rows stay in place until :meth:`QuantizedIndex.compact`, which runs by
+itself once dead rows pass ``COMPACT_FRACTION`` of all rows (and ``COMPACT_MIN_DEAD``).
+
+Readers never wait for writers: every write builds the next immutable :class:`_Snapshot`
+(codes view, row count, alive mask, id map) and publishes it with one assignment; a search
+works on the snapshot it started with. So a search sees a write wholly or not at all, and a
+search that starts after ``remove`` returned never sees the removed ids.
+
+On-disk layout of a saved or persistent index (a directory; ``G`` is the generation, which
+:meth:`compact` advances):
 
 ================  ================================================================
 file              content
 ================  ================================================================
-manifest.json     format, version, dim, codec, block_size, rescore, count (rows
-                  committed), n_deleted, next_id, int8 calibration (lo, scale)
-codes.u8          ``count`` rows of ``row_bytes`` uint8 codes
-ids.i64           ``count`` int64 ids, little-endian
-deleted.i64       ``n_deleted`` int64 row numbers that were removed
-rescore.int8/json the INT8 copy (see :mod:`quant_retriever.rescore`), when rescoring
+manifest.json     format, version (2), dim, codec, codec_params, rescore,
+                  rescore_dtype, generation, count (rows committed), n_deleted,
+                  next_id: the commit point, rewritten atomically
+codes.G.u8        ``count`` rows of ``row_bytes`` uint8 codes
+ids.G.i64         ``count`` int64 ids, little-endian
+deleted.G.i64     ``n_deleted`` int64 row numbers that were removed
+rescore.G.<fmt>   the rescore copy (``int8`` or ``fp16`` rows), when rescoring
 ================  ================================================================
 
-Files are append-only; the manifest (rewritten atomically) is the commit point, and bytes
-past what it records are cut when the directory is opened.
+Files are append-only within a generation; bytes past what the manifest records are cut, and
+files of other generations (left by an interrupted compaction) removed, when the directory is
+opened. Version 1 directories (per-dimension INT8 calibration) are refused with a clear error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 
-from quant_retriever.codecs import CODEC_NAMES, Codec, CodecName, CodecParams, binary, int8, make_codec
-from quant_retriever.files import DirectoryLock, append_raw, read_json, read_raw, write_directory, write_json_atomic
-from quant_retriever.rescore import RescoreStore
+from quant_retriever.codecs import (
+    CODEC_NAMES, FLOAT32_MAX, RESCORE_DTYPES, Codec, CodecName, RescoreDtype, make_codec, split_norm,
+)
+from quant_retriever.devices import resolve_device
+from quant_retriever.files import (
+    Bool, DirectoryLock, Int, Object, OneOf, append_raw, fsync_dir, prepare_new_directory, read_json, read_raw,
+    write_directory, write_json_atomic,
+)
+from quant_retriever.rescore import RescoreFile
 
-__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device"]
+__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device", "as_vectors"]
 
 FORMAT = "quant_retriever.index"
-VERSION = 1
+VERSION = 2
 MANIFEST = "manifest.json"
+MAX_DIM = 1 << 16
+MAX_ID = 2**63 - 1
 #: Scores held per scan step (``queries * rows``), and float elements of decoded rows per step
 #: where a codec has to decode (plain-torch paths): 16 MB and 64 MB.
 SCORES_PER_CHUNK = 1 << 22
 DECODED_PER_CHUNK = 1 << 24
-#: Binary search: width of the Hamming pass, as a multiple of ``k``.
-BINARY_WIDEN = 20
+#: Automatic compaction: once dead rows are at least this fraction of all rows, and at least
+#: ``COMPACT_MIN_DEAD`` of them.
+COMPACT_FRACTION = 0.25
+COMPACT_MIN_DEAD = 64
+
+_MANIFEST_SCHEMA = {
+    "dim": Int(1, MAX_DIM),
+    "codec": OneOf(*CODEC_NAMES),
+    "codec_params": Object(),
+    "rescore": Bool(),
+    "rescore_dtype": OneOf(*RESCORE_DTYPES),
+    "generation": Int(0, 2**53),
+    "count": Int(0, 2**40),
+    "n_deleted": Int(0, 2**40),
+    "next_id": Int(0, MAX_ID + 1),
+}
+_DATA_FILE = re.compile(r"(codes|ids|deleted)\.(\d+)\.(u8|i64)|rescore\.(\d+)\.(int8|fp16)")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N'; got {device!r} ({exc}).") from None
+def _files(generation: int, rescore_dtype: str) -> dict[str, str]:
+    g = generation
+    return {"codes": f"codes.{g}.u8", "ids": f"ids.{g}.i64", "deleted": f"deleted.{g}.i64",
+            "rescore": f"rescore.{g}.{rescore_dtype}"}
+
+
+def _is_data_file(name: str) -> bool:
+    return _DATA_FILE.fullmatch(name) is not None or name == MANIFEST or name.startswith(MANIFEST + ".")
 
 
 @dataclass(frozen=True)
@@ -90,29 +127,97 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class MemoryUsage:
-    """``device_bytes``: allocated code storage on the device (including growth slack);
-    ``disk_bytes``: the INT8 rescore copy on disk; ``bytes_per_vector``: device code bytes of
-    one vector; ``disk_bytes_per_vector``: its INT8 copy (0 without rescoring)."""
+    """``device_bytes``: allocated code storage and alive mask on the index device (including
+    growth slack); ``disk_bytes``: the rescore copy on disk; ``bytes_per_vector``: device code
+    bytes of one vector; ``disk_bytes_per_vector``: its rescore copy (0 without rescoring);
+    ``host_bytes``: the id map and, when the device is not the CPU, the host copy of the alive
+    mask."""
 
     device_bytes: int
     disk_bytes: int
     bytes_per_vector: int
     disk_bytes_per_vector: int
+    host_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a search reads, published whole by each write. Arrays are never modified at
+    positions below ``rows`` once published (writes copy them), so a reader needs no lock."""
+
+    codes: torch.Tensor  # [capacity, row_bytes] uint8 on the device; rows [0, rows) valid
+    ids: np.ndarray  # [capacity] int64: row -> id
+    alive_host: np.ndarray | None  # [capacity] bool, None while no row is dead
+    alive: torch.Tensor | None  # the same on the device (shares memory on the CPU)
+    order: tuple[np.ndarray, np.ndarray] | None  # (ids sorted, their rows); None: ids[:rows] sorted
+    rows: int
+    n_alive: int
+    rescore: RescoreFile | None
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of ``ids`` (int64 array), -1 for ids not (or no longer) in the index."""
+        keys, rows_of = (self.ids[: self.rows], None) if self.order is None else self.order
+        pos = np.searchsorted(keys, ids, side="right") - 1  # a re-added id's live row is its last
+        safe = np.maximum(pos, 0)
+        hit = (pos >= 0) & (keys[safe] == ids) if len(keys) else np.zeros(len(ids), dtype=bool)
+        rows = np.where(hit, safe if rows_of is None else rows_of[safe], -1)
+        if self.alive_host is not None:
+            rows[hit] = np.where(self.alive_host[rows[hit]], rows[hit], -1)
+        return rows
+
+    def live_rows(self) -> np.ndarray:
+        if self.alive_host is None:
+            return np.arange(self.rows, dtype=np.int64)
+        return np.flatnonzero(self.alive_host[: self.rows])
+
+
+def _merge_order(snap: _Snapshot, new_ids: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The id map after appending ``new_ids`` at rows ``start..``: still ``None`` while ids
+    stay sorted (the common case: automatic ids), else sorted ``(ids, rows)`` arrays."""
+    if snap.order is None:
+        ordered = np.all(new_ids[1:] >= new_ids[:-1]) and (start == 0 or new_ids[0] >= snap.ids[start - 1])
+        if ordered:
+            return None
+        keys, rows = snap.ids[:start], np.arange(start, dtype=np.int64)
+    else:
+        keys, rows = snap.order
+    by = np.argsort(new_ids, kind="stable")
+    add_keys, add_rows = new_ids[by], np.arange(start, start + len(new_ids), dtype=np.int64)[by]
+    at = np.searchsorted(keys, add_keys, side="right")
+    return np.insert(keys, at, add_keys), np.insert(rows, at, add_rows)
+
+
+def _order_of(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    if len(ids) < 2 or np.all(ids[1:] >= ids[:-1]):
+        return None
+    by = np.argsort(ids, kind="stable")
+    return ids[by], by.astype(np.int64)
+
+
+def _float_range_error(t: torch.Tensor, what: str) -> ValueError:
+    if t.dtype != torch.float32 and bool(torch.isfinite(t).all()):
+        return ValueError(f"{what} has values outside the float32 range (|x| > {FLOAT32_MAX:.3e}).")
+    return ValueError(f"{what} contains NaN or infinite values.")
 
 
 def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
     """Validate a float array/tensor ``[n, dim]`` (or ``[dim]``; any ``dim`` when ``None``)
-    -> contiguous float32 CPU-or-device tensor. Raises ``TypeError``/``ValueError``."""
+    -> contiguous float32 tensor on its own device. Raises ``TypeError``/``ValueError``."""
     if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided or x.device.type == "meta":
+            raise TypeError(f"{what} must be a dense tensor with data; got layout {x.layout} on {x.device.type}.")
         t = x.detach()
-    elif isinstance(x, np.ndarray) or isinstance(x, (list, tuple)):
-        arr = np.asarray(x)
-        if arr.dtype == object:
-            raise TypeError(f"{what} must be a numeric array; got ragged or non-numeric input.")
+    elif isinstance(x, (np.ndarray, list, tuple)):
+        try:
+            arr = np.asarray(x)
+        except ValueError:
+            raise TypeError(f"{what} must be a numeric array; got ragged input.") from None
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise TypeError(f"{what} must be a numeric array; got dtype {arr.dtype}.")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     else:
         raise TypeError(f"{what} must be a numpy array or torch tensor; got {type(x).__name__}.")
-    if not (t.dtype.is_floating_point):
+    if not t.dtype.is_floating_point:
         raise TypeError(f"{what} must hold floats; got dtype {t.dtype}.")
     if t.dim() == 1:
         t = t.unsqueeze(0)
@@ -120,21 +225,25 @@ def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
         raise ValueError(f"{what} must have shape (n, {dim or 'dim'}); got {tuple(t.shape)}.")
     if t.shape[0] == 0:
         raise ValueError(f"{what} is empty: expected at least one vector.")
-    t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{what} contains NaN or infinite values.")
-    return t.contiguous()
+    f = t.float()
+    if not bool(torch.isfinite(f).all()):
+        raise _float_range_error(t, what)
+    return f.contiguous()
 
 
 def _as_ids(ids, n: int | None = None) -> np.ndarray:
-    """Validate ids -> 1-D int64 numpy array (of length ``n`` when given), unique and non-negative."""
+    """Validate ids -> 1-D int64 numpy array (of length ``n`` when given), unique, in 0..2**63-1."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"ids must be a sequence of integers; got a single {type(ids).__name__}.")
     arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
     if arr.ndim != 1:
         raise ValueError(f"ids must be one-dimensional; got shape {arr.shape}.")
-    if len(arr) and not np.issubdtype(arr.dtype, np.integer):
+    if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"ids must be integers; got dtype {arr.dtype}.")
     if n is not None and len(arr) != n:
         raise ValueError(f"ids must have one id per vector. Got {len(arr)} ids and {n} vectors.")
+    if len(arr) and arr.dtype == np.uint64 and int(arr.max()) > MAX_ID:
+        raise ValueError(f"ids must be in 0..{MAX_ID}; got {int(arr.max())}.")
     arr = arr.astype(np.int64)
     if len(arr) and arr.min() < 0:
         raise ValueError(f"ids must be non-negative; got {int(arr.min())}.")
@@ -151,12 +260,24 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-class QuantizedIndex:
-    """Vectors as compact codes in one device tensor, rescored from an INT8 copy on disk.
+def _empty_snapshot(codec: Codec, device: torch.device, rescore: RescoreFile | None) -> _Snapshot:
+    codes = torch.zeros(0, codec.row_bytes, dtype=torch.uint8, device=device)
+    return _Snapshot(codes, np.zeros(0, dtype=np.int64), None, None, None, 0, 0, rescore)
 
-    Scores are inner products (cosine for unit vectors). Thread safety: one writer and any
-    number of readers; ``add``/``remove`` and ``search`` take an internal lock around the
-    state they share, so a search never sees a half-applied write.
+
+class QuantizedIndex:
+    """Vectors as compact codes in one device tensor, rescored from a finer copy on disk.
+
+    Scores are inner products (cosine for unit vectors). ``codec``: ``"int4"`` (block-wise,
+    ``block_size`` elements per block), ``"binary"``, ``"int8"``, ``"fp16"`` or ``"fp32"``.
+    ``rescore``: keep the rescore copy (``None``: for int4 and binary only), in
+    ``rescore_dtype`` ``"int8"`` (dim + 8 bytes per vector) or ``"fp16"`` (2 * dim + 4).
+    ``path=None`` keeps everything in memory (the rescore copy in a temporary file); a
+    ``path`` (a new or empty directory) makes the index persistent: every ``add``/``remove``
+    that returned is on disk; reopen with :meth:`load`.
+
+    Thread safety: writes are serialised by a lock; searches take no lock (see the module
+    docstring) and may run in parallel with each other and with one write.
     """
 
     def __init__(
@@ -167,55 +288,69 @@ class QuantizedIndex:
         path: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         block_size: int = 64,
+        *,
+        rescore_dtype: RescoreDtype = "int8",
     ):
-        """Create an empty index.
-
-        ``rescore=None`` keeps the INT8 copy for the lossy codecs (int4, binary) and skips it
-        for int8/fp16/fp32, whose first-stage scores are already at least as exact.
-        ``path=None`` keeps codes in memory and the INT8 copy in a temporary directory; a
-        ``path`` (a new or empty directory) persists every ``add``/``remove`` there; reopen it
-        with :meth:`load`.
-        """
         dim = _positive_int(dim, "dim")
-        block_size = _positive_int(block_size, "block_size")
-        if block_size % 8:
-            raise ValueError(f"block_size must be a multiple of 8; got {block_size}.")
-        codec_obj = make_codec(codec, CodecParams(dim=dim, block_size=block_size))
+        if dim > MAX_DIM:
+            raise ValueError(f"dim must be at most {MAX_DIM}; got {dim}.")
+        codec_obj = make_codec(codec, dim, block_size=block_size)
         if rescore is not None and not isinstance(rescore, bool):
             raise TypeError(f"rescore must be True, False or None; got {rescore!r}.")
-        self.dim = dim
-        self.codec_name: str = codec
-        self.block_size = block_size
-        self.rescore = (not codec_obj.exact_as_int8) if rescore is None else rescore
-        self.device = resolve_device(device)
-        self._codec = codec_obj
-        self._lock = threading.RLock()
-        self._chunk: int | None = None  # rows per scan step; None = sized by _chunk_rows
-        self._codes = torch.zeros(0, codec_obj.row_bytes, dtype=torch.uint8, device=self.device)
-        self._alive = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._rows = 0  # rows used (alive or deleted)
-        self._row_of: dict[int, int] = {}  # id -> row, alive rows only
-        self._deleted: list[int] = []  # removed row numbers, in order
-        self._next_id = 0
-        self._store: RescoreStore | None = None
-        self._path: Path | None = None
-        self._dir_lock: DirectoryLock | None = None
+        if rescore_dtype not in RESCORE_DTYPES:
+            raise ValueError(f"rescore_dtype must be one of {', '.join(map(repr, RESCORE_DTYPES))}; got {rescore_dtype!r}.")
+        self._setup(dim, codec_obj, (not codec_obj.exact) if rescore is None else rescore, rescore_dtype,
+                    resolve_device(device))
         if path is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="quant_retriever_"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._workdir, True)
+            self._start_empty()
         else:
             p = Path(path)
-            if p.exists() and (not p.is_dir() or any(p.iterdir())):
-                raise ValueError(f"path {p} must be a new or empty directory; reopen an index with QuantizedIndex.load.")
-            p.mkdir(parents=True, exist_ok=True)
-            self._dir_lock = DirectoryLock(p)
+            self._dir_lock = prepare_new_directory(
+                p, "index", "QuantizedIndex.load", lambda n: _is_data_file(n) and not (p / MANIFEST).exists()
+            )
             self._workdir = self._path = p
-            self._write_manifest()
+            try:
+                self._start_empty()
+                for name in ("codes", "ids", "deleted"):
+                    append_raw(p / self._file(name), 0, np.zeros(0, dtype=np.uint8))
+                self._write_manifest(self._snap)  # the commit point of the creation
+            except BaseException:
+                self.close()
+                raise
+
+    def _setup(self, dim: int, codec: Codec, rescore: bool, rescore_dtype: str, device: torch.device) -> None:
+        self.dim = dim
+        self.codec_name: str = codec.name
+        self.block_size: int = codec.params().get("block_size", 64)
+        self.rescore = rescore
+        self.rescore_dtype = rescore_dtype
+        self.device = device
+        self._codec = codec
+        self._rescore_codec = make_codec(rescore_dtype, dim)
+        self._lock = threading.RLock()
+        self._chunk: int | None = None  # rows per scan step; None = sized by _chunk_rows
+        self._generation = 0
+        self._n_deleted = 0
+        self._next_id = 0
+        self._path: Path | None = None
+        self._dir_lock: DirectoryLock | None = None
+        self._closed = False
+        self._snap: _Snapshot | None = None
+
+    def _start_empty(self) -> None:
+        store = None
+        if self.rescore:
+            store = RescoreFile(self._workdir / self._file("rescore"), self._rescore_codec, create=True)
+        self._snap = _empty_snapshot(self._codec, self.device, store)
+
+    def _file(self, name: str, generation: int | None = None) -> str:
+        return _files(self._generation if generation is None else generation, self.rescore_dtype)[name]
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
-        return len(self._row_of)
+        return self._snap.n_alive
 
     def __repr__(self) -> str:
         return (
@@ -228,11 +363,19 @@ class QuantizedIndex:
         """The directory a persistent index lives in (``None`` when in memory)."""
         return self._path
 
+    @property
+    def codec(self) -> Codec:
+        """The code format object (see :mod:`quant_retriever.codecs`)."""
+        return self._codec
+
     def ids(self) -> np.ndarray:
         """The ids of all searchable vectors, in insertion order."""
-        with self._lock:
-            rows = np.flatnonzero(self._alive[: self._rows].cpu().numpy())
-            return self._ids[rows].copy()
+        snap = self._snap
+        return snap.ids[snap.live_rows()].copy()
+
+    def contains(self, ids) -> np.ndarray:
+        """``[len(ids)]`` bool: which of ``ids`` are in the index."""
+        return self._snap.lookup(_as_ids(ids)) >= 0
 
     def add(self, vectors, ids=None) -> np.ndarray:
         """Add ``vectors`` (``[n, dim]`` float array or tensor). Returns their int64 ids.
@@ -242,67 +385,130 @@ class QuantizedIndex:
         """
         x = as_vectors(vectors, self.dim, "vectors")
         with self._lock:
+            self._check_open()
+            snap = self._snap
             if ids is None:
+                if self._next_id + len(x) - 1 > MAX_ID:
+                    raise ValueError(f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly.")
                 new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             else:
                 new_ids = _as_ids(ids, len(x))
-                taken = [int(i) for i in new_ids if int(i) in self._row_of]
-                if taken:
-                    raise ValueError(f"ids already in the index: {taken[:10]}; remove them first.")
+                taken = new_ids[snap.lookup(new_ids) >= 0]
+                if len(taken):
+                    raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
             self._add(x.to(self.device), new_ids)
             return new_ids
 
     def remove(self, ids) -> None:
-        """Remove vectors by id. Unknown ids raise ``ValueError`` and nothing is removed."""
+        """Remove vectors by id. Unknown ids raise ``ValueError`` and nothing is removed.
+        Compacts the index when dead rows pass the threshold (see :meth:`compact`)."""
+        arr = _as_ids(ids)
         with self._lock:
-            arr, rows = self._rows_for(ids)
+            self._check_open()
+            snap = self._snap
+            rows = snap.lookup(arr)
+            if (rows < 0).any():
+                raise ValueError(f"ids not in the index: {arr[rows < 0][:10].tolist()}.")
+            if not len(rows):
+                return
+            alive_host = np.ones(len(snap.ids), dtype=bool) if snap.alive_host is None else snap.alive_host.copy()
+            alive_host[rows] = False
+            n_deleted = self._n_deleted + len(rows)
+            new = replace(snap, alive_host=alive_host, alive=self._on_device(alive_host), n_alive=snap.n_alive - len(rows))
             if self._path is not None:
-                append_raw(self._path / "deleted.i64", len(self._deleted) * 8, rows)
-            for i in arr:
-                del self._row_of[int(i)]
-            self._deleted.extend(rows.tolist())
-            self._alive[torch.from_numpy(rows).to(self.device)] = False
-            if self._path is not None:
-                self._write_manifest()
+                append_raw(self._path / self._file("deleted"), self._n_deleted * 8, rows)
+                self._write_manifest(new, n_deleted=n_deleted)  # the commit point
+            self._n_deleted, self._snap = n_deleted, new
+            dead = new.rows - new.n_alive
+            if dead >= COMPACT_MIN_DEAD and dead >= COMPACT_FRACTION * new.rows:
+                self.compact()
 
     def search(self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None) -> SearchResult:
         """Top-``k`` ids and inner-product scores for each query (``[q, dim]`` or ``[dim]``).
 
         ``rescore_multiplier``: with rescoring, ``k * rescore_multiplier`` first-stage
-        candidates are rescored from the INT8 copy. ``allowed_ids`` restricts the search to
+        candidates are rescored from the disk copy. ``allowed_ids`` restricts the search to
         those ids before top-k (ids not in the index are ignored). Results have
         ``min(k, searchable vectors)`` columns.
         """
         q = as_vectors(queries, self.dim, "queries")
         k = _positive_int(k, "k")
         mult = _positive_int(rescore_multiplier, "rescore_multiplier")
-        with self._lock:
-            mask = None if len(self._row_of) == self._rows else self._alive[: self._rows]
-            if allowed_ids is not None:
-                mask = self._row_mask(allowed_ids) if mask is None else mask & self._row_mask(allowed_ids)
-            n_valid = self._rows if mask is None else int(mask.sum())
-            k = min(k, n_valid)
-            if k == 0:
-                empty = np.zeros((len(q), 0))
-                return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
-            scores, rows = self._search(q.to(self.device), mask, n_valid, k, mult)
-            return SearchResult(self._ids[rows.cpu().numpy()], scores.cpu().numpy().astype(np.float32))
+        snap = self._snap  # everything below reads this snapshot only
+        if self._closed:
+            self._check_open()
+        mask = None if snap.alive is None else snap.alive[: snap.rows]
+        if allowed_ids is not None:
+            mask = self._allowed_mask(snap, allowed_ids)
+        n_valid = snap.n_alive if mask is None or allowed_ids is None else int(mask.sum())
+        k = min(k, n_valid)
+        if k == 0:
+            empty = np.zeros((len(q), 0))
+            return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
+        scores, rows = self._search(snap, q.to(self.device), mask, n_valid, k, mult)
+        return SearchResult(snap.ids[rows.cpu().numpy()], scores)
 
     def get_vectors(self, ids) -> np.ndarray:
-        """Best available reconstruction ``[n, dim]`` float32 of the given ids: the INT8 copy
-        when there is one, else the decoded codes."""
-        with self._lock:
-            _, rows = self._rows_for(ids)
-            if self._store is not None:
-                return self._store.gather(rows).numpy()
-            return self._codec.decode(self._codes[torch.from_numpy(rows).to(self.device)]).cpu().numpy()
+        """Best available reconstruction ``[n, dim]`` float32 of the given ids: the rescore
+        copy when there is one, else the decoded codes."""
+        arr = _as_ids(ids)
+        snap = self._snap
+        rows = snap.lookup(arr)
+        if (rows < 0).any():
+            raise ValueError(f"ids not in the index: {arr[rows < 0][:10].tolist()}.")
+        if snap.rescore is not None:
+            return self._rescore_codec.decode(snap.rescore.gather(rows, snap.rows)).numpy()
+        return self._codec.decode(snap.codes[torch.from_numpy(rows).to(self.device)]).cpu().numpy()
 
     def memory(self) -> MemoryUsage:
-        """Bytes on the device, on disk, and per vector (see :class:`MemoryUsage`)."""
+        """Bytes on the device, on disk, on the host, and per vector (see :class:`MemoryUsage`)."""
+        snap = self._snap
+        device = snap.codes.numel() + (snap.alive.numel() if snap.alive is not None else 0)
+        host = snap.ids.nbytes + (sum(a.nbytes for a in snap.order) if snap.order is not None else 0)
+        if snap.alive_host is not None and self.device.type != "cpu":
+            host += snap.alive_host.nbytes
+        disk = snap.rescore.nbytes if snap.rescore is not None else 0
+        per_disk = self._rescore_codec.row_bytes if self.rescore else 0
+        return MemoryUsage(device, disk, self._codec.row_bytes, per_disk, host)
+
+    def compact(self) -> None:
+        """Drop deleted and replaced rows from the device tensor, the files and the rescore
+        copy, in place. Crash-safe: the new generation's files are complete before the manifest
+        names them, so a crash at any moment leaves the old or the new state. Ids are kept."""
         with self._lock:
-            device = self._codes.numel() + self._alive.numel()
-            disk = self._store.nbytes if self._store is not None else 0
-            return MemoryUsage(device, disk, self._codec.row_bytes, self.dim if self.rescore else 0)
+            self._check_open()
+            snap = self._snap
+            if snap.rows == snap.n_alive:
+                return
+            live = snap.live_rows()
+            gen = self._generation + 1
+            live_t = torch.from_numpy(live).to(self.device)
+            codes = snap.codes[: snap.rows][live_t].contiguous()
+            ids = snap.ids[live].copy()
+            new_files = _files(gen, self.rescore_dtype)
+            rescore = None
+            try:
+                if snap.rescore is not None:
+                    snap.rescore.copy_rows(self._workdir / new_files["rescore"], live)
+                    rescore = RescoreFile(self._workdir / new_files["rescore"], self._rescore_codec, len(live))
+                new = _Snapshot(codes, ids, None, None, _order_of(ids), len(live), len(live), rescore)
+                if self._path is not None:
+                    append_raw(self._path / new_files["codes"], 0, codes.cpu().numpy())
+                    append_raw(self._path / new_files["ids"], 0, ids)
+                    append_raw(self._path / new_files["deleted"], 0, np.zeros(0, dtype=np.int64))
+                    self._write_manifest(new, n_deleted=0, generation=gen)  # the commit point
+            except BaseException:
+                if rescore is not None:
+                    rescore.close()
+                for name in new_files.values():
+                    (self._workdir / name).unlink(missing_ok=True)
+                raise
+            old_files = _files(self._generation, self.rescore_dtype)
+            self._generation, self._n_deleted, self._snap = gen, 0, new
+            for name in old_files.values():  # readers of the old snapshot keep their descriptor
+                (self._workdir / name).unlink(missing_ok=True)
+            if self._path is not None:
+                fsync_dir(self._path)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy (deleted rows dropped) to ``path``, a new or empty directory.
@@ -312,138 +518,136 @@ class QuantizedIndex:
         if self._path is not None and Path(path).resolve() == self._path.resolve():
             return  # a persistent index is always saved
         with self._lock:
-            write_directory(path, self._save_compacted)
+            self._check_open()
+            write_directory(path, lambda d: self._write_copy(d, self._snap))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "QuantizedIndex":
         """Open an index directory written by :meth:`save` or by a persistent index.
 
-        Raises ``ValueError`` for a directory that is not an index, a newer format version, or
-        inconsistent files. The opened index keeps persisting to ``path``.
+        Raises ``ValueError`` for a directory that is not an index, another format version,
+        or inconsistent files. The opened index keeps persisting to ``path``.
         """
         return cls._open(Path(path), device)
 
     def close(self) -> None:
-        """Release a persistent index's directory lock (the data is already on disk); the
-        object must not be used afterwards."""
+        """Release a persistent index's directory lock and files (the data is already on
+        disk); later calls raise ``ValueError``."""
         with self._lock:
+            self._closed = True
+            if self._snap is not None and self._snap.rescore is not None:
+                self._snap.rescore.close()
             if self._dir_lock is not None:
                 self._dir_lock.release()
 
     def verify(self) -> list[str]:
-        """Cross-check every part (in-memory state, the INT8 copy, the files of a persistent
+        """Cross-check every part (in-memory state, the rescore copy, the files of a persistent
         index); returns the problems found, ``[]`` when consistent."""
         with self._lock:
+            self._check_open()
+            snap = self._snap
             problems = []
-            alive = self._alive[: self._rows].cpu().numpy()
-            live_ids = self._ids[: self._rows][alive]
+            live = snap.live_rows()
+            live_ids = snap.ids[live]
             if len(np.unique(live_ids)) != len(live_ids):
                 problems.append("live ids repeat")
-            if self._row_of != dict(zip(live_ids.tolist(), np.flatnonzero(alive).tolist())):
+            if len(live_ids) and not np.array_equal(snap.lookup(live_ids), live):
                 problems.append("id -> row map disagrees with ids and deletions")
-            if int((~alive).sum()) != len(set(self._deleted)):
-                problems.append(f"{int((~alive).sum())} dead rows but {len(set(self._deleted))} deletions recorded")
-            if self.rescore and self._rows and (self._store is None or self._store.count != self._rows):
-                problems.append(f"INT8 copy has {self._store.count if self._store else 0} rows; codes have {self._rows}")
+            if snap.rows - snap.n_alive != self._n_deleted:
+                problems.append(f"{snap.rows - snap.n_alive} dead rows but {self._n_deleted} deletions recorded")
+            if self.rescore:
+                if snap.rescore is None or snap.rescore.count != snap.rows:
+                    problems.append(f"rescore copy has {snap.rescore.count if snap.rescore else 0} rows; codes have {snap.rows}")
+                else:
+                    try:
+                        snap.rescore.check()
+                    except ValueError as exc:
+                        problems.append(str(exc))
             if self._path is not None:
-                expect = {"codes.u8": self._rows * self._codec.row_bytes, "ids.i64": self._rows * 8,
-                          "deleted.i64": len(self._deleted) * 8}
-                if self._store is not None:
-                    expect[RescoreStore.DATA_FILE] = self._store.nbytes
-                for name, size in expect.items():
-                    found = (self._path / name).stat().st_size if (self._path / name).exists() else (0 if size == 0 else -1)
-                    if found != size:
-                        problems.append(f"{name}: {found} bytes on disk, {size} committed")
-                on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION)
-                if on_disk["count"] != self._rows or on_disk["n_deleted"] != len(self._deleted):
-                    problems.append("manifest.json disagrees with the open index")
+                problems += self._verify_files(snap)
             return problems
 
     # ------------------------------------------------------------------ internals
-    def _rows_for(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """(validated ids, their rows); an id not in the index raises ``ValueError``."""
-        arr = _as_ids(ids)
-        unknown = [int(i) for i in arr if int(i) not in self._row_of]
-        if unknown:
-            raise ValueError(f"ids not in the index: {unknown[:10]}.")
-        return arr, np.array([self._row_of[int(i)] for i in arr], dtype=np.int64)
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this index was closed; open it again with QuantizedIndex.load.")
 
-    def _calibrate(self, x: torch.Tensor) -> None:
-        lo, scale = int8.calibrate(x)
-        self._codec = Codec(self.codec_name, CodecParams(self.dim, self.block_size, lo, scale))
-        if self.rescore:
-            self._store = RescoreStore(self._workdir, self.dim, lo, scale)
+    def _on_device(self, host: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(host)
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def _allowed_mask(self, snap: _Snapshot, allowed_ids) -> torch.Tensor:
+        if isinstance(allowed_ids, (str, bytes)):
+            raise TypeError("allowed_ids must be a sequence of integers; got a string.")
+        arr = np.asarray(allowed_ids.cpu() if isinstance(allowed_ids, torch.Tensor) else list(allowed_ids)
+                         if not isinstance(allowed_ids, np.ndarray) else allowed_ids)
+        if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"allowed_ids must be integers; got dtype {arr.dtype}.")
+        rows = snap.lookup(arr.astype(np.int64).reshape(-1))
+        mask = np.zeros(snap.rows, dtype=bool)
+        mask[rows[rows >= 0]] = True
+        return self._on_device(mask)
+
+    def _grown(self, snap: _Snapshot, rows: int) -> _Snapshot:
+        """``snap`` with storage for ``rows`` rows: the same arrays when they fit, else new ones
+        grown by half (amortised O(1) per row); only positions past ``snap.rows`` differ."""
+        cap = snap.codes.shape[0]
+        if rows <= cap:
+            return snap
+        new_cap = max(rows, cap + cap // 2, 16)
+        codes = torch.zeros(new_cap, snap.codes.shape[1], dtype=torch.uint8, device=self.device)
+        codes[: snap.rows] = snap.codes[: snap.rows]
+        ids = np.zeros(new_cap, dtype=np.int64)
+        ids[: snap.rows] = snap.ids[: snap.rows]
+        alive_host = alive = None
+        if snap.alive_host is not None:
+            alive_host = np.zeros(new_cap, dtype=bool)
+            alive_host[: snap.rows] = snap.alive_host[: snap.rows]
+            alive = self._on_device(alive_host)
+        return replace(snap, codes=codes, ids=ids, alive_host=alive_host, alive=alive)
 
     def _add(self, x: torch.Tensor, new_ids: np.ndarray) -> None:
-        first = self._codec.params.lo is None
-        old = (self._codec, self._store)
-        if first:
-            self._calibrate(x)
-        start, n = self._rows, len(x)
-        store_count = self._store.count if self._store is not None else 0
+        snap = self._snap
+        start, n = snap.rows, len(x)
+        codes = self._codec.encode(x)
+        grown = self._grown(snap, start + n)
         try:
-            codes = self._codec.encode(x)
-            self._reserve(start + n)
-            if self._store is not None:
-                self._store.append(x)
+            if grown.rescore is not None:
+                grown.rescore.append(x)
             if self._path is not None:
-                append_raw(self._path / "codes.u8", start * self._codec.row_bytes, codes.cpu().numpy())
-                append_raw(self._path / "ids.i64", start * 8, new_ids)
-            self._codes[start : start + n] = codes
-            self._alive[start : start + n] = True
-            self._ids[start : start + n] = new_ids
-            self._rows = start + n
-            self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-            self._row_of.update(zip(new_ids.tolist(), range(start, start + n)))
+                append_raw(self._path / self._file("codes"), start * self._codec.row_bytes, codes.cpu().numpy())
+                append_raw(self._path / self._file("ids"), start * 8, new_ids)
+            # positions past snap.rows: no published snapshot reads them
+            grown.codes[start : start + n] = codes
+            grown.ids[start : start + n] = new_ids
+            if grown.alive_host is not None:
+                grown.alive_host[start : start + n] = True
+                if self.device.type != "cpu":
+                    grown.alive[start : start + n] = True
+            new = replace(grown, rows=start + n, n_alive=snap.n_alive + n, order=_merge_order(snap, new_ids, start))
+            next_id = max(self._next_id, int(new_ids.max()) + 1)
             if self._path is not None:
-                self._write_manifest()
+                self._write_manifest(new, next_id=next_id)  # the commit point
         except BaseException:
-            self._rows = start
-            self._alive[start:] = False
-            for i in new_ids.tolist():
-                if self._row_of.get(i, -1) >= start:
-                    del self._row_of[i]
-            if self._store is not None and not first:
-                self._store.truncate(store_count)
-            if first:
-                self._codec, self._store = old
+            if grown.rescore is not None:
+                grown.rescore.truncate(start)
             raise
+        if new.rescore is not None:
+            new.rescore.commit(start + n)
+        self._next_id, self._snap = next_id, new
 
-    def _reserve(self, rows: int) -> None:
-        """Grow code storage to hold ``rows`` rows by at least half its size (amortised O(1) per row)."""
-        cap = self._codes.shape[0]
-        if rows <= cap:
-            return
-        new_cap = max(rows, cap + cap // 2, 16)
-        codes = torch.zeros(new_cap, self._codes.shape[1], dtype=torch.uint8, device=self.device)
-        codes[:cap] = self._codes
-        alive = torch.zeros(new_cap, dtype=torch.bool, device=self.device)
-        alive[:cap] = self._alive
-        ids = np.zeros(new_cap, dtype=np.int64)
-        ids[:cap] = self._ids
-        self._codes, self._alive, self._ids = codes, alive, ids
-
-    def _row_mask(self, allowed_ids: Iterable[int]) -> torch.Tensor:
-        arr = np.asarray(list(allowed_ids) if not isinstance(allowed_ids, (np.ndarray, torch.Tensor)) else allowed_ids)
-        if len(arr) and not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"allowed_ids must be integers; got dtype {arr.dtype}.")
-        rows = [self._row_of[i] for i in arr.astype(np.int64).tolist() if i in self._row_of]
-        mask = torch.zeros(self._rows, dtype=torch.bool)
-        mask[rows] = True
-        return mask.to(self.device)
-
-    def _scan(self, q: torch.Tensor, mask: torch.Tensor | None, n_top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scan(self, snap: _Snapshot, q: torch.Tensor, mask: torch.Tensor | None, n_top: int):
         """Chunked first stage: running top-``n_top`` (scores, rows), each ``[q, n_top]``.
 
         ``mask`` (``[rows]`` bool, ``None`` = all rows) is applied before each chunk's top-k.
-        Rows outside it score the lowest value of the score dtype and are dropped by the caller.
+        Rows outside it score lowest and are never returned while ``n_top`` <= valid rows.
         """
         best_s = best_r = None
-        step = self._chunk_rows(len(q))
-        for start in range(0, self._rows, step):
-            stop = min(start + step, self._rows)
+        step = self._chunk_rows(snap.rows, len(q))
+        for start in range(0, snap.rows, step):
+            stop = min(start + step, snap.rows)
             valid = None if mask is None else mask[start:stop]
-            top_s, top_r = self._codec.top(q, self._codes[start:stop], valid, min(n_top, stop - start))
+            top_s, top_r = self._codec.top(q, snap.codes[start:stop], valid, min(n_top, stop - start))
             top_r += start
             if best_s is not None:
                 top_s, top_r = torch.cat([best_s, top_s], dim=1), torch.cat([best_r, top_r], dim=1)
@@ -453,122 +657,153 @@ class QuantizedIndex:
             best_s, best_r = top_s, top_r
         return best_s, best_r
 
-    def _chunk_rows(self, n_queries: int) -> int:
+    def _chunk_rows(self, rows: int, n_queries: int) -> int:
         """Rows per scan step: ``SCORES_PER_CHUNK / queries``, and no more than
         ``DECODED_PER_CHUNK / dim`` when the codec decodes rows to score them; every row
         when the codec selects without scores."""
         if self._chunk is not None:
             return self._chunk
         if self._codec.selects_in_place(self.device):
-            return min(max(self._rows, 1), 1 << 30)
-        rows = SCORES_PER_CHUNK // n_queries
+            return min(max(rows, 1), 1 << 30)
+        step = SCORES_PER_CHUNK // n_queries
         if not self._codec.scans_in_place(self.device):
-            rows = min(rows, DECODED_PER_CHUNK // self.dim)
-        return max(rows, 1024)
+            step = min(step, DECODED_PER_CHUNK // self.dim)
+        return max(step, 1024)
 
-    def _search(self, q: torch.Tensor, mask: torch.Tensor | None, n_valid: int, k: int, mult: int):
-        """Top-``k`` (scores ``[q, k]`` float32, rows ``[q, k]``) among ``n_valid`` masked rows."""
+    def _search(self, snap: _Snapshot, q: torch.Tensor, mask, n_valid: int, k: int, mult: int):
+        """Top-``k`` (scores ``[q, k]`` float32 numpy, rows ``[q, k]``) among ``n_valid`` masked rows."""
+        u, qnorm = split_norm(q)  # ranking does not depend on the query norm
         n_cand = min(k * mult if self.rescore else k, n_valid)
-        if self.codec_name == "binary":
-            width = min(max(n_cand, BINARY_WIDEN * k), n_valid)
-            _, rows = self._scan(q, mask, width)
-            # second stage (BPR): float query against the +-1 codes of the Hamming candidates
-            cand = self._codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1)
-            s = binary.score(q, cand, self.dim)
-            s, pos = torch.topk(s, n_cand, dim=1)
-            rows = torch.gather(rows, 1, pos)
-        else:
-            s, rows = self._scan(q, mask, n_cand)
-        if self.rescore and self._store is not None:
+        s, rows = self._codec.candidates(
+            u, snap.codes[: snap.rows], lambda n: self._scan(snap, u, mask, min(n, n_valid)), n_cand, k
+        )
+        if snap.rescore is not None:
             uniq, inverse = np.unique(rows.cpu().numpy(), return_inverse=True)
-            vecs = self._store.gather(uniq, self.device)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
-            s = torch.einsum("qd,qcd->qc", q, vecs.view(len(q), rows.shape[1], self.dim))
-        s, pos = torch.topk(s, k, dim=1)
-        return s, torch.gather(rows, 1, pos)
+            cand = snap.rescore.gather(uniq, snap.rows).to(self.device)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
+            s = self._rescore_codec.rescore(u, cand.view(rows.shape[0], rows.shape[1], -1))
+        s, pos = torch.topk(s.float(), k, dim=1)
+        scores = (s.double() * qnorm.double().unsqueeze(1)).clamp(-FLOAT32_MAX, FLOAT32_MAX).float()
+        return scores.cpu().numpy(), torch.gather(rows, 1, pos)
 
     # ------------------------------------------------------------------ persistence
-    def _manifest(self, count: int, n_deleted: int) -> dict:
-        p = self._codec.params
+    def _manifest(self, snap: _Snapshot, n_deleted: int, next_id: int, generation: int) -> dict:
         return {
             "format": FORMAT,
             "version": VERSION,
             "dim": self.dim,
             "codec": self.codec_name,
-            "block_size": self.block_size,
+            "codec_params": self._codec.params(),
             "rescore": self.rescore,
-            "row_bytes": self._codec.row_bytes,
-            "count": count,
+            "rescore_dtype": self.rescore_dtype,
+            "generation": generation,
+            "count": snap.rows,
             "n_deleted": n_deleted,
-            "next_id": self._next_id,
-            "int8": None if p.lo is None else {"lo": p.lo.cpu().tolist(), "scale": p.scale.cpu().tolist()},
+            "next_id": next_id,
         }
 
-    def _write_manifest(self) -> None:
-        write_json_atomic(self._path / MANIFEST, self._manifest(self._rows, len(self._deleted)))
+    def _write_manifest(self, snap: _Snapshot, *, n_deleted=None, next_id=None, generation=None) -> None:
+        m = self._manifest(
+            snap,
+            self._n_deleted if n_deleted is None else n_deleted,
+            self._next_id if next_id is None else next_id,
+            self._generation if generation is None else generation,
+        )
+        write_json_atomic(self._path / MANIFEST, m)
 
-    def _save_compacted(self, directory: Path) -> None:
-        rows = np.flatnonzero(self._alive[: self._rows].cpu().numpy())
-        codes = self._codes[: self._rows][torch.from_numpy(rows).to(self.device)].cpu().numpy()
-        append_raw(directory / "codes.u8", 0, codes)
-        append_raw(directory / "ids.i64", 0, self._ids[rows])
-        append_raw(directory / "deleted.i64", 0, np.zeros(0, dtype=np.int64))
-        if self._store is not None:
-            self._store.copy_to(directory, rows)
-        write_json_atomic(directory / MANIFEST, self._manifest(len(rows), 0))
+    def _write_copy(self, directory: Path, snap: _Snapshot) -> None:
+        """A compacted copy, generation 0, into ``directory``."""
+        live = snap.live_rows()
+        files = _files(0, self.rescore_dtype)
+        codes = snap.codes[: snap.rows][torch.from_numpy(live).to(self.device)].cpu().numpy()
+        append_raw(directory / files["codes"], 0, codes)
+        append_raw(directory / files["ids"], 0, snap.ids[live])
+        append_raw(directory / files["deleted"], 0, np.zeros(0, dtype=np.int64))
+        if snap.rescore is not None:
+            snap.rescore.copy_rows(directory / files["rescore"], live)
+        copy = replace(snap, rows=len(live))
+        write_json_atomic(directory / MANIFEST, self._manifest(copy, 0, self._next_id, 0))
+
+    def _verify_files(self, snap: _Snapshot) -> list[str]:
+        problems = []
+        expect = {self._file("codes"): snap.rows * self._codec.row_bytes, self._file("ids"): snap.rows * 8,
+                  self._file("deleted"): self._n_deleted * 8}
+        if snap.rescore is not None:
+            expect[self._file("rescore")] = snap.rescore.nbytes
+        for name, size in expect.items():
+            p = self._path / name
+            found = p.lstat().st_size if p.is_file() and not p.is_symlink() else -1
+            if found < size:
+                problems.append(f"{name}: {found} bytes on disk, {size} committed")
+        try:
+            on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+            if (on_disk["count"], on_disk["n_deleted"], on_disk["generation"]) != (snap.rows, self._n_deleted, self._generation):
+                problems.append("manifest.json disagrees with the open index")
+            deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted, cut_tail=False)
+            alive = np.ones(snap.rows, dtype=bool)
+            alive[deleted] = False
+            if not np.array_equal(alive, snap.alive_host[: snap.rows] if snap.alive_host is not None else alive):
+                problems.append("deleted rows on disk disagree with the open index")
+        except (ValueError, IndexError) as exc:
+            problems.append(str(exc))
+        return problems
 
     @classmethod
     def _open(cls, path: Path, device) -> "QuantizedIndex":
-        m = read_json(path / MANIFEST, FORMAT, VERSION)
+        m = read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+        where = path / MANIFEST
         try:
-            dim, codec, block_size = int(m["dim"]), m["codec"], int(m["block_size"])
-            rescore, count, n_deleted, next_id = bool(m["rescore"]), int(m["count"]), int(m["n_deleted"]), int(m["next_id"])
-            calib = m["int8"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path / MANIFEST}: malformed manifest ({exc}).") from None
-        if codec not in CODEC_NAMES:
-            raise ValueError(f"{path / MANIFEST}: unknown codec {codec!r}.")
-        if min(dim, block_size) <= 0 or min(count, n_deleted, next_id) < 0 or n_deleted > count:
-            raise ValueError(f"{path / MANIFEST}: negative or inconsistent sizes.")
+            codec = make_codec(m["codec"], m["dim"], **m["codec_params"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: field 'codec_params' is invalid ({exc}).") from None
+        if codec.params() != m["codec_params"]:
+            raise ValueError(f"{where}: field 'codec_params' must be {codec.params()!r} for codec {m['codec']!r}.")
+        count, n_deleted = m["count"], m["n_deleted"]
+        if n_deleted > count:
+            raise ValueError(f"{where}: n_deleted ({n_deleted}) is larger than count ({count}).")
         index = cls.__new__(cls)
-        QuantizedIndex.__init__(index, dim, codec, rescore, None, device, block_size)
-        index._cleanup()  # drop the temporary directory made by __init__
+        index._setup(m["dim"], codec, m["rescore"], m["rescore_dtype"], resolve_device(device))
         index._dir_lock = DirectoryLock(path)
-        index._workdir = index._path = path
-        dev = index.device
-        if calib is not None:
-            try:
-                lo = torch.tensor(calib["lo"], dtype=torch.float32)
-                scale = torch.tensor(calib["scale"], dtype=torch.float32)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path / MANIFEST}: malformed int8 calibration ({exc}).") from None
-            if lo.shape != (dim,) or scale.shape != (dim,):
-                raise ValueError(f"{path / MANIFEST}: int8 calibration must have {dim} values.")
-            index._codec = Codec(codec, CodecParams(dim, block_size, lo.to(dev), scale.to(dev)))
-        elif count:
-            raise ValueError(f"{path / MANIFEST}: {count} rows but no int8 calibration.")
-        row_bytes = index._codec.row_bytes
-        if int(m.get("row_bytes", row_bytes)) != row_bytes:
-            raise ValueError(f"{path / MANIFEST}: row_bytes {m.get('row_bytes')} does not match codec ({row_bytes}).")
-        codes = read_raw(path / "codes.u8", np.uint8, count, row_bytes) if count else np.zeros((0, row_bytes), np.uint8)
-        ids = read_raw(path / "ids.i64", np.int64, count) if count else np.zeros(0, np.int64)
-        deleted = read_raw(path / "deleted.i64", np.int64, n_deleted) if n_deleted else np.zeros(0, np.int64)
-        if len(deleted) and (deleted.min() < 0 or deleted.max() >= count):
-            raise ValueError(f"{path / 'deleted.i64'}: row numbers outside 0..{count - 1}.")
-        alive = np.ones(count, dtype=bool)
-        alive[deleted] = False
-        live_ids = ids[alive]
-        if len(live_ids) and (live_ids.min() < 0 or len(np.unique(live_ids)) != len(live_ids)):
-            raise ValueError(f"{path / 'ids.i64'}: ids are negative or repeated.")
-        if rescore and calib is not None:
-            index._store = RescoreStore.open(path, count)
-        index._reserve(count)
-        index._codes[:count] = torch.from_numpy(codes.reshape(count, row_bytes)).to(dev)
-        index._alive[:count] = torch.from_numpy(alive).to(dev)
-        index._ids[:count] = ids
-        index._rows = count
-        index._deleted = deleted.tolist()
-        index._row_of = dict(zip(live_ids.tolist(), np.flatnonzero(alive).tolist()))
-        index._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
-        for name in ("codes.u8", "ids.i64", "deleted.i64"):
-            (path / name).touch()
+        try:
+            index._workdir = index._path = path
+            index._generation = m["generation"]
+            index._load_files(count, n_deleted, m["next_id"])
+        except BaseException:
+            index.close()
+            raise
         return index
+
+    def _load_files(self, count: int, n_deleted: int, next_id: int) -> None:
+        path = self._path
+        current = set(_files(self._generation, self.rescore_dtype).values())
+        for p in path.iterdir():  # files of other generations: an interrupted compaction
+            if _DATA_FILE.fullmatch(p.name) and p.name not in current:
+                p.unlink()
+        row_bytes = self._codec.row_bytes
+        codes = read_raw(path / self._file("codes"), np.uint8, count, row_bytes)
+        ids = read_raw(path / self._file("ids"), np.int64, count)
+        deleted = read_raw(path / self._file("deleted"), np.int64, n_deleted)
+        if len(deleted) and (deleted.min() < 0 or deleted.max() >= count or len(np.unique(deleted)) != len(deleted)):
+            raise ValueError(f"{path / self._file('deleted')}: row numbers repeat or fall outside 0..{count - 1}.")
+        alive_host = None
+        if n_deleted:
+            alive_host = np.ones(count, dtype=bool)
+            alive_host[deleted] = False
+        live_ids = ids if alive_host is None else ids[alive_host]
+        if len(live_ids) and (live_ids.min() < 0 or len(np.unique(live_ids)) != len(live_ids)):
+            raise ValueError(f"{path / self._file('ids')}: ids are negative or repeated.")
+        rescore = None
+        if self.rescore:
+            rescore = RescoreFile(path / self._file("rescore"), self._rescore_codec, count)
+            rescore.truncate(count)  # cut an uncommitted append
+        self._snap = _Snapshot(
+            torch.from_numpy(codes.reshape(count, row_bytes)).to(self.device),
+            ids,
+            alive_host,
+            None if alive_host is None else self._on_device(alive_host),
+            _order_of(ids),
+            count,
+            count - n_deleted,
+            rescore,
+        )
+        self._n_deleted = n_deleted
+        self._next_id = max(next_id, int(ids.max()) + 1 if count else 0)

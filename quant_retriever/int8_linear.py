@@ -5,7 +5,7 @@ per output channel, inputs quantized symmetric INT8 per token at every call, the
 product rescaled to float32. torchao runs it in eager mode as one pass over memory per step
 (find the scales, divide, round, cast, matmul, rescale, add the bias), which on a CPU without
 AMX costs more than the INT8 matmul saves. Here a layer (:class:`Int8Linear`) is three calls:
-one native pass quantizes the input (``codecs/_native.py``), oneDNN's ``qlinear_pointwise``
+one native pass quantizes the input (``kernels/linear.c``), oneDNN's ``qlinear_pointwise``
 multiplies (VNNI instructions where the CPU has them) straight into float32, and one native
 pass rescales that output in place and adds the bias.
 
@@ -34,7 +34,7 @@ import functools
 
 import torch
 
-from quant_retriever.codecs import _native
+from quant_retriever.kernels import linear as _native
 
 __all__ = ["Int8Linear", "Int8AddNorm", "available", "quantize_linear_layers"]
 

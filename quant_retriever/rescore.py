@@ -1,134 +1,122 @@
-"""The INT8 rescore copy: an append-only memory-mapped file of INT8 rows plus a JSON header.
+"""The rescore copy: every vector again, in a finer format (INT8 or FP16 rows of
+:mod:`quant_retriever.codecs`), in one append-only file read through a memory map.
 
-Directory layout (``<dir>`` is the index directory, or a temporary one):
+The file holds ``count`` rows of ``codec.row_bytes`` bytes and nothing else; the owner (the
+index manifest) records ``count``, so bytes past it (a torn append) are cut when the owner
+opens the file. ``gather(rows)`` reads only the requested rows.
 
-=================  =====================================================================
-file               content
-=================  =====================================================================
-``rescore.int8``    ``count`` rows of ``dim`` int8 codes, row-major, nothing else
-``rescore.json``    ``{"format", "version", "dim", "count", "lo": [dim], "scale": [dim]}``
-=================  =====================================================================
-
-Rows are only ever appended. ``count`` in the header is the commit point: bytes past
-``count * dim`` (a torn append) are cut off when the file is opened. ``gather(rows)`` reads
-just the requested rows through the memory map and dequantizes them.
+The file is opened once, without following links, and the descriptor is kept: a search maps
+that descriptor, so a file replaced or deleted behind the index's back is detected (the
+inode under the path changed) instead of silently recreated, and a file truncated by another
+process raises ``ValueError`` instead of faulting on the mapping.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from quant_retriever.codecs import int8
-from quant_retriever.files import append_raw, read_json, write_json_atomic
+from quant_retriever.codecs import Codec
+from quant_retriever.files import open_nofollow, write_all
 
-__all__ = ["RescoreStore"]
-
-FORMAT = "quant_retriever.int8_rescore"
-VERSION = 1
-DATA_FILE = "rescore.int8"
-HEADER_FILE = "rescore.json"
+__all__ = ["RescoreFile"]
 
 
-class RescoreStore:
-    """INT8 copy of every vector, on disk. Calibrated (per-dimension ranges) at creation."""
+class RescoreFile:
+    """Rows of ``codec`` in the file ``path`` (created empty when ``create``), ``count`` committed."""
 
-    DATA_FILE = DATA_FILE
-
-    def __init__(self, directory: str | os.PathLike, dim: int, lo: torch.Tensor, scale: torch.Tensor):
-        """Create an empty store in ``directory`` with the given calibration ``lo``/``scale`` ``[dim]``."""
-        self.directory = Path(directory)
-        self.dim = dim
-        self.lo = lo.detach().float().cpu()
-        self.scale = scale.detach().float().cpu()
-        self.count = 0
-        self._map: np.memmap | None = None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / DATA_FILE).write_bytes(b"")
-        self._write_header()
-
-    @classmethod
-    def open(cls, directory: str | os.PathLike, count: int | None = None) -> "RescoreStore":
-        """Open an existing store. ``count`` (the owner's committed row count) wins over the
-        header's when given; a data file shorter than that raises ``ValueError``."""
-        directory = Path(directory)
-        header = read_json(directory / HEADER_FILE, FORMAT, VERSION)
-        try:
-            dim = int(header["dim"])
-            lo = torch.tensor(header["lo"], dtype=torch.float32)
-            scale = torch.tensor(header["scale"], dtype=torch.float32)
-            stored = int(header["count"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{directory / HEADER_FILE}: malformed header ({exc}).") from None
-        if dim <= 0 or lo.shape != (dim,) or scale.shape != (dim,) or not bool((scale > 0).all()):
-            raise ValueError(f"{directory / HEADER_FILE}: dim/lo/scale are inconsistent.")
-        count = stored if count is None else count
-        data = directory / DATA_FILE
-        size = data.stat().st_size if data.exists() else -1
-        if size < count * dim:
+    def __init__(self, path: str | os.PathLike, codec: Codec, count: int = 0, *, create: bool = False):
+        self.path = Path(path)
+        self.codec = codec
+        self.count = count
+        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        self._fd = open_nofollow(self.path, flags)
+        self._ino = os.fstat(self._fd).st_ino
+        self._map: tuple[int, np.ndarray] | None = None  # (rows mapped, [rows, row_bytes] uint8 view)
+        self._map_lock = threading.Lock()
+        size = os.fstat(self._fd).st_size
+        if size < self.nbytes:
+            os.close(self._fd)
             raise ValueError(
-                f"{data}: expected at least {count * dim} bytes for {count} rows of {dim}; found {max(size, 0)}."
+                f"{self.path}: expected at least {self.nbytes} bytes for {count} rows of {codec.row_bytes}; found {size}."
             )
-        if size > count * dim:  # a torn or uncommitted append: drop it
-            os.truncate(data, count * dim)
-        store = cls.__new__(cls)
-        store.directory, store.dim, store.lo, store.scale = directory, dim, lo, scale
-        store.count, store._map = count, None
-        if stored != count:
-            store._write_header()
-        return store
 
     @property
     def nbytes(self) -> int:
-        """Bytes of INT8 rows on disk."""
-        return self.count * self.dim
+        """Bytes of committed rows."""
+        return self.count * self.codec.row_bytes
+
+    def check(self) -> None:
+        """``ValueError`` if the file under ``path`` is no longer the one this object writes."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            raise ValueError(f"{self.path} was deleted while the index was open.") from None
+        if st.st_ino != self._ino:
+            raise ValueError(f"{self.path} was replaced while the index was open.")
 
     def append(self, x: torch.Tensor) -> None:
-        """Quantize ``x: [n, dim]`` with the stored calibration and append it (fsynced)."""
-        codes = int8.encode(x.detach().float().cpu(), self.lo, self.scale).numpy()
-        append_raw(self.directory / DATA_FILE, self.nbytes, codes)
-        self.count += len(codes)
-        self._map = None
-        self._write_header()
+        """Encode float vectors ``[n, dim]`` and append them after the committed rows (fsynced).
+        ``count`` is not advanced: the owner calls :meth:`commit` once everything is written."""
+        self.check()
+        rows = self.codec.encode(x.detach().float().cpu()).numpy()
+        os.ftruncate(self._fd, self.nbytes)
+        write_all(self._fd, rows.tobytes(), self.nbytes)
+        os.fsync(self._fd)
+
+    def commit(self, count: int) -> None:
+        self.count = count
 
     def truncate(self, count: int) -> None:
-        """Forget rows past ``count`` (used to roll back a failed add)."""
-        os.truncate(self.directory / DATA_FILE, count * self.dim)
+        """Forget rows past ``count`` (rolls back an append)."""
+        os.ftruncate(self._fd, count * self.codec.row_bytes)
         self.count = count
-        self._map = None
-        self._write_header()
 
-    def gather(self, rows: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Dequantized rows ``[len(rows), dim]`` float32 on ``device``; reads only those rows."""
-        if self._map is None:
-            self._map = np.memmap(self.directory / DATA_FILE, dtype=np.int8, mode="r", shape=(self.count, self.dim))
-        codes = torch.from_numpy(np.ascontiguousarray(self._map[rows])).to(device)
-        return int8.decode(codes, self.lo.to(device), self.scale.to(device))
+    def gather(self, rows: np.ndarray, count: int | None = None) -> torch.Tensor:
+        """The given rows ``[len(rows), row_bytes]`` uint8 (a copy), of the first ``count``
+        committed rows (default: all)."""
+        count = self.count if count is None else count
+        size = os.fstat(self._fd).st_size
+        if size < count * self.codec.row_bytes:
+            raise ValueError(f"{self.path} was truncated by someone else: {size} bytes for {count} rows.")
+        with self._map_lock:
+            if self._map is None or self._map[0] < count:
+                # map everything committed now; a later, longer snapshot remaps
+                n = max(count, self.count)
+                if n == 0:
+                    return torch.zeros(0, self.codec.row_bytes, dtype=torch.uint8)
+                mm = mmap.mmap(self._fd, n * self.codec.row_bytes, prot=mmap.PROT_READ)
+                self._map = (n, np.frombuffer(mm, dtype=np.uint8).reshape(n, self.codec.row_bytes))
+            view = self._map[1]
+        return torch.from_numpy(view[np.asarray(rows, dtype=np.int64)])
 
-    def copy_to(self, directory: str | os.PathLike, rows: np.ndarray | None = None) -> None:
-        """Write the given rows (default: all), in order, as a new store in ``directory``."""
-        directory = Path(directory)
-        rows = np.arange(self.count) if rows is None else np.asarray(rows, dtype=np.int64)
-        data = np.memmap(self.directory / DATA_FILE, dtype=np.int8, mode="r", shape=(self.count, self.dim)) if self.count else None
-        with open(directory / DATA_FILE, "wb") as dst:
+    def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> None:
+        """Write the given rows, in order, to a new file ``path`` (fsynced)."""
+        fd = open_nofollow(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            offset = 0
             for start in range(0, len(rows), 65536):
-                dst.write(np.ascontiguousarray(data[rows[start : start + 65536]]).tobytes())
-            dst.flush()
-            os.fsync(dst.fileno())
-        write_json_atomic(directory / HEADER_FILE, {**self._header(), "count": len(rows)})
+                chunk = self.gather(rows[start : start + 65536]).numpy().tobytes()
+                write_all(fd, chunk, offset)
+                offset += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    def _header(self) -> dict:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "dim": self.dim,
-            "count": self.count,
-            "lo": self.lo.tolist(),
-            "scale": self.scale.tolist(),
-        }
+    def close(self) -> None:
+        with self._map_lock:
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
-    def _write_header(self) -> None:
-        write_json_atomic(self.directory / HEADER_FILE, self._header())
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from quant_retriever import corpus
-from quant_retriever.codecs import _native
+from quant_retriever.kernels import linear, scans
 
 
 def pytest_addoption(parser):
@@ -48,10 +48,13 @@ def rng():
     return np.random.default_rng(0)
 
 
+LIBRARIES = (scans.LIBRARY, linear.LIBRARY)
+
+
 @functools.cache
-def portable_kernels():
+def portable_kernels(library):
     """The same kernels built for baseline x86-64: no AVX-512, no F16C, so their fallbacks run."""
-    return _native._compile("x86-64")
+    return library.build("x86-64")
 
 
 @pytest.fixture(params=["native", "portable", "eager"])
@@ -62,10 +65,11 @@ def kernel_path(request, monkeypatch):
     elif not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler: native kernels unavailable")
     elif request.param == "native":
-        assert _native.kernels() is not None, "a C compiler is here, so the kernels must build"
+        assert all(lib.get() is not None for lib in LIBRARIES), "a C compiler is here, so the kernels must build"
     elif platform.machine() not in {"x86_64", "AMD64"}:
         pytest.skip("the portable build targets x86-64")
     else:
-        monkeypatch.setitem(_native._state, "tried", True)
-        monkeypatch.setitem(_native._state, "lib", portable_kernels())
+        for lib in LIBRARIES:
+            monkeypatch.setattr(lib, "_tried", True)
+            monkeypatch.setattr(lib, "_lib", portable_kernels(lib))
     return request.param

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from quant_retriever import int8_linear
-from quant_retriever.codecs import _native
+from quant_retriever.kernels import linear as _native
 from quant_retriever.int8_linear import Int8AddNorm, Int8Linear, quantize_linear_layers
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch build lacks oneDNN's INT8 ops")

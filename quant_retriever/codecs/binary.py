@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import torch
 
-from quant_retriever.codecs import _native
+from quant_retriever.codecs.base import Codec, Scan
+from quant_retriever.kernels import scans
 
-__all__ = ["row_bytes", "encode", "decode", "hamming", "score"]
+__all__ = ["Binary", "row_bytes", "encode", "decode", "hamming", "score", "WIDEN"]
+
+#: Width of the Hamming pass, as a multiple of ``k``: the second stage re-ranks that many.
+WIDEN = 20
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -63,10 +67,11 @@ def _popcount64(v: torch.Tensor) -> torch.Tensor:
 def hamming(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Hamming distances between packed queries ``[q, row_bytes]`` and rows ``[n, row_bytes]``.
 
-    Returns ``[q, n]`` int32: a native popcount kernel on the CPU (see :mod:`._native`), a
-    SWAR popcount in plain torch elsewhere and as the fallback.
+    Returns ``[q, n]`` int32: a native popcount kernel on the CPU (see
+    :mod:`quant_retriever.kernels.scans`), a SWAR popcount in plain torch elsewhere and as the
+    fallback.
     """
-    out = _native.hamming_scan(qcodes, codes)
+    out = scans.hamming_scan(qcodes, codes)
     return out if out is not None else _hamming_eager(qcodes, codes)
 
 
@@ -87,3 +92,49 @@ def score(queries: torch.Tensor, codes: torch.Tensor, dim: int) -> torch.Tensor:
         signs = signs.view(codes.shape[0], codes.shape[1], dim)
         return torch.einsum("qd,qnd->qn", queries.float(), signs)
     return queries.float() @ signs.T
+
+
+class Binary(Codec):
+    """Sign bits compared by Hamming distance (see the module docstring). Candidates get a
+    second stage: the float query against the +-1 codes of a ``WIDEN * k`` Hamming pass."""
+
+    name = "binary"
+
+    @property
+    def row_bytes(self) -> int:
+        return row_bytes(self.dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return encode(x)
+
+    def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # +-1 codes carry no norm: directions +-1/sqrt(dim) with norm sqrt(dim) decode to +-1
+        root = self.dim**0.5
+        return decode(rows, self.dim) / root, torch.full((rows.shape[0],), root, device=rows.device)
+
+    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return hamming(encode(q), rows).neg_()
+
+    def scans_in_place(self, device: torch.device) -> bool:
+        return scans.available(device)
+
+    def selects_in_place(self, device: torch.device) -> bool:
+        return scans.available(device)
+
+    def top(
+        self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = scans.hamming_select(encode(q), rows, valid, n)
+        if picked is None:
+            return super().top(q, rows, valid, n)
+        dist, pos = picked  # streaming selection instead of a top-k over all rows
+        dist, order = torch.sort(dist, dim=1, stable=True)
+        return dist.neg_(), torch.gather(pos, 1, order)
+
+    def candidates(
+        self, q: torch.Tensor, codes: torch.Tensor, scan: Scan, n_cand: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _, rows = scan(max(n_cand, WIDEN * k))
+        s = self.rescore(q, codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1))
+        s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)
+        return s, torch.gather(rows, 1, pos)

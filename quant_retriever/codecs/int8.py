@@ -1,67 +1,99 @@
-"""Scalar INT8 codes with per-dimension ranges calibrated on the data.
+"""Per-row INT8 codes: no calibration, so a vector's code never depends on other vectors.
 
-``x[d] ~= lo[d] + scale[d] * (code[d] + 128)`` with ``scale[d] = (hi[d] - lo[d]) / 255``
-floored at ``SCALE_FLOOR``: a constant dimension (all-MiniLM-L6-v2's dimension 127 is
-about 1e-33 for every text) gets the floor instead of a division by zero, and decodes to
-``lo[d]`` exactly. Values outside the calibrated range are clamped after rounding.
+A vector ``x`` is split into its norm and direction ``u = x / |x|``; ``u`` is quantized
+symmetrically with its own absmax: ``scale = max(|u|) / 127`` (floored at ``SCALE_FLOOR``),
+``code = clamp(round(u / scale), -127, 127)``, so ``x ~= norm * scale * code``. Because
+``max(|u|)`` lies in ``[1/sqrt(dim), 1]``, the scale is well away from underflow for every
+finite vector; the norm carries the magnitude.
 
-=========  ==============  =================================
-tensor      shape           content
-=========  ==============  =================================
-codes       [n, dim] int8   ``round((x - lo) / scale) - 128``
-lo, scale   [dim] float32   the calibration (kept by the owner)
-=========  ==============  =================================
+Row layout (``D4 = dim`` rounded up to a multiple of 4):
+
+==========  ==================  ==========================================
+bytes        content             shape per row
+==========  ==================  ==========================================
+0 .. dim     codes               (dim,) int8, ``-127..127``
+dim .. D4    padding             zeros
+D4 + 0       norm                (1,) float32, ``|x|``
+D4 + 4       scale               (1,) float32, ``max|u| / 127``
+==========  ==================  ==========================================
+
+Example, ``dim=384``: 384 + 8 = 392 bytes; ``dim=97``: 100 + 8 = 108 bytes. The same rows
+are the INT8 rescore copy on disk (:mod:`quant_retriever.rescore`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from quant_retriever.codecs import _native
+from quant_retriever.codecs.base import Codec, split_norm
+from quant_retriever.kernels import scans
 
-__all__ = ["calibrate", "encode", "decode", "score"]
+__all__ = ["Int8", "row_bytes", "encode", "decode_unit", "score"]
 
-SCALE_FLOOR = 1e-8
-#: Below this many calibration rows, per-dimension ranges are too noisy to trust; every
-#: dimension then gets the batch's overall range, widened by ``SMALL_BATCH_MARGIN``.
-MIN_ROWS_PER_DIM_RANGE = 64
-SMALL_BATCH_MARGIN = 0.5
+SCALE_FLOOR = 1e-30
 
 
-def calibrate(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension ``(lo, scale)``, both ``[dim]`` float32, from sample vectors ``[n, dim]``."""
-    x = x.float()
-    if x.shape[0] >= MIN_ROWS_PER_DIM_RANGE:
-        lo, hi = x.amin(dim=0), x.amax(dim=0)
-    else:
-        lo_all, hi_all = x.min(), x.max()
-        pad = (hi_all - lo_all) * SMALL_BATCH_MARGIN
-        lo = (lo_all - pad).expand(x.shape[1]).clone()
-        hi = (hi_all + pad).expand(x.shape[1]).clone()
-    scale = ((hi - lo) / 255).clamp(min=SCALE_FLOOR)
-    return lo, scale
+def _d4(dim: int) -> int:
+    return -(-dim // 4) * 4
 
 
-def encode(x: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Float ``[n, dim]`` -> ``[n, dim]`` int8 codes (clamped to the calibrated range)."""
-    q = torch.round((x.float() - lo) / scale).clamp(0, 255) - 128
-    return q.to(torch.int8)
+def row_bytes(dim: int) -> int:
+    """Bytes of one row (see the layout table)."""
+    return _d4(dim) + 8
 
 
-def decode(codes: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``[..., dim]`` int8 codes -> float32 values of the same shape."""
-    return lo + scale * (codes.float() + 128)
+def encode(x: torch.Tensor) -> torch.Tensor:
+    """Float ``[n, dim]`` -> rows ``[n, row_bytes]`` uint8."""
+    n, dim = x.shape
+    u, norms = split_norm(x)
+    scale = (u.abs().amax(dim=1) / 127).clamp(min=SCALE_FLOOR) if dim else torch.ones(n, device=x.device)
+    codes = torch.round(u / scale.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)  # clamp after rounding
+    out = torch.zeros(n, row_bytes(dim), dtype=torch.uint8, device=x.device)
+    out[:, :dim] = codes.view(torch.uint8)
+    out[:, _d4(dim) :] = torch.stack([norms, scale], dim=1).view(torch.uint8)
+    return out
 
 
-def score(queries: torch.Tensor, codes: torch.Tensor, lo: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Float ``queries: [q, dim]`` against codes ``[n, dim]`` -> ``[q, n]`` float32 inner products.
+def _fields(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views ``(codes [n, dim] int8, norms [n] float32, scales [n] float32)``; no copies."""
+    factors = rows.view(torch.float32)[:, _d4(dim) // 4 :]
+    return rows[:, :dim].view(torch.int8), factors[:, 0], factors[:, 1]
 
-    Uses ``<q, lo + scale * (c + 128)> = <q * scale, c> + <q, lo + 128 * scale>``, so the
-    corpus is only converted to float, never decoded.
-    """
-    q = queries.float()
-    bias = (q @ (lo + 128 * scale)).unsqueeze(1)  # [q, 1]
-    dots = _native.dense_scan(q * scale, codes)
-    if dots is None:
-        dots = (q * scale) @ codes.float().T
-    return dots + bias
+
+def decode_unit(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows -> ``(directions [n, dim] float32, norms [n] float32)``."""
+    codes, norms, scales = _fields(rows, dim)
+    return codes.float() * scales.unsqueeze(1), norms.clone()
+
+
+def score(q: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
+    """Float queries ``[nq, dim]`` against rows ``[n, row_bytes]`` -> ``[nq, n]`` float32
+    ``norm * scale * <q, code>``: the rows are never decoded on the CPU (native kernel)."""
+    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2)
+    if out is not None:
+        return out
+    codes, norms, scales = _fields(rows, dim)
+    return (q.float() @ codes.float().T) * (norms * scales).unsqueeze(0)
+
+
+class Int8(Codec):
+    """Per-row INT8 of the direction, with float32 norm and scale (see the module docstring)."""
+
+    name = "int8"
+    exact = True
+
+    @property
+    def row_bytes(self) -> int:
+        return row_bytes(self.dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return encode(x)
+
+    def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_unit(rows, self.dim)
+
+    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return score(q, rows, self.dim)
+
+    def scans_in_place(self, device: torch.device) -> bool:
+        return scans.available(device)

@@ -1,0 +1,121 @@
+"""The :class:`Codec` interface every format implements, and the shared norm split."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+
+__all__ = ["Codec", "split_norm", "FLOAT32_MAX"]
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+#: ``scan(n)`` -> ``(scores [q, n], rows [q, n])``: the index's chunked first-stage top-n.
+Scan = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def split_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [n, dim]`` -> ``(u [n, dim] float32, norms [n] float32)`` with ``x = u * norm``.
+
+    Computed in float64, so no norm of a finite float32 vector overflows or underflows on the
+    way (norms beyond the float32 range are stored as its largest value). A zero vector gets
+    ``u = 0`` and norm 0.
+    """
+    x64 = x.double()
+    norms = torch.linalg.vector_norm(x64, dim=1)
+    u = x64 / torch.where(norms > 0, norms, torch.ones_like(norms)).unsqueeze(1)
+    return u.float(), norms.clamp(max=FLOAT32_MAX).float()
+
+
+class Codec:
+    """One code format: ``uint8`` rows ``[n, row_bytes]`` in, float scores out.
+
+    Subclasses set ``name`` and implement ``row_bytes``, ``encode``, ``decode_unit`` and
+    ``score``; the rest has working defaults. Scores are for unit-norm float32 queries
+    ``q [nq, dim]`` (the index normalises queries and multiplies their norms back in):
+    ``score(q, rows)[i, j] ~= <q[i], x[j]>``.
+    """
+
+    name: ClassVar[str]
+    #: First-stage scores are at least as precise as an INT8 rescore copy (rescoring is off
+    #: by default for such formats).
+    exact: ClassVar[bool] = False
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    @classmethod
+    def create(cls, dim: int, options: dict) -> "Codec":
+        """Build from the index's options; formats without options ignore them."""
+        return cls(dim)
+
+    def params(self) -> dict:
+        """Format parameters besides ``dim``, as recorded in a manifest (``create`` reads them)."""
+        return {}
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}(dim={self.dim}{extra}, row_bytes={self.row_bytes})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.dim == other.dim and self.params() == other.params()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.dim, tuple(sorted(self.params().items()))))
+
+    # ------------------------------------------------------------------ format
+    @property
+    def row_bytes(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Float ``[n, dim]`` -> ``[n, row_bytes]`` uint8, on ``x``'s device."""
+        raise NotImplementedError
+
+    def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, row_bytes]`` -> ``(directions [n, dim] float32, norms [n] float32)``."""
+        raise NotImplementedError
+
+    def decode(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[n, row_bytes]`` uint8 -> ``[n, dim]`` float32 reconstructions."""
+        u, norms = self.decode_unit(rows)
+        return u * norms.unsqueeze(1)
+
+    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """First-stage scores ``[nq, n]``, higher is better (float32 inner products; binary:
+        minus the Hamming distance, int32)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ search stages
+    def scans_in_place(self, device: torch.device) -> bool:
+        """Whether ``score`` reads rows without a float copy of them (bounds the chunk size)."""
+        return False
+
+    def selects_in_place(self, device: torch.device) -> bool:
+        """Whether ``top`` keeps only candidate lists, never a score per row (no chunking)."""
+        return False
+
+    def top(
+        self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n`` best rows per query: ``(scores [nq, n], positions [nq, n])``, best first;
+        rows where ``valid`` (``[rows]`` bool) is False score lowest."""
+        s = self.score(q, rows)
+        if valid is not None:
+            low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
+            s = s.masked_fill(~valid, low)
+        return torch.topk(s, n, dim=1)
+
+    def candidates(
+        self, q: torch.Tensor, codes: torch.Tensor, scan: Scan, n_cand: int, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n_cand`` candidates per query the index rescores (or returns): ``(scores,
+        rows)``, each ``[nq, n_cand]``. ``scan`` runs the first stage over ``codes``; formats
+        with a second stage (binary) override this."""
+        return scan(n_cand)
+
+    def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Scores ``[nq, c]`` of each query against its own candidates ``rows [nq, c, row_bytes]``."""
+        nq, c = rows.shape[0], rows.shape[1]
+        u, norms = self.decode_unit(rows.reshape(nq * c, -1))
+        return torch.einsum("qd,qcd->qc", q, u.view(nq, c, self.dim)) * norms.view(nq, c)

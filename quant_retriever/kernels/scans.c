@@ -1,0 +1,264 @@
+#include <stdint.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <math.h>
+#include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#ifdef __F16C__
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+#else
+#include <string.h>
+static inline float h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+    if (e == 0) {
+        if (m == 0) { bits = s; }
+        else { e = 113; while (!(m & 0x400)) { m <<= 1; e--; } bits = s | (e << 23) | ((m & 0x3ff) << 13); }
+    } else if (e == 31) { bits = s | 0x7f800000 | (m << 13); }
+    else { bits = s | ((e + 112) << 23) | (m << 13); }
+    float f; memcpy(&f, &bits, 4); return f;
+}
+#endif
+
+/* Float32 factors stored in a row's tail (norms, scales); rows are 4-byte aligned. */
+static inline float row_factor(const uint8_t* row, int64_t offset, int64_t count) {
+    float f = 1.f;
+    for (int64_t i = 0; i < count; i++) f *= ((const float*)(row + offset))[i];
+    return f;
+}
+
+/* INT4 rows (see codecs/int4.py): nibbles in bytes [0, half_p), then float16 scales[nb],
+   offsets[nb], then the float32 norm. qe/qo: even/odd elements of each query [nq, half_p]; qsum [nq, nb].
+   out [nq, n]. Best for a few queries: one fused pass per query. */
+void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
+                     const float* qe, const float* qo, const float* qsum, int64_t nq, float* out, int nthreads) {
+    const int64_t bb = half_p / nb;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t* row = codes + r * row_bytes;
+        const uint16_t* meta = (const uint16_t*)(row + half_p);
+        const float norm = row_factor(row, half_p + 4 * nb, 1);
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float* e = qe + qi * half_p;
+            const float* o = qo + qi * half_p;
+            float acc = 0.f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t* pb = row + b * bb;
+                const float* eb = e + b * bb;
+                const float* ob = o + b * bb;
+                float s = 0.f;
+                for (int64_t j = 0; j < bb; j++) s += eb[j] * (float)(pb[j] & 15) + ob[j] * (float)(pb[j] >> 4);
+                acc += h2f(meta[b]) * s + h2f(meta[nb + b]) * qsum[qi * nb + b];
+            }
+            out[qi * n + r] = acc * norm;
+        }
+    }
+}
+
+/* Same scores, for batches: decode each row once into floats, then one dot per query.
+   q [nq, 2 * half_p] (zero-padded queries). */
+void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
+                       const float* q, int64_t nq, float* out, int nthreads) {
+    const int64_t p = 2 * half_p, bb = half_p / nb;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float buf[p];
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            const uint8_t* row = codes + r * row_bytes;
+            const uint16_t* meta = (const uint16_t*)(row + half_p);
+            const float norm = row_factor(row, half_p + 4 * nb, 1);
+            for (int64_t b = 0; b < nb; b++) {
+                const float sc = h2f(meta[b]) * norm, off = h2f(meta[nb + b]) * norm;
+                const uint8_t* pb = row + b * bb;
+                float* d = buf + 2 * b * bb;
+                for (int64_t j = 0; j < bb; j++) {
+                    d[2 * j] = off + sc * (float)(pb[j] & 15);
+                    d[2 * j + 1] = off + sc * (float)(pb[j] >> 4);
+                }
+            }
+            for (int64_t qi = 0; qi < nq; qi++) {
+                const float* qq = q + qi * p;
+                float s = 0.f;
+                for (int64_t i = 0; i < p; i++) s += qq[i] * buf[i];
+                out[qi * n + r] = s;
+            }
+        }
+    }
+}
+
+/* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
+   factors at byte `fo`; score = <q, values> * product(factors). q [nq, dim]; out [nq, n]. */
+#define DENSE_SCAN(NAME, T)                                                                          \
+void NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
+          const float* q, int64_t nq, float* out, int nthreads) {                                    \
+    _Pragma("omp parallel num_threads(nthreads)")                                                    \
+    {                                                                                                \
+        float buf[dim];                                                                              \
+        _Pragma("omp for schedule(static)")                                                          \
+        for (int64_t r = 0; r < n; r++) {                                                            \
+            const uint8_t* raw = codes + r * row_bytes;                                              \
+            const T* row = (const T*)raw;                                                            \
+            const float f = row_factor(raw, fo, nf);                                                 \
+            for (int64_t d = 0; d < dim; d++) buf[d] = (float)row[d];                                \
+            for (int64_t qi = 0; qi < nq; qi++) {                                                    \
+                const float* qq = q + qi * dim;                                                      \
+                float s = 0.f;                                                                       \
+                for (int64_t d = 0; d < dim; d++) s += qq[d] * buf[d];                               \
+                out[qi * n + r] = s * f;                                                             \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+}
+DENSE_SCAN(dense_scan_i8, int8_t)
+DENSE_SCAN(dense_scan_f16, _Float16)
+
+/* Keep the `keep` smallest distances of a candidate list (cnt >= keep entries, in row order;
+   ties at the cut-off keep the earlier rows), in place. Returns the cut-off distance c: a row
+   seen later belongs in the list only if its distance is < c. */
+#define QB 8  /* queries per vector group: 8 x 64-bit lanes */
+static int32_t hamming_compact(int32_t* bd, int32_t* br, int64_t cnt, int64_t keep, int32_t maxd, int64_t* hist) {
+    for (int32_t i = 0; i <= maxd; i++) hist[i] = 0;
+    for (int64_t j = 0; j < cnt; j++) hist[bd[j]]++;
+    int32_t cut = 0;
+    int64_t below = 0;  /* entries with distance < cut */
+    while (below + hist[cut] < keep) { below += hist[cut]; cut++; }
+    int64_t at_cut = keep - below, m = 0;
+    for (int64_t j = 0; j < cnt; j++) {
+        const int32_t d = bd[j];
+        if (d < cut || (d == cut && at_cut-- > 0)) { bd[m] = d; br[m] = br[j]; m++; }
+    }
+    return cut;
+}
+
+/* Hamming top-k in one streaming pass, without a distance matrix. Each thread scans a block
+   of rows and keeps, per query, a list of up to `cap` candidates and a threshold: a row
+   enters only if its distance is below the threshold, and a full list is cut back to the
+   best `keep` (which lowers the threshold). The threads' lists are then merged per query.
+   Result: the `keep` rows with the smallest (distance, row) per query into dist_out/rows_out
+   [nq, keep], unsorted; rows with valid[r] == 0 only pad a short result (in row order,
+   distance INT32_MAX). Requires keep <= n. */
+void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
+                    const uint8_t* valid, int64_t keep, int32_t* dist_out, int64_t* rows_out, int nthreads) {
+    const int32_t maxd = (int32_t)(row_words * 64);
+    /* queries transposed to [row_words, nqp] (zero-padded to whole groups of QB), so the
+       distances of one row to QB queries accumulate in one AVX-512 register (or, without
+       AVX-512 VPOPCNTDQ, in a loop the compiler vectorises as it can) */
+    const int64_t nqp = (nq + QB - 1) / QB * QB;
+    uint64_t* qt = (uint64_t*)calloc((size_t)(nqp * row_words), sizeof(uint64_t));
+    for (int64_t qi = 0; qi < nq; qi++)
+        for (int64_t w = 0; w < row_words; w++) qt[w * nqp + qi] = q[qi * row_words + w];
+    if (nthreads < 1) nthreads = 1;
+    /* each thread's final lists: [thread][query][keep] and their lengths */
+    int32_t* td = (int32_t*)malloc((size_t)(nthreads * nq * keep) * sizeof(int32_t));
+    int32_t* tr = (int32_t*)malloc((size_t)(nthreads * nq * keep) * sizeof(int32_t));
+    int64_t* tcnt = (int64_t*)calloc((size_t)(nthreads * nq), sizeof(int64_t));
+    #pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+        int64_t cap = 2 * keep < hi - lo ? 2 * keep : hi - lo;  /* a list this long never overflows */
+        if (cap < 1) cap = 1;
+        int32_t* bd = (int32_t*)malloc((size_t)(nq * cap) * sizeof(int32_t));
+        int32_t* br = (int32_t*)malloc((size_t)(nq * cap) * sizeof(int32_t));
+        int64_t* cnt = (int64_t*)calloc((size_t)nq, sizeof(int64_t));
+        int64_t* thr = (int64_t*)malloc((size_t)nqp * sizeof(int64_t));
+        int64_t* acc = (int64_t*)malloc((size_t)nqp * sizeof(int64_t));
+        int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
+        for (int64_t qi = 0; qi < nqp; qi++) thr[qi] = qi < nq ? maxd + 1 : 0;  /* padding never enters */
+        for (int64_t r = lo; r < hi; r++) {
+            if (valid && !valid[r]) continue;
+            const uint64_t* row = codes + r * row_words;
+            int64_t hit = 0;
+            if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
+                for (int64_t qi = 0; qi < nq; qi++) {
+                    int64_t d = 0;
+                    for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ q[qi * row_words + w]);
+                    acc[qi] = d;
+                    hit |= d < thr[qi];
+                }
+            } else {
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+                for (int64_t g = 0; g < nqp; g += QB) {
+                    __m512i a = _mm512_setzero_si512();
+                    for (int64_t w = 0; w < row_words; w++) {
+                        const __m512i x = _mm512_xor_si512(_mm512_set1_epi64((long long)row[w]), _mm512_loadu_si512(qt + w * nqp + g));
+                        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(x));
+                    }
+                    _mm512_storeu_si512(acc + g, a);
+                    hit |= _mm512_cmplt_epi64_mask(a, _mm512_loadu_si512(thr + g));
+                }
+#else
+                for (int64_t qi = 0; qi < nqp; qi++) acc[qi] = 0;
+                for (int64_t w = 0; w < row_words; w++) {
+                    const uint64_t rw = row[w];
+                    const uint64_t* qw = qt + w * nqp;
+                    for (int64_t qi = 0; qi < nqp; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
+                }
+                for (int64_t qi = 0; qi < nqp; qi++) hit |= acc[qi] < thr[qi];
+#endif
+            }
+            if (!hit) continue;  /* the common case once the lists have filled */
+            for (int64_t qi = 0; qi < nq; qi++) {
+                if (acc[qi] >= thr[qi]) continue;
+                int32_t* d = bd + qi * cap;
+                int32_t* rr = br + qi * cap;
+                d[cnt[qi]] = (int32_t)acc[qi];
+                rr[cnt[qi]] = (int32_t)r;
+                if (++cnt[qi] == cap && cap > keep) {
+                    thr[qi] = hamming_compact(d, rr, cap, keep, maxd, hist);
+                    cnt[qi] = keep;
+                }
+            }
+        }
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int32_t* d = bd + qi * cap;
+            int32_t* rr = br + qi * cap;
+            if (cnt[qi] > keep) { hamming_compact(d, rr, cnt[qi], keep, maxd, hist); cnt[qi] = keep; }
+            const int64_t slot = (int64_t)t * nq + qi;
+            for (int64_t j = 0; j < cnt[qi]; j++) { td[slot * keep + j] = d[j]; tr[slot * keep + j] = rr[j]; }
+            tcnt[slot] = cnt[qi];
+        }
+        free(bd); free(br); free(cnt); free(thr); free(acc); free(hist);
+    }
+    free(qt);
+    /* merge: the threads' lists, concatenated in thread order, are in row order */
+    #pragma omp parallel num_threads(nthreads)
+    {
+        int32_t* md = (int32_t*)malloc((size_t)(nthreads * keep) * sizeof(int32_t));
+        int32_t* mr = (int32_t*)malloc((size_t)(nthreads * keep) * sizeof(int32_t));
+        int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t qi = 0; qi < nq; qi++) {
+            int64_t m = 0;
+            for (int t = 0; t < nthreads; t++) {
+                const int64_t slot = (int64_t)t * nq + qi;
+                for (int64_t j = 0; j < tcnt[slot]; j++) { md[m] = td[slot * keep + j]; mr[m] = tr[slot * keep + j]; m++; }
+            }
+            if (m > keep) { hamming_compact(md, mr, m, keep, maxd, hist); m = keep; }
+            int32_t* od = dist_out + qi * keep;
+            int64_t* orow = rows_out + qi * keep;
+            for (int64_t j = 0; j < m; j++) { od[j] = md[j]; orow[j] = mr[j]; }
+            for (int64_t r = 0; m < keep && r < n; r++)  /* too few valid rows: pad with the others */
+                if (valid && !valid[r]) { od[m] = INT32_MAX; orow[m] = r; m++; }
+        }
+        free(md); free(mr); free(hist);
+    }
+    free(td); free(tr); free(tcnt);
+}
+
+/* Hamming distances: rows and queries of `words` 64-bit words; out [nq, n] int32. */
+void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
+                  int32_t* out, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        const uint64_t* row = codes + r * row_words;
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const uint64_t* qq = q + qi * row_words;
+            int32_t d = 0;
+            for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ qq[w]);
+            out[qi * n + r] = d;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+"""ctypes wrappers of the vector-scan kernels in ``scans.c`` (CPU tensors only).
+
+Each function returns ``None`` when the kernels are unavailable (off, no compiler, or a
+tensor not on the CPU); the codecs then run their eager-torch reference instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant_retriever.kernels.build import Library, signature
+
+__all__ = ["LIBRARY", "available", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "FUSED_MAX_QUERIES"]
+
+_DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "p", "i32")
+LIBRARY = Library(
+    "scans.c",
+    {
+        "int4_scan_fused": signature("p", "i64", "i64", "i64", "i64", "p", "p", "p", "i64", "p", "i32"),
+        "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "i32"),
+        "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
+        "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
+        "dense_scan_i8": _DENSE,
+        "dense_scan_f16": _DENSE,
+    },
+)
+
+#: Up to this many queries, ``int4_scan`` runs the fused kernel; above, the decoded one.
+FUSED_MAX_QUERIES = 4
+
+
+def _usable(*tensors: torch.Tensor):
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    return LIBRARY.get()
+
+
+def available(device: torch.device) -> bool:
+    """Whether scans on ``device`` run in the native kernels (no decoded copies of rows)."""
+    return device.type == "cpu" and LIBRARY.get() is not None
+
+
+def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int) -> torch.Tensor | None:
+    """Scores ``[nq, n]`` of zero-padded float queries ``q: [nq, 2 * half_p]`` against INT4 rows
+    ``codes: [n, row_bytes]`` (see ``codecs/int4.py``)."""
+    lib = _usable(q, codes)
+    if lib is None:
+        return None
+    codes = codes.contiguous()
+    q = q.float().contiguous()
+    nq, n = q.shape[0], codes.shape[0]
+    out = torch.empty(nq, n, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    if nq <= FUSED_MAX_QUERIES:
+        qe, qo = q[:, 0::2].contiguous(), q[:, 1::2].contiguous()
+        qsum = q.view(nq, nb, -1).sum(dim=2).contiguous()
+        lib.int4_scan_fused(
+            codes.data_ptr(), n, codes.shape[1], half_p, nb, qe.data_ptr(), qo.data_ptr(), qsum.data_ptr(),
+            nq, out.data_ptr(), threads,
+        )
+    else:
+        lib.int4_scan_decoded(codes.data_ptr(), n, codes.shape[1], half_p, nb, q.data_ptr(), nq, out.data_ptr(), threads)
+    return out
+
+
+def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
+    """Hamming distances ``[nq, n]`` int32 between packed rows (whole 64-bit words each)."""
+    lib = _usable(qcodes, codes)
+    if lib is None:
+        return None
+    codes, qcodes = codes.contiguous(), qcodes.contiguous()
+    out = torch.empty(qcodes.shape[0], codes.shape[0], dtype=torch.int32)
+    lib.hamming_scan(
+        codes.data_ptr(), codes.shape[0], codes.shape[1] // 8, qcodes.data_ptr(), qcodes.shape[0], out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def hamming_select(
+    qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``keep`` rows of smallest Hamming distance per query: ``(distances [nq, keep] int32,
+    rows [nq, keep] int64)``, unsorted; rows where ``valid`` is False come last with distance
+    ``INT32_MAX``. Ties keep the lower row, for any thread count."""
+    lib = _usable(qcodes, codes)
+    if lib is None:
+        return None
+    codes, qcodes = codes.contiguous(), qcodes.contiguous()
+    nq, n = qcodes.shape[0], codes.shape[0]
+    if not 0 < keep <= n < 2**31:
+        raise ValueError(f"hamming_select needs 0 < keep <= rows < 2**31; got keep={keep}, rows={n}.")
+    mask = None if valid is None else valid.contiguous().view(torch.uint8)
+    dist = torch.empty(nq, keep, dtype=torch.int32)
+    rows = torch.empty(nq, keep, dtype=torch.int64)
+    lib.hamming_select(
+        codes.data_ptr(), n, codes.shape[1] // 8, qcodes.data_ptr(), nq, None if mask is None else mask.data_ptr(),
+        keep, dist.data_ptr(), rows.data_ptr(), torch.get_num_threads(),
+    )
+    return dist, rows
+
+
+def dense_scan(
+    q: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype, dim: int, factor_offset: int, n_factors: int
+) -> torch.Tensor | None:
+    """``[nq, n]`` float32: ``<q, row values> * product(row factors)`` for float queries
+    ``q [nq, dim]`` and rows ``codes [n, row_bytes]`` uint8 that hold ``dim`` values of
+    ``dtype`` (int8 or float16) and ``n_factors`` float32 factors at byte ``factor_offset``."""
+    lib = _usable(q, codes)
+    if lib is None:
+        return None
+    fn = {torch.int8: lib.dense_scan_i8, torch.float16: lib.dense_scan_f16}[dtype]
+    codes, q = codes.contiguous(), q.float().contiguous()
+    out = torch.empty(q.shape[0], codes.shape[0], dtype=torch.float32)
+    fn(
+        codes.data_ptr(), codes.shape[0], codes.shape[1], dim, factor_offset, n_factors, q.data_ptr(), q.shape[0],
+        out.data_ptr(), torch.get_num_threads(),
+    )
+    return out

@@ -79,13 +79,11 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written)."""
-    path = Path(path)
+def _replace_with_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,7 +91,36 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written).
+
+    The commit point of the on-disk formats. If anything fails after the rename (the directory
+    fsync), the previous content is put back before the error propagates, so a call that
+    raises leaves the last committed file, as far as a single I/O error allows.
+    """
+    path = Path(path)
+    data = json.dumps(obj).encode("utf-8")
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            previous = f.read(MAX_HEADER_BYTES + 1)
+    except FileNotFoundError:
+        previous = None
+    _replace_with_bytes(path, data)
+    try:
+        fsync_dir(path.parent)
+    except BaseException:
+        try:
+            if previous is None:
+                os.unlink(path)
+            else:
+                _replace_with_bytes(path, previous)
+            fsync_dir(path.parent)
+        except OSError:
+            pass
+        raise
 
 
 def write_directory(path, fill) -> None:
@@ -185,23 +212,20 @@ def read_json(path: Path, fmt: str, version: int, schema: dict[str, Field] | Non
     return obj
 
 
-def read_raw(path: Path, dtype: np.dtype, count: int, width: int = 1, *, cut_tail: bool = True) -> np.ndarray:
-    """Read ``count`` rows of ``width`` items of ``dtype`` from a raw file (never through a
-    link). A longer file's tail (an uncommitted append) is cut when ``cut_tail``; a shorter
-    file raises ``ValueError``."""
+def read_raw(path: Path, dtype: np.dtype, count: int, width: int = 1) -> np.ndarray:
+    """Read the first ``count`` rows of ``width`` items of ``dtype`` from a raw file (never
+    through a link, never modifying it). Bytes past them (an uncommitted append) are ignored:
+    the next append overwrites them. A shorter file raises ``ValueError``."""
     path = Path(path)
-    itemsize = np.dtype(dtype).itemsize
-    need = count * width * itemsize
+    need = count * width * np.dtype(dtype).itemsize
     try:
-        fd = open_nofollow(path, os.O_RDWR if cut_tail else os.O_RDONLY)
+        fd = open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
         raise ValueError(f"{path}: missing; expected {need} bytes ({count} rows).") from None
-    with os.fdopen(fd, "r+b" if cut_tail else "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_size < need:
             raise ValueError(f"{path}: expected {need} bytes ({count} rows), found {st.st_size}.")
-        if st.st_size > need and cut_tail:
-            os.ftruncate(f.fileno(), need)
         data = np.frombuffer(f.read(need), dtype=dtype).copy() if need else np.zeros(0, dtype=dtype)
     return data.reshape(count, width) if width > 1 else data
 

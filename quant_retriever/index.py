@@ -34,7 +34,7 @@ On-disk layout of a saved or persistent index (a directory; ``G`` is the generat
 file              content
 ================  ================================================================
 manifest.json     format, version (2), dim, codec, codec_params, rescore,
-                  rescore_dtype, generation, count (rows committed), n_deleted,
+                  row_bytes, rescore_dtype, generation, count (rows committed), n_deleted,
                   next_id: the commit point, rewritten atomically
 codes.G.u8        ``count`` rows of ``row_bytes`` uint8 codes
 ids.G.i64         ``count`` int64 ids, little-endian
@@ -42,9 +42,9 @@ deleted.G.i64     ``n_deleted`` int64 row numbers that were removed
 rescore.G.<fmt>   the rescore copy (``int8`` or ``fp16`` rows), when rescoring
 ================  ================================================================
 
-Files are append-only within a generation; bytes past what the manifest records are cut, and
-files of other generations (left by an interrupted compaction) removed, when the directory is
-opened. Version 1 directories (per-dimension INT8 calibration) are refused with a clear error.
+Files are append-only within a generation; bytes past what the manifest records (a torn
+append) are ignored and overwritten by the next append, and files of other generations (left
+by an interrupted compaction) are removed when the directory is opened. Version 1 directories (per-dimension INT8 calibration) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from quant_retriever.files import (
 )
 from quant_retriever.rescore import RescoreFile
 
-__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device", "as_vectors"]
+__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device", "as_vectors", "check_settings"]
 
 FORMAT = "quant_retriever.index"
 VERSION = 2
@@ -91,6 +91,7 @@ _MANIFEST_SCHEMA = {
     "dim": Int(1, MAX_DIM),
     "codec": OneOf(*CODEC_NAMES),
     "codec_params": Object(),
+    "row_bytes": Int(1, 1 << 20),
     "rescore": Bool(),
     "rescore_dtype": OneOf(*RESCORE_DTYPES),
     "generation": Int(0, 2**53),
@@ -260,6 +261,17 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_settings(codec, rescore, device, block_size, rescore_dtype) -> None:
+    """Validate index settings that do not depend on ``dim`` (``ValueError``/``TypeError``),
+    without allocating anything: the stores call this before their first vectors arrive."""
+    make_codec(codec, 8, block_size=block_size)
+    if rescore is not None and not isinstance(rescore, bool):
+        raise TypeError(f"rescore must be True, False or None; got {rescore!r}.")
+    if rescore_dtype not in RESCORE_DTYPES:
+        raise ValueError(f"rescore_dtype must be one of {', '.join(map(repr, RESCORE_DTYPES))}; got {rescore_dtype!r}.")
+    resolve_device(device)
+
+
 def _empty_snapshot(codec: Codec, device: torch.device, rescore: RescoreFile | None) -> _Snapshot:
     codes = torch.zeros(0, codec.row_bytes, dtype=torch.uint8, device=device)
     return _Snapshot(codes, np.zeros(0, dtype=np.int64), None, None, None, 0, 0, rescore)
@@ -294,11 +306,8 @@ class QuantizedIndex:
         dim = _positive_int(dim, "dim")
         if dim > MAX_DIM:
             raise ValueError(f"dim must be at most {MAX_DIM}; got {dim}.")
+        check_settings(codec, rescore, device, block_size, rescore_dtype)
         codec_obj = make_codec(codec, dim, block_size=block_size)
-        if rescore is not None and not isinstance(rescore, bool):
-            raise TypeError(f"rescore must be True, False or None; got {rescore!r}.")
-        if rescore_dtype not in RESCORE_DTYPES:
-            raise ValueError(f"rescore_dtype must be one of {', '.join(map(repr, RESCORE_DTYPES))}; got {rescore_dtype!r}.")
         self._setup(dim, codec_obj, (not codec_obj.exact) if rescore is None else rescore, rescore_dtype,
                     resolve_device(device))
         if path is None:
@@ -342,7 +351,9 @@ class QuantizedIndex:
     def _start_empty(self) -> None:
         store = None
         if self.rescore:
-            store = RescoreFile(self._workdir / self._file("rescore"), self._rescore_codec, create=True)
+            store = RescoreFile(
+                self._workdir / self._file("rescore"), self._rescore_codec, create=True, durable=self._path is not None
+            )
         self._snap = _empty_snapshot(self._codec, self.device, store)
 
     def _file(self, name: str, generation: int | None = None) -> str:
@@ -490,7 +501,9 @@ class QuantizedIndex:
             try:
                 if snap.rescore is not None:
                     snap.rescore.copy_rows(self._workdir / new_files["rescore"], live)
-                    rescore = RescoreFile(self._workdir / new_files["rescore"], self._rescore_codec, len(live))
+                    rescore = RescoreFile(
+                        self._workdir / new_files["rescore"], self._rescore_codec, len(live), durable=self._path is not None
+                    )
                 new = _Snapshot(codes, ids, None, None, _order_of(ids), len(live), len(live), rescore)
                 if self._path is not None:
                     append_raw(self._path / new_files["codes"], 0, codes.cpu().numpy())
@@ -629,8 +642,8 @@ class QuantizedIndex:
             if self._path is not None:
                 self._write_manifest(new, next_id=next_id)  # the commit point
         except BaseException:
-            if grown.rescore is not None:
-                grown.rescore.truncate(start)
+            # nothing is published; bytes written past the committed rows are overwritten by
+            # the next append (never truncated here: the disk may already name them)
             raise
         if new.rescore is not None:
             new.rescore.commit(start + n)
@@ -693,6 +706,7 @@ class QuantizedIndex:
             "dim": self.dim,
             "codec": self.codec_name,
             "codec_params": self._codec.params(),
+            "row_bytes": self._codec.row_bytes,
             "rescore": self.rescore,
             "rescore_dtype": self.rescore_dtype,
             "generation": generation,
@@ -738,7 +752,7 @@ class QuantizedIndex:
             on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
             if (on_disk["count"], on_disk["n_deleted"], on_disk["generation"]) != (snap.rows, self._n_deleted, self._generation):
                 problems.append("manifest.json disagrees with the open index")
-            deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted, cut_tail=False)
+            deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted)
             alive = np.ones(snap.rows, dtype=bool)
             alive[deleted] = False
             if not np.array_equal(alive, snap.alive_host[: snap.rows] if snap.alive_host is not None else alive):
@@ -757,6 +771,8 @@ class QuantizedIndex:
             raise ValueError(f"{where}: field 'codec_params' is invalid ({exc}).") from None
         if codec.params() != m["codec_params"]:
             raise ValueError(f"{where}: field 'codec_params' must be {codec.params()!r} for codec {m['codec']!r}.")
+        if codec.row_bytes != m["row_bytes"]:
+            raise ValueError(f"{where}: field 'row_bytes' is {m['row_bytes']} but codec {codec!r} has {codec.row_bytes}.")
         count, n_deleted = m["count"], m["n_deleted"]
         if n_deleted > count:
             raise ValueError(f"{where}: n_deleted ({n_deleted}) is larger than count ({count}).")
@@ -794,7 +810,6 @@ class QuantizedIndex:
         rescore = None
         if self.rescore:
             rescore = RescoreFile(path / self._file("rescore"), self._rescore_codec, count)
-            rescore.truncate(count)  # cut an uncommitted append
         self._snap = _Snapshot(
             torch.from_numpy(codes.reshape(count, row_bytes)).to(self.device),
             ids,

@@ -28,12 +28,14 @@ __all__ = ["RescoreFile"]
 
 
 class RescoreFile:
-    """Rows of ``codec`` in the file ``path`` (created empty when ``create``), ``count`` committed."""
+    """Rows of ``codec`` in the file ``path`` (created empty when ``create``), ``count`` committed.
+    ``durable``: fsync every append (a persistent index); off for an in-memory index's copy."""
 
-    def __init__(self, path: str | os.PathLike, codec: Codec, count: int = 0, *, create: bool = False):
+    def __init__(self, path: str | os.PathLike, codec: Codec, count: int = 0, *, create: bool = False, durable: bool = True):
         self.path = Path(path)
         self.codec = codec
         self.count = count
+        self.durable = durable
         flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
         self._fd = open_nofollow(self.path, flags)
         self._ino = os.fstat(self._fd).st_ino
@@ -67,14 +69,10 @@ class RescoreFile:
         rows = self.codec.encode(x.detach().float().cpu()).numpy()
         os.ftruncate(self._fd, self.nbytes)
         write_all(self._fd, rows.tobytes(), self.nbytes)
-        os.fsync(self._fd)
+        if self.durable:
+            os.fsync(self._fd)
 
     def commit(self, count: int) -> None:
-        self.count = count
-
-    def truncate(self, count: int) -> None:
-        """Forget rows past ``count`` (rolls back an append)."""
-        os.ftruncate(self._fd, count * self.codec.row_bytes)
         self.count = count
 
     def gather(self, rows: np.ndarray, count: int | None = None) -> torch.Tensor:

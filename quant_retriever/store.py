@@ -27,9 +27,9 @@ from typing import Any, Iterator, Literal, Sequence, Union, get_args
 
 import numpy as np
 
-from quant_retriever.codecs import CodecName
+from quant_retriever.codecs import CodecName, RescoreDtype
 from quant_retriever.files import DirectoryLock, write_directory
-from quant_retriever.index import QuantizedIndex, as_vectors
+from quant_retriever.index import QuantizedIndex, as_vectors, check_settings
 
 __all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "QuantizedStore", "compile_filter"]
 
@@ -222,9 +222,10 @@ class QuantizedStore:
         rescore: bool | None = None,
         device: str | None = None,
         block_size: int = 64,
+        rescore_dtype: RescoreDtype = "int8",
     ):
-        self._settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size)
-        QuantizedIndex(dim or 8, **self._settings)  # validates codec, block_size, device, rescore early
+        self._settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
+        check_settings(**self._settings)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
             raise ValueError(f"dim must be a positive int or None; got {dim!r}.")
         self._lock = threading.RLock()
@@ -394,6 +395,13 @@ class QuantizedStore:
         with self._db:  # SQLite first: a crash after this leaves index rows that open() drops
             self._db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in found.values()])
         self._index.remove(list(found.values()))
+
+    def compact(self) -> None:
+        """Reclaim the space of deleted and replaced documents now (it also happens on its own
+        once they pass a quarter of the index; see :meth:`QuantizedIndex.compact`)."""
+        with self._lock:
+            if self._index is not None:
+                self._index.compact()
 
     def clear(self) -> None:
         """Delete every document."""

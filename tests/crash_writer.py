@@ -1,5 +1,6 @@
 """Writer process for test_crash.py: opens (or creates) a persistent store and performs random
-upserts and deletes forever, logging ``BEGIN <op>`` before and ``END`` after each one
+upserts, deletes and compactions forever (upserts and deletes also compact on their own once
+replaced rows pass a quarter of the index), logging ``BEGIN <op>`` before and ``END`` after each one
 (fsynced), until it is killed."""
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def main(path: str, log: str, seed: int) -> None:
         while True:
             step += 1
             ids = sorted({f"d{int(i)}" for i in rng.integers(0, 60, size=int(rng.integers(1, 8)))})
-            if rng.random() < 0.3 and len(store):
+            if rng.random() < 0.1:
+                note("BEGIN " + json.dumps({"op": "compact"}))
+                store.compact()
+            elif rng.random() < 0.3 and len(store):
                 op = {"op": "delete", "ids": ids}
                 note("BEGIN " + json.dumps(op))
                 store.delete(ids)

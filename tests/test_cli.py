@@ -147,7 +147,7 @@ def test_index_folder(docs_dir, folder_store):
     assert summary["chunks"] == summary["embedded"] == summary["records"] == len(expected)
     assert summary["unchanged"] == 0 and summary["removed"] == 0
     assert summary["codec"] == "int4" and summary["rescore"] is True
-    assert summary["bytes_per_vector"] == 220 and summary["disk_bytes_per_vector"] == 384
+    assert summary["bytes_per_vector"] == 220 and summary["disk_bytes_per_vector"] == 392
     assert summary["dim"] == 384 and summary["precision"] == "fp32"
     records = stored_records(store)
     assert set(records) == {c.id for c in expected}
@@ -338,7 +338,7 @@ def test_bench_index_with_queries_and_qrels(bench_inputs, tmp_path):
     assert rows["qr int4 +int8 x4"]["recall"] >= 0.9 and rows["qr binary +int8 x4"]["recall"] >= 0.8
     assert rows["qr binary +int8 x4"]["recall"] > rows["qr binary"]["recall"]
     assert (rows["qr int4"]["bytes_per_vector"], rows["qr binary"]["bytes_per_vector"]) == (220, 48)
-    assert rows["qr int4 +int8 x4"]["disk_bytes_per_vector"] == 384 and rows["qr int4"]["disk_bytes_per_vector"] == 0
+    assert rows["qr int4 +int8 x4"]["disk_bytes_per_vector"] == 392 and rows["qr int4"]["disk_bytes_per_vector"] == 0
     assert 0 < out["exact_mrr"] <= 1 and 0 < out["exact_ndcg"] <= 1
     for r in rows.values():
         assert 0 <= r["recall"] <= 1 and r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"] and r["batch_qps"] > 0

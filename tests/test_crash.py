@@ -28,6 +28,8 @@ WRITER = Path(__file__).parent / "crash_writer.py"
 
 def apply(state: dict[str, str], op: dict) -> dict[str, str]:
     new = dict(state)
+    if op["op"] == "compact":
+        return new
     if op["op"] == "delete":
         for i in op["ids"]:
             new.pop(i, None)
@@ -64,7 +66,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, request):
     rng = np.random.default_rng(1234)
     path = tmp_path / "store"
     state: dict[str, str] = {}
-    kills = survived = interrupted_applied = interrupted_absent = 0
+    kills = survived = interrupted_applied = interrupted_absent = interrupted_compactions = 0
     ops_acknowledged = 0
     for trial in range(trials):
         log = tmp_path / f"log{trial}.txt"
@@ -79,6 +81,7 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, request):
         kills += 1
         done, pending = read_log(log)
         ops_acknowledged += len(done)
+        interrupted_compactions += pending is not None and pending["op"] == "compact"
         for op in done:
             state = apply(state, op)
 
@@ -103,6 +106,6 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, request):
     print(
         f"\ncrash test: {trials} trials, {kills} SIGKILLs, {survived} reopened and verified, "
         f"{ops_acknowledged} acknowledged ops, 0 lost; interrupted op applied {interrupted_applied}x, "
-        f"absent {interrupted_absent}x"
+        f"absent {interrupted_absent}x; killed inside an explicit compaction {interrupted_compactions}x"
     )
     assert survived == trials

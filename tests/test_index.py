@@ -122,9 +122,10 @@ def test_memory_reports_device_and_disk_bytes():
         index = QuantizedIndex(384, codec=codec)
         index.add(x)
         sizes[codec] = index.memory()
-    assert sizes["int4"].bytes_per_vector <= 230 and sizes["binary"].bytes_per_vector <= 56
-    assert sizes["int4"].disk_bytes == 1000 * 384 and sizes["int4"].disk_bytes_per_vector == 384
-    assert sizes["fp32"].bytes_per_vector == 384 * 4 and sizes["fp32"].disk_bytes == 0
+    assert sizes["int4"].bytes_per_vector == 220 and sizes["binary"].bytes_per_vector == 48
+    assert sizes["int4"].disk_bytes == 1000 * 392 and sizes["int4"].disk_bytes_per_vector == 392  # INT8 + norm, scale
+    assert sizes["fp32"].bytes_per_vector == 384 * 4 + 4 and sizes["fp32"].disk_bytes == 0
+    assert all(m.host_bytes >= 1000 * 8 and m.host_bytes <= 1600 * 8 for m in sizes.values())  # the id array
     assert sizes["binary"].device_bytes >= 1000 * 48
 
 
@@ -168,17 +169,20 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
     assert len(again) == 119
 
 
-def test_load_cuts_an_uncommitted_tail(tmp_path):
+def test_load_ignores_an_uncommitted_tail(tmp_path):
     index = QuantizedIndex(16, codec="int4", path=tmp_path / "idx", block_size=8)
     index.add(unit(10, 16))
     index.close()
-    with open(tmp_path / "idx" / "codes.u8", "ab") as f:  # a torn append past the manifest's count
+    with open(tmp_path / "idx" / "codes.0.u8", "ab") as f:  # a torn append past the manifest's count
         f.write(b"\x01" * 7)
-    with open(tmp_path / "idx" / "rescore.int8", "ab") as f:
+    with open(tmp_path / "idx" / "rescore.0.int8", "ab") as f:
         f.write(b"\x02" * 5)
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.load(tmp_path / "idx")  # opening reads, never writes
     assert len(reopened) == 10 and reopened.verify() == []
-    assert (tmp_path / "idx" / "codes.u8").stat().st_size == 10 * reopened.memory().bytes_per_vector
+    reopened.add(unit(1, 16, 5))  # the next append overwrites the torn bytes
+    assert (tmp_path / "idx" / "codes.0.u8").stat().st_size == 11 * reopened.memory().bytes_per_vector
+    assert (tmp_path / "idx" / "rescore.0.int8").stat().st_size == 11 * reopened.memory().disk_bytes_per_vector
+    assert reopened.verify() == []
     assert reopened.search(unit(10, 16)[4], k=1).ids.tolist() == [[4]]
 
 
@@ -242,7 +246,7 @@ def test_failed_write_rolls_back(tmp_path, monkeypatch):
     real = index_mod.append_raw
 
     def failing(path, committed, data):
-        if path.name == "ids.i64":
+        if path.name == "ids.0.i64":
             raise OSError("disk full")
         return real(path, committed, data)
 
@@ -250,7 +254,7 @@ def test_failed_write_rolls_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         index.add(x[20:])
     monkeypatch.undo()
-    assert len(index) == 20 and index._store.count == 20
+    assert len(index) == 20 and index._snap.rescore.count == 20 and index.verify() == []
     assert index.search(x[25], k=30).ids.shape == (1, 20)
     index.add(x[20:])
     assert index.verify() == []
@@ -278,7 +282,7 @@ def test_paths_that_are_not_indexes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="newer quant_retriever"):
         QuantizedIndex.load(tmp_path / "idx")
     manifest.write_text(json.dumps({**data, "count": 6}))
-    with pytest.raises(ValueError, match="codes.u8: expected"):
+    with pytest.raises(ValueError, match="codes.0.u8: expected"):
         QuantizedIndex.load(tmp_path / "idx")
 
 
@@ -310,3 +314,149 @@ def test_cuda_index_matches_cpu_index(codec):
     a, b = cpu.search(q, k=10), gpu.search(q, k=10)
     assert np.mean(a.ids == b.ids) > 0.95
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- index core v2
+
+
+@pytest.mark.parametrize("codec, rescore", [("int4", True), ("binary", True), ("int8", False), ("fp16", False), ("fp32", False)])
+@pytest.mark.parametrize("norm", [1e-38, 1e-20, 1e-9, 1.0, 7e4, 1e15, 1e30])
+def test_any_finite_norm_finds_itself(codec, rescore, norm):
+    """The FP16 norm of index v1 overflowed above 65504 and vanished near 1e-9."""
+    x = unit(300, 48) * np.float32(norm)
+    index = QuantizedIndex(48, codec=codec, rescore=rescore, block_size=16)
+    index.add(x)
+    res = index.search(x[:40], k=3)
+    assert (res.ids[:, 0] == np.arange(40)).mean() >= 0.95
+    assert np.isfinite(res.scores).all()
+    expected = float(norm) ** 2  # the score of a vector with itself
+    if expected > 3.4e38:  # inner products past float32's range are clamped to its largest value
+        assert (res.scores[:, 0] == np.finfo(np.float32).max).all()
+    elif expected > 1e-36:  # (and ones below its normal range round towards 0, as float32 does)
+        np.testing.assert_allclose(res.scores[:, 0], expected, rtol=0.05)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_zero_vectors_and_queries_work(codec):
+    x = unit(20, 16)
+    x[[3, 7]] = 0.0
+    index = QuantizedIndex(16, codec=codec, block_size=8)
+    index.add(x)
+    res = index.search(np.zeros(16, np.float32), k=20)
+    assert res.ids.shape == (1, 20) and (res.scores == 0).all()
+    res = index.search(x[0], k=20)
+    assert res.ids[0, 0] == 0 and np.isfinite(res.scores).all()
+    zero_rows = np.isin(res.ids[0], [3, 7])
+    assert (res.scores[0][zero_rows] == 0).all()
+
+
+def test_mixed_norms_rank_by_inner_product():
+    x = unit(200, 32)
+    scales = np.logspace(-6, 6, 200).astype(np.float32)
+    index = QuantizedIndex(32, codec="fp32")
+    index.add(x * scales[:, None])
+    q = unit(5, 32, 1) * np.float32(1e-7)
+    expected = exact_top(q, x * scales[:, None], 10)
+    np.testing.assert_array_equal(index.search(q, k=10).ids, expected)
+
+
+def test_rescore_dtype_fp16_and_bad_choices(tmp_path):
+    x = unit(400, 40)
+    index = QuantizedIndex(40, codec="int4", block_size=8, rescore_dtype="fp16", path=tmp_path / "idx")
+    index.add(x)
+    assert index.memory().disk_bytes_per_vector == 40 * 2 + 4 and index.memory().disk_bytes == 400 * 84
+    assert (tmp_path / "idx" / "rescore.0.fp16").stat().st_size == 400 * 84
+    res = index.search(x[:30], k=5)
+    np.testing.assert_array_equal(res.ids, exact_top(x[:30], x, 5))
+    np.testing.assert_allclose(res.scores, np.sort(-(x[:30] @ x.T), axis=1)[:, :5] * -1, atol=2e-3)
+    index.close()
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert reopened.rescore_dtype == "fp16"
+    np.testing.assert_array_equal(reopened.search(x[:30], k=5).ids, res.ids)
+    for bad in ("int4", "float16", None, 8):
+        with pytest.raises(ValueError, match="rescore_dtype must be one of 'int8', 'fp16'"):
+            QuantizedIndex(8, rescore_dtype=bad)
+
+
+def test_a_version_1_index_is_refused_with_a_clear_error(tmp_path):
+    index = QuantizedIndex(8, codec="int4", block_size=8, path=tmp_path / "idx")
+    index.add(unit(5, 8))
+    index.close()
+    manifest = tmp_path / "idx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "version": 1, "int8": {"lo": [0.0] * 8, "scale": [1.0] * 8}}))
+    with pytest.raises(ValueError, match="format version 1 is no longer read.*re-create"):
+        QuantizedIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("rescore", "false"),
+        ("dim", 16.7),
+        ("count", 50.9),
+        ("count", True),
+        ("dim", None),
+        ("dim", [8]),
+        ("codec", "pq"),
+        ("codec_params", {"block_size": 2**40}),
+        ("codec_params", {"block_size": 8.0}),
+        ("codec_params", {"block_size": 8, "extra": 1}),
+        ("codec_params", []),
+        ("generation", -1),
+        ("next_id", 2**64),
+        ("n_deleted", 99),
+        ("rescore_dtype", "int4"),
+    ],
+)
+def test_manifest_values_of_the_wrong_kind_name_the_file_and_field(tmp_path, field, value):
+    index = QuantizedIndex(8, codec="int4", block_size=8, path=tmp_path / "idx")
+    index.add(unit(5, 8))
+    index.close()
+    manifest = tmp_path / "idx" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, field: value}))
+    with pytest.raises(ValueError, match=f"manifest.json: .*{field if field != 'n_deleted' else 'n_deleted'}"):
+        QuantizedIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("text", ['{"format": Infinity}', '{"dim": NaN}', "[" * 100000 + "]" * 100000, "\xff\xfe"])
+def test_manifest_that_is_not_plain_json_is_refused(tmp_path, text):
+    index = QuantizedIndex(8, path=tmp_path / "idx")
+    index.close()
+    (tmp_path / "idx" / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe")
+    with pytest.raises(ValueError, match="manifest.json"):
+        QuantizedIndex.load(tmp_path / "idx")
+
+
+def test_an_interrupted_creation_can_be_created_again(tmp_path):
+    """SIGKILL while creating leaves data files but no manifest: that is not an index yet."""
+    d = tmp_path / "idx"
+    d.mkdir()
+    for name in (".lock", "codes.0.u8", "ids.0.i64", "manifest.json.abc.tmp"):
+        (d / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="not a quant_retriever directory"):
+        QuantizedIndex.load(d)
+    index = QuantizedIndex(8, codec="int8", path=d)
+    index.add(unit(3, 8))
+    assert sorted(p.name for p in d.iterdir()) == [".lock", "codes.0.u8", "deleted.0.i64", "ids.0.i64", "manifest.json"]
+
+
+def test_bad_tensors_and_ids_get_clear_errors():
+    index = QuantizedIndex(4, codec="fp32")
+    with pytest.raises(TypeError, match="dense tensor"):
+        index.add(torch.eye(4).to_sparse())
+    with pytest.raises(TypeError, match="dense tensor"):
+        index.add(torch.empty(2, 4, device="meta"))
+    with pytest.raises(ValueError, match="outside the float32 range"):
+        index.add(np.full((1, 4), 1e300))
+    with pytest.raises(TypeError, match="single str"):
+        index.add(unit(3, 4), ids="abc")
+    with pytest.raises(TypeError, match="integers"):
+        index.add(unit(2, 4), ids=np.array([True, False]))
+    with pytest.raises(ValueError, match="0..9223372036854775807"):
+        index.add(unit(1, 4), ids=np.array([2**63], dtype=np.uint64))
+    index.add(unit(1, 4), ids=[2**63 - 1])
+    with pytest.raises(ValueError, match="automatic ids are exhausted"):
+        index.add(unit(1, 4))
+    assert len(index) == 1

@@ -38,12 +38,50 @@ def test_recall_against_exact_fp32_on_minilm(corpus_vectors, exact, codec, resco
     docs, queries = corpus_vectors
     assert docs.shape[0] >= 5000 and docs.shape[1] == 384
     index = QuantizedIndex(384, codec=codec, rescore=rescore)
-    index.add(docs[:1000])  # two adds: calibration happens on the first
+    index.add(docs[:1000])
     index.add(docs[1000:])
     res = index.search(queries, k=10, rescore_multiplier=mult)
     recall = recall_at_10(res.ids, exact)
     print(f"{codec} rescore={rescore} x{mult}: recall@10 = {recall:.4f}")
     assert recall >= floor, f"{codec} rescore={rescore} x{mult}: recall@10 {recall:.4f} < {floor}"
+
+
+BATCHINGS = [
+    ("int4", True, 2, "int8"),
+    ("int4", True, 4, "fp16"),
+    ("int4", False, 1, "int8"),
+    ("binary", True, 4, "int8"),
+    ("binary", False, 1, "int8"),
+    ("int8", False, 1, "int8"),
+    ("fp16", False, 1, "int8"),
+    ("fp32", False, 1, "int8"),
+]
+
+
+@pytest.mark.parametrize("codec, rescore, mult, rescore_dtype", BATCHINGS)
+def test_recall_does_not_depend_on_how_the_corpus_was_batched(corpus_vectors, exact, codec, rescore, mult, rescore_dtype):
+    """LangChain's indexing API adds 100 documents at a time; nothing may be learned from the
+    first batch. Batches of 1, 16, 64 and all at once give the same codes, so the same results."""
+    docs, queries = corpus_vectors
+    results = {}
+    for batch in (len(docs), 1, 16, 64):
+        index = QuantizedIndex(384, codec=codec, rescore=rescore, rescore_dtype=rescore_dtype)
+        for start in range(0, len(docs), batch):
+            index.add(docs[start : start + batch])
+        results[batch] = index.search(queries, k=10, rescore_multiplier=mult)
+    one = recall_at_10(results[len(docs)].ids, exact)
+    for batch, res in results.items():
+        assert abs(recall_at_10(res.ids, exact) - one) <= 0.005, (batch, one)
+        np.testing.assert_array_equal(res.ids, results[len(docs)].ids)
+        np.testing.assert_array_equal(res.scores, results[len(docs)].scores)
+
+
+def test_fp16_rescoring_is_nearly_exact(corpus_vectors, exact):
+    docs, queries = corpus_vectors
+    index = QuantizedIndex(384, codec="int4", rescore_dtype="fp16")
+    index.add(docs)
+    assert index.memory().disk_bytes_per_vector == 384 * 2 + 4
+    assert recall_at_10(index.search(queries, k=10, rescore_multiplier=2).ids, exact) >= 0.995
 
 
 def test_minilm_dead_dimension_is_handled(corpus_vectors):

@@ -29,6 +29,15 @@ LIBRARY = Library(
 FUSED_MAX_QUERIES = 4
 
 
+#: Below this many (row, query) pairs a scan runs on one thread: starting and joining an
+#: OpenMP team costs more than it saves, and much more on a busy machine.
+PARALLEL_MIN_WORK = 1 << 15
+
+
+def _threads(rows: int, queries: int = 1) -> int:
+    return 1 if rows * queries < PARALLEL_MIN_WORK else torch.get_num_threads()
+
+
 def _usable(*tensors: torch.Tensor):
     if any(t.device.type != "cpu" for t in tensors):
         return None
@@ -50,7 +59,7 @@ def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int) -> tor
     q = q.float().contiguous()
     nq, n = q.shape[0], codes.shape[0]
     out = torch.empty(nq, n, dtype=torch.float32)
-    threads = torch.get_num_threads()
+    threads = _threads(n, nq)
     if nq <= FUSED_MAX_QUERIES:
         qe, qo = q[:, 0::2].contiguous(), q[:, 1::2].contiguous()
         qsum = q.view(nq, nb, -1).sum(dim=2).contiguous()
@@ -72,7 +81,7 @@ def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | No
     out = torch.empty(qcodes.shape[0], codes.shape[0], dtype=torch.int32)
     lib.hamming_scan(
         codes.data_ptr(), codes.shape[0], codes.shape[1] // 8, qcodes.data_ptr(), qcodes.shape[0], out.data_ptr(),
-        torch.get_num_threads(),
+        _threads(codes.shape[0], qcodes.shape[0]),
     )
     return out
 
@@ -95,7 +104,7 @@ def hamming_select(
     rows = torch.empty(nq, keep, dtype=torch.int64)
     lib.hamming_select(
         codes.data_ptr(), n, codes.shape[1] // 8, qcodes.data_ptr(), nq, None if mask is None else mask.data_ptr(),
-        keep, dist.data_ptr(), rows.data_ptr(), torch.get_num_threads(),
+        keep, dist.data_ptr(), rows.data_ptr(), _threads(n, nq),
     )
     return dist, rows
 
@@ -114,6 +123,6 @@ def dense_scan(
     out = torch.empty(q.shape[0], codes.shape[0], dtype=torch.float32)
     fn(
         codes.data_ptr(), codes.shape[0], codes.shape[1], dim, factor_offset, n_factors, q.data_ptr(), q.shape[0],
-        out.data_ptr(), torch.get_num_threads(),
+        out.data_ptr(), _threads(codes.shape[0], q.shape[0]),
     )
     return out

@@ -71,7 +71,7 @@ from quant_retriever.files import (
 )
 from quant_retriever.rescore import RescoreFile
 
-__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "resolve_device", "as_vectors", "check_settings"]
+__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "Selection", "resolve_device", "as_vectors", "check_settings"]
 
 FORMAT = "quant_retriever.index"
 VERSION = 2
@@ -82,6 +82,9 @@ MAX_ID = 2**63 - 1
 #: where a codec has to decode (plain-torch paths): 16 MB and 64 MB.
 SCORES_PER_CHUNK = 1 << 22
 DECODED_PER_CHUNK = 1 << 24
+#: A selection of fewer than 1/SUBSET_FRACTION of the rows is scanned as a gathered subset of
+#: rows; larger ones as a mask over every row.
+SUBSET_FRACTION = 16
 #: Automatic compaction: once dead rows are at least this fraction of all rows, and at least
 #: ``COMPACT_MIN_DEAD`` of them.
 COMPACT_FRACTION = 0.25
@@ -193,6 +196,38 @@ def _order_of(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     by = np.argsort(ids, kind="stable")
     return ids[by], by.astype(np.int64)
+
+
+class Selection:
+    """A set of ids to restrict searches to (see :meth:`QuantizedIndex.selection`), with its
+    rows cached per index snapshot: a filter evaluated once costs nothing on later searches
+    until the index changes. Ids not in the index are ignored."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = ids
+        self._cached: tuple[_Snapshot, np.ndarray, torch.Tensor | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Selection({len(self.ids)} ids)"
+
+    def resolve(self, snap: _Snapshot, device: torch.device) -> tuple[np.ndarray, torch.Tensor | None]:
+        """``(rows, mask)`` for ``snap``: the live rows of the ids (sorted), and a ``[rows]``
+        bool mask on ``device`` unless the rows are few enough to be scanned as a subset."""
+        cached = self._cached
+        if cached is not None and cached[0] is snap:
+            return cached[1], cached[2]
+        rows = snap.lookup(self.ids)
+        rows = np.sort(rows[rows >= 0])
+        mask = None
+        if len(rows) * SUBSET_FRACTION > snap.rows:
+            host = np.zeros(snap.rows, dtype=bool)
+            host[rows] = True
+            mask = torch.from_numpy(host) if device.type == "cpu" else torch.from_numpy(host).to(device)
+        self._cached = (snap, rows, mask)
+        return rows, mask
 
 
 def _float_range_error(t: torch.Tensor, what: str) -> ValueError:
@@ -434,12 +469,25 @@ class QuantizedIndex:
             if dead >= COMPACT_MIN_DEAD and dead >= COMPACT_FRACTION * new.rows:
                 self.compact()
 
+    def selection(self, ids) -> Selection:
+        """A reusable restriction to ``ids`` for :meth:`search` (``allowed_ids=``): its rows are
+        worked out once per version of the index, not once per search."""
+        if isinstance(ids, Selection):
+            return ids
+        if isinstance(ids, (str, bytes)):
+            raise TypeError("allowed ids must be a sequence of integers; got a string.")
+        arr = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"allowed ids must be integers; got dtype {arr.dtype}.")
+        return Selection(np.unique(arr.astype(np.int64).reshape(-1)))
+
     def search(self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None) -> SearchResult:
         """Top-``k`` ids and inner-product scores for each query (``[q, dim]`` or ``[dim]``).
 
         ``rescore_multiplier``: with rescoring, ``k * rescore_multiplier`` first-stage
-        candidates are rescored from the disk copy. ``allowed_ids`` restricts the search to
-        those ids before top-k (ids not in the index are ignored). Results have
+        candidates are rescored from the disk copy. ``allowed_ids`` (ids, or a
+        :meth:`selection` of them) restricts the search to those ids before top-k (ids not in
+        the index are ignored); a small selection scans only its own rows. Results have
         ``min(k, searchable vectors)`` columns.
         """
         q = as_vectors(queries, self.dim, "queries")
@@ -448,15 +496,17 @@ class QuantizedIndex:
         snap = self._snap  # everything below reads this snapshot only
         if self._closed:
             self._check_open()
+        subset = None
         mask = None if snap.alive is None else snap.alive[: snap.rows]
+        n_valid = snap.n_alive
         if allowed_ids is not None:
-            mask = self._allowed_mask(snap, allowed_ids)
-        n_valid = snap.n_alive if mask is None or allowed_ids is None else int(mask.sum())
+            rows, mask = self.selection(allowed_ids).resolve(snap, self.device)
+            subset, n_valid = (rows if mask is None else None), len(rows)
         k = min(k, n_valid)
         if k == 0:
             empty = np.zeros((len(q), 0))
             return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
-        scores, rows = self._search(snap, q.to(self.device), mask, n_valid, k, mult)
+        scores, rows = self._search(snap, q.to(self.device), mask, subset, n_valid, k, mult)
         return SearchResult(snap.ids[rows.cpu().numpy()], scores)
 
     def get_vectors(self, ids) -> np.ndarray:
@@ -589,18 +639,6 @@ class QuantizedIndex:
         t = torch.from_numpy(host)
         return t if self.device.type == "cpu" else t.to(self.device)
 
-    def _allowed_mask(self, snap: _Snapshot, allowed_ids) -> torch.Tensor:
-        if isinstance(allowed_ids, (str, bytes)):
-            raise TypeError("allowed_ids must be a sequence of integers; got a string.")
-        arr = np.asarray(allowed_ids.cpu() if isinstance(allowed_ids, torch.Tensor) else list(allowed_ids)
-                         if not isinstance(allowed_ids, np.ndarray) else allowed_ids)
-        if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
-            raise TypeError(f"allowed_ids must be integers; got dtype {arr.dtype}.")
-        rows = snap.lookup(arr.astype(np.int64).reshape(-1))
-        mask = np.zeros(snap.rows, dtype=bool)
-        mask[rows[rows >= 0]] = True
-        return self._on_device(mask)
-
     def _grown(self, snap: _Snapshot, rows: int) -> _Snapshot:
         """``snap`` with storage for ``rows`` rows: the same arrays when they fit, else new ones
         grown by half (amortised O(1) per row); only positions past ``snap.rows`` differ."""
@@ -649,18 +687,20 @@ class QuantizedIndex:
             new.rescore.commit(start + n)
         self._next_id, self._snap = next_id, new
 
-    def _scan(self, snap: _Snapshot, q: torch.Tensor, mask: torch.Tensor | None, n_top: int):
-        """Chunked first stage: running top-``n_top`` (scores, rows), each ``[q, n_top]``.
+    def _scan(self, codes: torch.Tensor, q: torch.Tensor, mask: torch.Tensor | None, n_top: int):
+        """Chunked first stage over ``codes [rows, row_bytes]``: running top-``n_top`` (scores,
+        positions), each ``[q, n_top]``.
 
         ``mask`` (``[rows]`` bool, ``None`` = all rows) is applied before each chunk's top-k.
         Rows outside it score lowest and are never returned while ``n_top`` <= valid rows.
         """
         best_s = best_r = None
-        step = self._chunk_rows(snap.rows, len(q))
-        for start in range(0, snap.rows, step):
-            stop = min(start + step, snap.rows)
+        n = codes.shape[0]
+        step = self._chunk_rows(n, len(q))
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             valid = None if mask is None else mask[start:stop]
-            top_s, top_r = self._codec.top(q, snap.codes[start:stop], valid, min(n_top, stop - start))
+            top_s, top_r = self._codec.top(q, codes[start:stop], valid, min(n_top, stop - start))
             top_r += start
             if best_s is not None:
                 top_s, top_r = torch.cat([best_s, top_s], dim=1), torch.cat([best_r, top_r], dim=1)
@@ -683,13 +723,19 @@ class QuantizedIndex:
             step = min(step, DECODED_PER_CHUNK // self.dim)
         return max(step, 1024)
 
-    def _search(self, snap: _Snapshot, q: torch.Tensor, mask, n_valid: int, k: int, mult: int):
-        """Top-``k`` (scores ``[q, k]`` float32 numpy, rows ``[q, k]``) among ``n_valid`` masked rows."""
+    def _search(self, snap: _Snapshot, q: torch.Tensor, mask, subset, n_valid: int, k: int, mult: int):
+        """Top-``k`` (scores ``[q, k]`` float32 numpy, rows ``[q, k]``) among ``n_valid`` rows:
+        those of ``mask``, or the row numbers ``subset`` (a small selection, gathered)."""
         u, qnorm = split_norm(q)  # ranking does not depend on the query norm
         n_cand = min(k * mult if self.rescore else k, n_valid)
-        s, rows = self._codec.candidates(
-            u, snap.codes[: snap.rows], lambda n: self._scan(snap, u, mask, min(n, n_valid)), n_cand, k
-        )
+        if subset is None:
+            codes = snap.codes[: snap.rows]
+        else:
+            subset_t = torch.from_numpy(subset).to(self.device)
+            codes = snap.codes[subset_t]
+        s, rows = self._codec.candidates(u, codes, lambda n: self._scan(codes, u, mask, min(n, n_valid)), n_cand, k)
+        if subset is not None:
+            rows = subset_t[rows]
         if snap.rescore is not None:
             uniq, inverse = np.unique(rows.cpu().numpy(), return_inverse=True)
             cand = snap.rescore.gather(uniq, snap.rows).to(self.device)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]

@@ -54,16 +54,17 @@ def test_a_code_never_depends_on_the_other_vectors_of_its_batch(name, dim):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dim", [7, 97, 384])
-def test_decode_and_score_agree(name, dim, kernel_path):
+@pytest.mark.parametrize("nq", [1, 5, 9, 33])  # kernels: per-query dots below 8, blocks of 16 above
+def test_decode_and_score_agree(name, dim, nq, kernel_path):
     codec = codec_for(name, dim)
-    x, q = unit(300, dim, 1) * 3.0, unit(5, dim, 2)
+    x, q = unit(300, dim, 1) * 3.0, unit(max(nq, 2), dim, 2)
     rows = codec.encode(x)
     dec = codec.decode(rows)
     assert dec.shape == (300, dim) and dec.dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(dec, x)
     assert float(cos.min()) >= FIDELITY[name]
     s = codec.score(q, rows)
-    assert s.shape == (5, 300)
+    assert s.shape == (len(q), 300)
     if name == "binary":  # minus the Hamming distance of the sign bits
         ref = ((x[None] > 0) != (q[:, None] > 0)).sum(2)
         assert torch.equal(s, -ref.to(s.dtype))

@@ -76,7 +76,7 @@ def test_int4_constant_zero_and_out_of_range_blocks():
 
 
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("nq", [1, 3, 9])  # fused kernel up to 4 queries, decoded kernel above
+@pytest.mark.parametrize("nq", [1, 3, 9, 33])  # fused kernel up to 4 queries, decoded kernel above
 def test_int4_score_equals_decoded_dot(dim, nq, kernel_path):
     x, q = unit(200, dim, 1), unit(nq, dim, 2)
     codes = int4.encode(x)

@@ -460,3 +460,47 @@ def test_bad_tensors_and_ids_get_clear_errors():
     with pytest.raises(ValueError, match="automatic ids are exhausted"):
         index.add(unit(1, 4))
     assert len(index) == 1
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("n_allowed", [3, 60, 900])  # gathered subsets below 1/16 of the rows, masks above
+def test_restricted_search_equals_an_index_of_only_those_vectors(codec, n_allowed):
+    x, q = unit(2000, 40), unit(7, 40, 1)
+    ids = np.arange(10_000, 12_000)
+    allowed = np.sort(np.random.default_rng(n_allowed).choice(ids, n_allowed, replace=False))
+    index = QuantizedIndex(40, codec=codec, block_size=8)
+    index.add(x, ids=ids)
+    reference = QuantizedIndex(40, codec=codec, block_size=8)
+    reference.add(x[allowed - 10_000], ids=allowed)
+    for k in (1, 10, n_allowed + 5):
+        assert_same_ranking(index.search(q, k=k, allowed_ids=allowed), reference.search(q, k=k))
+    sel = index.selection(list(allowed) + [5, 99_999])  # unknown ids are ignored
+    assert_same_ranking(index.search(q, k=10, allowed_ids=sel), reference.search(q, k=10))
+
+
+def assert_same_ranking(got, want, tol: float = 1e-5) -> None:
+    """Equal scores; equal ids except where two candidates tie within float noise (BLAS sums
+    in a different order for a different number of rows)."""
+    np.testing.assert_allclose(got.scores, want.scores, rtol=tol, atol=tol)
+    for qi, pos in np.argwhere(got.ids != want.ids):
+        tied = np.abs(want.scores[qi] - want.scores[qi, pos]) <= tol
+        at_the_cut = abs(want.scores[qi, -1] - want.scores[qi, pos]) <= tol  # the tie may extend past k
+        assert got.ids[qi, pos] in want.ids[qi][tied] or at_the_cut, (qi, pos)
+
+
+def test_a_selection_follows_writes():
+    x = unit(500, 16)
+    index = QuantizedIndex(16, codec="int8")
+    index.add(x[:400])
+    sel = index.selection(np.arange(0, 500, 2))
+    first = index.search(x[10], k=1, allowed_ids=sel)
+    assert first.ids.tolist() == [[10]]
+    index.remove([10])
+    assert index.search(x[10], k=1, allowed_ids=sel).ids.tolist() != [[10]]
+    index.add(x[400:], ids=np.arange(400, 500))
+    assert index.search(x[450], k=1, allowed_ids=sel).ids.tolist() == [[450]]
+    assert index.search(x[451], k=1, allowed_ids=sel).ids.tolist() != [[451]]  # odd: not selected
+    with pytest.raises(TypeError, match="integers"):
+        index.selection(["a"])
+    with pytest.raises(TypeError, match="string"):
+        index.search(x[0], allowed_ids="12")

@@ -81,9 +81,10 @@ class Codec:
         u, norms = self.decode_unit(rows)
         return u * norms.unsqueeze(1)
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """First-stage scores ``[nq, n]``, higher is better (float32 inner products; binary:
-        minus the Hamming distance, int32)."""
+        minus the Hamming distance, int32). ``valid`` (``[n]`` bool) is a hint: a kernel may
+        skip rows where it is False, and their scores are then meaningless."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ search stages
@@ -100,7 +101,7 @@ class Codec:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n`` best rows per query: ``(scores [nq, n], positions [nq, n])``, best first;
         rows where ``valid`` (``[rows]`` bool) is False score lowest."""
-        s = self.score(q, rows)
+        s = self.score(q, rows, valid)
         if valid is not None:
             low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min
             s = s.masked_fill(~valid, low)

@@ -46,11 +46,18 @@ def encode(x: torch.Tensor) -> torch.Tensor:
     return (bits.view(n, nbytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
 
 
+#: byte value -> its 8 signs (+1 for a set bit), most significant bit first: [256, 8] float32
+_SIGNS = (torch.arange(256).unsqueeze(1).bitwise_and(torch.tensor(_BIT_WEIGHTS)) != 0).float() * 2 - 1
+_SIGNS_ON: dict[torch.device, torch.Tensor] = {}
+
+
 def decode(codes: torch.Tensor, dim: int) -> torch.Tensor:
-    """Packed rows ``[n, row_bytes]`` -> ``[n, dim]`` float32 of +1 (bit set) / -1."""
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=codes.device)
-    bits = (codes.unsqueeze(2) & weights) != 0  # [n, row_bytes, 8]
-    return bits.view(codes.shape[0], -1)[:, :dim].float() * 2 - 1
+    """Packed rows ``[n, row_bytes]`` -> ``[n, dim]`` float32 of +1 (bit set) / -1 (one table
+    lookup per byte)."""
+    table = _SIGNS_ON.get(codes.device)
+    if table is None:
+        table = _SIGNS_ON.setdefault(codes.device, _SIGNS.to(codes.device))
+    return table[codes.long()].view(codes.shape[0], -1)[:, :dim]
 
 
 def _popcount64(v: torch.Tensor) -> torch.Tensor:
@@ -112,7 +119,7 @@ class Binary(Codec):
         root = self.dim**0.5
         return decode(rows, self.dim) / root, torch.full((rows.shape[0],), root, device=rows.device)
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return hamming(encode(q), rows).neg_()
 
     def scans_in_place(self, device: torch.device) -> bool:

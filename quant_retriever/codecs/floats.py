@@ -51,7 +51,7 @@ class _Float(Codec):
         u, norms = self._fields(rows)
         return u.float(), norms.clone()
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         u, norms = self._fields(rows)
         return (q.float() @ u.float().T) * norms.unsqueeze(0)
 
@@ -62,8 +62,8 @@ class Float16(_Float):
     name = "fp16"
     dtype = torch.float16
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out = scans.dense_scan(q, rows, torch.float16, self.dim, self._width, 1)
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        out = scans.dense_scan(q, rows, torch.float16, self.dim, self._width, 1, valid)
         return out if out is not None else super().score(q, rows)
 
     def scans_in_place(self, device: torch.device) -> bool:

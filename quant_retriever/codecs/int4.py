@@ -107,7 +107,9 @@ def decode(codes: torch.Tensor, dim: int, block_size: int = 64) -> torch.Tensor:
     return u * norms.unsqueeze(1)
 
 
-def score(queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int = 64) -> torch.Tensor:
+def score(
+    queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int = 64, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Asymmetric scores: float ``queries: [q, dim]`` against packed rows ``codes: [n, row_bytes]``.
 
     Returns ``[q, n]`` float32 inner products ``<query, decode(code)>``. On the CPU a fused
@@ -118,7 +120,7 @@ def score(queries: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int 
     q = queries.float()
     if p > dim:
         q = torch.nn.functional.pad(q, (0, p - dim))
-    out = scans.int4_scan(q, codes, p // 2, p // block_size)
+    out = scans.int4_scan(q, codes, p // 2, p // block_size, valid)
     return out if out is not None else _score_eager(q, codes, dim, block_size)
 
 
@@ -163,8 +165,8 @@ class Int4(Codec):
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_unit(rows, self.dim, self.block_size)
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return score(q, rows, self.dim, self.block_size)
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return score(q, rows, self.dim, self.block_size, valid)
 
     def scans_in_place(self, device: torch.device) -> bool:
         return scans.available(device)

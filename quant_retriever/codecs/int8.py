@@ -66,10 +66,10 @@ def decode_unit(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
     return codes.float() * scales.unsqueeze(1), norms.clone()
 
 
-def score(q: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
+def score(q: torch.Tensor, rows: torch.Tensor, dim: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Float queries ``[nq, dim]`` against rows ``[n, row_bytes]`` -> ``[nq, n]`` float32
     ``norm * scale * <q, code>``: the rows are never decoded on the CPU (native kernel)."""
-    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2)
+    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2, valid)
     if out is not None:
         return out
     codes, norms, scales = _fields(rows, dim)
@@ -92,8 +92,8 @@ class Int8(Codec):
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_unit(rows, self.dim)
 
-    def score(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return score(q, rows, self.dim)
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return score(q, rows, self.dim, valid)
 
     def scans_in_place(self, device: torch.device) -> bool:
         return scans.available(device)

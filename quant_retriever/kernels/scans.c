@@ -28,14 +28,83 @@ static inline float row_factor(const uint8_t* row, int64_t offset, int64_t count
     return f;
 }
 
+/* ---------------------------------------------------------------- dots of one decoded row
+   buf [p] floats (p a multiple of 16, zero-padded), queries q [nqp, p] (nqp = nq rounded up to
+   16 when nq >= 8, zero rows past nq); out[qi * n + r] = f * <q[qi], buf> for qi < nq. */
+#ifdef __AVX512F__
+/* 16 vectors -> one vector of their 16 lane sums, in order (a transpose-and-add tree). */
+static inline __m512 reduce16(__m512* v) {
+    __m512 w[8], z[4], u[2];
+    for (int i = 0; i < 8; i++)
+        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88), _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        u[i] = _mm512_add_ps(_mm512_unpacklo_ps(z[2 * i], z[2 * i + 1]), _mm512_unpackhi_ps(z[2 * i], z[2 * i + 1]));
+    const __m512 f = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u[0]), _mm512_castps_pd(u[1]))),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u[0]), _mm512_castps_pd(u[1]))));
+    /* lane 4k + j now holds vector 4j + k */
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, f);
+}
+#endif
+
+static inline void row_dots(const float* buf, const float* q, int64_t p, int64_t nq, float f,
+                            float* out, int64_t n, int64_t r) {
+#ifdef __AVX512F__
+    if (nq >= 8) {
+        for (int64_t g = 0; g < nq; g += 16) {
+            __m512 acc[16];
+            for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+            const float* qg = q + g * p;
+            for (int64_t j = 0; j < p; j += 16) {
+                const __m512 x = _mm512_loadu_ps(buf + j);
+                for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i * p + j), x, acc[i]);
+            }
+            float sums[16];
+            _mm512_storeu_ps(sums, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(f)));
+            const int64_t m = nq - g < 16 ? nq - g : 16;
+            for (int64_t i = 0; i < m; i++) out[(g + i) * n + r] = sums[i];
+        }
+        return;
+    }
+    for (int64_t qi = 0; qi < nq; qi++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        const float* qq = q + qi * p;
+        int64_t j = 0;
+        for (; j + 32 <= p; j += 32) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qq + j), _mm512_loadu_ps(buf + j), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qq + j + 16), _mm512_loadu_ps(buf + j + 16), a1);
+        }
+        if (j < p) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qq + j), _mm512_loadu_ps(buf + j), a0);
+        out[qi * n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) * f;
+    }
+#else
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const float* qq = q + qi * p;
+        float a[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int64_t j = 0; j < p; j += 8)
+            for (int k = 0; k < 8; k++) a[k] += qq[j + k] * buf[j + k];
+        out[qi * n + r] = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) * f;
+    }
+#endif
+}
+
+static inline void skip_row(float* out, int64_t n, int64_t r, int64_t nq) {
+    for (int64_t qi = 0; qi < nq; qi++) out[qi * n + r] = -INFINITY;
+}
+
 /* INT4 rows (see codecs/int4.py): nibbles in bytes [0, half_p), then float16 scales[nb],
    offsets[nb], then the float32 norm. qe/qo: even/odd elements of each query [nq, half_p]; qsum [nq, nb].
-   out [nq, n]. Best for a few queries: one fused pass per query. */
+   out [nq, n]; rows with valid[r] == 0 (valid may be NULL) score -inf. Best for a few queries:
+   one fused pass per query. */
 void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
-                     const float* qe, const float* qo, const float* qsum, int64_t nq, float* out, int nthreads) {
+                     const float* qe, const float* qo, const float* qsum, int64_t nq, const uint8_t* valid,
+                     float* out, int nthreads) {
     const int64_t bb = half_p / nb;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < n; r++) {
+        if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
         const uint8_t* row = codes + r * row_bytes;
         const uint16_t* meta = (const uint16_t*)(row + half_p);
         const float norm = row_factor(row, half_p + 4 * nb, 1);
@@ -56,63 +125,84 @@ void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t
     }
 }
 
-/* Same scores, for batches: decode each row once into floats, then one dot per query.
-   q [nq, 2 * half_p] (zero-padded queries). */
+/* Same scores, for batches: each row decoded once into floats (even elements, then odd ones),
+   then register-blocked dots against the queries. q [nqp, p16]: each query's even elements,
+   then its odd ones, zero-padded to p16 (a multiple of 16 >= 2 * half_p); see row_dots. */
 void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
-                       const float* q, int64_t nq, float* out, int nthreads) {
-    const int64_t p = 2 * half_p, bb = half_p / nb;
+                       const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) {
+    const int64_t bb = half_p / nb;
     #pragma omp parallel num_threads(nthreads)
     {
-        float buf[p];
+        float* buf = (float*)calloc((size_t)p16, sizeof(float));
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; r++) {
+            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
             const uint8_t* row = codes + r * row_bytes;
             const uint16_t* meta = (const uint16_t*)(row + half_p);
-            const float norm = row_factor(row, half_p + 4 * nb, 1);
             for (int64_t b = 0; b < nb; b++) {
-                const float sc = h2f(meta[b]) * norm, off = h2f(meta[nb + b]) * norm;
+                const float sc = h2f(meta[b]), off = h2f(meta[nb + b]);
                 const uint8_t* pb = row + b * bb;
-                float* d = buf + 2 * b * bb;
-                for (int64_t j = 0; j < bb; j++) {
-                    d[2 * j] = off + sc * (float)(pb[j] & 15);
-                    d[2 * j + 1] = off + sc * (float)(pb[j] >> 4);
+                float* de = buf + b * bb;
+                float* dod = buf + half_p + b * bb;
+                int64_t j = 0;
+#ifdef __AVX512F__
+                const __m512 vs = _mm512_set1_ps(sc), vo = _mm512_set1_ps(off);
+                const __m512i m15 = _mm512_set1_epi32(15);
+                for (; j + 16 <= bb; j += 16) {
+                    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(pb + j)));
+                    _mm512_storeu_ps(de + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_and_si512(v, m15)), vo));
+                    _mm512_storeu_ps(dod + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), vo));
+                }
+#endif
+                for (; j < bb; j++) {
+                    de[j] = off + sc * (float)(pb[j] & 15);
+                    dod[j] = off + sc * (float)(pb[j] >> 4);
                 }
             }
-            for (int64_t qi = 0; qi < nq; qi++) {
-                const float* qq = q + qi * p;
-                float s = 0.f;
-                for (int64_t i = 0; i < p; i++) s += qq[i] * buf[i];
-                out[qi * n + r] = s;
-            }
+            row_dots(buf, q, p16, nq, row_factor(row, half_p + 4 * nb, 1), out, n, r);
         }
+        free(buf);
     }
 }
 
 /* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
-   factors at byte `fo`; score = <q, values> * product(factors). q [nq, dim]; out [nq, n]. */
-#define DENSE_SCAN(NAME, T)                                                                          \
+   factors at byte `fo`; score = <q, values> * product(factors). q [nqp, p16] zero-padded (see
+   row_dots); out [nq, n]; rows with valid[r] == 0 (valid may be NULL) score -inf. */
+static inline void load_i8(const int8_t* x, int64_t dim, float* buf) {
+    int64_t d = 0;
+#ifdef __AVX512F__
+    for (; d + 16 <= dim; d += 16)
+        _mm512_storeu_ps(buf + d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(x + d)))));
+#endif
+    for (; d < dim; d++) buf[d] = (float)x[d];
+}
+
+static inline void load_f16(const uint16_t* x, int64_t dim, float* buf) {
+    int64_t d = 0;
+#if defined(__AVX512F__) && defined(__F16C__)
+    for (; d + 16 <= dim; d += 16) _mm512_storeu_ps(buf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(x + d))));
+#endif
+    for (; d < dim; d++) buf[d] = h2f(x[d]);
+}
+
+#define DENSE_SCAN(NAME, T, LOAD)                                                                    \
 void NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
-          const float* q, int64_t nq, float* out, int nthreads) {                                    \
+          const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) { \
     _Pragma("omp parallel num_threads(nthreads)")                                                    \
     {                                                                                                \
-        float buf[dim];                                                                              \
+        float* buf = (float*)calloc((size_t)p16, sizeof(float));                                    \
         _Pragma("omp for schedule(static)")                                                          \
         for (int64_t r = 0; r < n; r++) {                                                            \
+            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }                           \
             const uint8_t* raw = codes + r * row_bytes;                                              \
-            const T* row = (const T*)raw;                                                            \
-            const float f = row_factor(raw, fo, nf);                                                 \
-            for (int64_t d = 0; d < dim; d++) buf[d] = (float)row[d];                                \
-            for (int64_t qi = 0; qi < nq; qi++) {                                                    \
-                const float* qq = q + qi * dim;                                                      \
-                float s = 0.f;                                                                       \
-                for (int64_t d = 0; d < dim; d++) s += qq[d] * buf[d];                               \
-                out[qi * n + r] = s * f;                                                             \
-            }                                                                                        \
+            LOAD((const T*)raw, dim, buf);                                                           \
+            row_dots(buf, q, p16, nq, row_factor(raw, fo, nf), out, n, r);                           \
         }                                                                                            \
+        free(buf);                                                                                   \
     }                                                                                                \
 }
-DENSE_SCAN(dense_scan_i8, int8_t)
-DENSE_SCAN(dense_scan_f16, _Float16)
+DENSE_SCAN(dense_scan_i8, int8_t, load_i8)
+DENSE_SCAN(dense_scan_f16, uint16_t, load_f16)
 
 /* Keep the `keep` smallest distances of a candidate list (cnt >= keep entries, in row order;
    ties at the cut-off keep the earlier rows), in place. Returns the cut-off distance c: a row

@@ -12,12 +12,12 @@ from quant_retriever.kernels.build import Library, signature
 
 __all__ = ["LIBRARY", "available", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "FUSED_MAX_QUERIES"]
 
-_DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "p", "i32")
+_DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32")
 LIBRARY = Library(
     "scans.c",
     {
-        "int4_scan_fused": signature("p", "i64", "i64", "i64", "i64", "p", "p", "p", "i64", "p", "i32"),
-        "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "i32"),
+        "int4_scan_fused": signature("p", "i64", "i64", "i64", "i64", "p", "p", "p", "i64", "p", "p", "i32"),
+        "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
         "dense_scan_i8": _DENSE,
@@ -49,26 +49,53 @@ def available(device: torch.device) -> bool:
     return device.type == "cpu" and LIBRARY.get() is not None
 
 
-def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int) -> torch.Tensor | None:
+def _padded_queries(q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Queries ``[nq, p]`` zero-padded to ``[nqp, p16]`` for the register-blocked dots
+    (``p16``: ``p`` rounded up to 16; ``nqp``: ``nq`` rounded up to 16 from 8 queries on)."""
+    nq, p = q.shape
+    p16 = -(-p // 16) * 16
+    nqp = -(-nq // 16) * 16 if nq >= 8 else nq
+    out = torch.zeros(nqp, p16, dtype=torch.float32)
+    out[:nq, :p] = q
+    return out, p16
+
+
+def _valid_ptr(valid: torch.Tensor | None, n: int):
+    if valid is None:
+        return None, None
+    v = valid.contiguous().view(torch.uint8)
+    if v.shape != (n,):
+        raise ValueError(f"valid must have one entry per row ({n}); got shape {tuple(valid.shape)}.")
+    return v, v.data_ptr()
+
+
+def int4_scan(
+    q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Scores ``[nq, n]`` of zero-padded float queries ``q: [nq, 2 * half_p]`` against INT4 rows
-    ``codes: [n, row_bytes]`` (see ``codecs/int4.py``)."""
+    ``codes: [n, row_bytes]`` (see ``codecs/int4.py``); rows where ``valid`` is False score -inf."""
     lib = _usable(q, codes)
     if lib is None:
         return None
     codes = codes.contiguous()
     q = q.float().contiguous()
     nq, n = q.shape[0], codes.shape[0]
+    keep, vp = _valid_ptr(valid, n)
     out = torch.empty(nq, n, dtype=torch.float32)
     threads = _threads(n, nq)
+    qe, qo = q[:, 0::2], q[:, 1::2]
     if nq <= FUSED_MAX_QUERIES:
-        qe, qo = q[:, 0::2].contiguous(), q[:, 1::2].contiguous()
+        qe, qo = qe.contiguous(), qo.contiguous()
         qsum = q.view(nq, nb, -1).sum(dim=2).contiguous()
         lib.int4_scan_fused(
             codes.data_ptr(), n, codes.shape[1], half_p, nb, qe.data_ptr(), qo.data_ptr(), qsum.data_ptr(),
-            nq, out.data_ptr(), threads,
+            nq, vp, out.data_ptr(), threads,
         )
-    else:
-        lib.int4_scan_decoded(codes.data_ptr(), n, codes.shape[1], half_p, nb, q.data_ptr(), nq, out.data_ptr(), threads)
+    else:  # rows are decoded as [even elements, odd elements]: split the queries the same way
+        qs, p16 = _padded_queries(torch.cat([qe, qo], dim=1))
+        lib.int4_scan_decoded(
+            codes.data_ptr(), n, codes.shape[1], half_p, nb, qs.data_ptr(), nq, p16, vp, out.data_ptr(), threads
+        )
     return out
 
 
@@ -110,19 +137,29 @@ def hamming_select(
 
 
 def dense_scan(
-    q: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype, dim: int, factor_offset: int, n_factors: int
+    q: torch.Tensor,
+    codes: torch.Tensor,
+    dtype: torch.dtype,
+    dim: int,
+    factor_offset: int,
+    n_factors: int,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """``[nq, n]`` float32: ``<q, row values> * product(row factors)`` for float queries
     ``q [nq, dim]`` and rows ``codes [n, row_bytes]`` uint8 that hold ``dim`` values of
-    ``dtype`` (int8 or float16) and ``n_factors`` float32 factors at byte ``factor_offset``."""
+    ``dtype`` (int8 or float16) and ``n_factors`` float32 factors at byte ``factor_offset``;
+    rows where ``valid`` is False score -inf."""
     lib = _usable(q, codes)
     if lib is None:
         return None
     fn = {torch.int8: lib.dense_scan_i8, torch.float16: lib.dense_scan_f16}[dtype]
-    codes, q = codes.contiguous(), q.float().contiguous()
-    out = torch.empty(q.shape[0], codes.shape[0], dtype=torch.float32)
+    codes = codes.contiguous()
+    n, nq = codes.shape[0], q.shape[0]
+    keep, vp = _valid_ptr(valid, n)
+    qs, p16 = _padded_queries(q.float())
+    out = torch.empty(nq, n, dtype=torch.float32)
     fn(
-        codes.data_ptr(), codes.shape[0], codes.shape[1], dim, factor_offset, n_factors, q.data_ptr(), q.shape[0],
-        out.data_ptr(), _threads(codes.shape[0], q.shape[0]),
+        codes.data_ptr(), n, codes.shape[1], dim, factor_offset, n_factors, qs.data_ptr(), nq, p16, vp,
+        out.data_ptr(), _threads(n, nq),
     )
     return out

@@ -7,6 +7,8 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 __all__ = [
     "Field", "Int", "Bool", "OneOf", "Object",
     "write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory",
-    "open_nofollow", "write_all", "prepare_new_directory",
+    "open_nofollow", "write_all", "prepare_new_directory", "OpenObjects",
 ]
 
 MAX_HEADER_BYTES = 64 << 20
@@ -246,26 +248,47 @@ def append_raw(path: Path, committed_bytes: int, data: np.ndarray) -> None:
 
 
 class DirectoryLock:
-    """An exclusive advisory lock (``flock``) on ``<directory>/.lock``, held while a persistent
-    index or store is open for writing, so a second writer (another process, or a second open
-    in this one) gets a clear error instead of interleaving appends. Released by
-    :meth:`release` or when the object is garbage collected."""
+    """An advisory ``flock`` on a persistent index or store directory.
 
-    def __init__(self, directory: Path):
+    A writer holds ``LOCK_EX`` on ``<directory>/.lock``, so a second writer (another process)
+    gets a clear error instead of interleaving appends. A read-only opener holds ``LOCK_SH`` on
+    ``<directory>/.readers`` (created when the directory is writable; without write permission
+    and without that file, it takes no lock): readers never block or wait for the writer, and
+    a tool that must be alone can take ``LOCK_EX`` on both. Released by :meth:`release` or
+    when the object is garbage collected.
+    """
+
+    def __init__(self, directory: Path, shared: bool = False):
         import fcntl
 
         self._fd: int | None = None
-        self.path = Path(directory) / ".lock"
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        self.path = Path(directory) / (".readers" if shared else ".lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT) if not shared else self._open_shared()
+        except PermissionError:
+            if not shared:
+                raise ValueError(f"{directory} is not writable; open it with read_only=True.") from None
+            fd = None
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise RuntimeError(
-                f"{directory} is already open for writing (by another process or another open "
-                "object in this one); close it first."
+                f"{directory} is already open for writing by another process; close it there first, "
+                "or open it with read_only=True."
             ) from None
         self._fd = fd
+
+    def _open_shared(self) -> int | None:
+        try:
+            return open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        except PermissionError:
+            try:
+                return open_nofollow(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -274,3 +297,25 @@ class DirectoryLock:
 
     def __del__(self):
         self.release()
+
+
+class OpenObjects:
+    """The persistent objects (indexes, stores) open for writing in this process, one per
+    directory, so that opening a directory again (a notebook cell run twice, a reloaded web
+    app) shares the open object instead of failing on the directory lock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open: dict[str, weakref.ref] = {}
+
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    def get(self, path: Path):
+        """The live, unclosed object open on ``path`` (call with :meth:`lock` held), or ``None``."""
+        ref = self._open.get(os.path.realpath(path))
+        obj = ref() if ref is not None else None
+        return obj if obj is not None and not getattr(obj, "_closed", True) else None
+
+    def put(self, path: Path, obj) -> None:
+        self._open[os.path.realpath(path)] = weakref.ref(obj)

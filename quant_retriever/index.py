@@ -66,8 +66,8 @@ from quant_retriever.codecs import (
 )
 from quant_retriever.devices import resolve_device
 from quant_retriever.files import (
-    Bool, DirectoryLock, Int, Object, OneOf, append_raw, fsync_dir, prepare_new_directory, read_json, read_raw,
-    write_directory, write_json_atomic,
+    Bool, DirectoryLock, Int, Object, OneOf, OpenObjects, append_raw, fsync_dir, prepare_new_directory, read_json,
+    read_raw, write_directory, write_json_atomic,
 )
 from quant_retriever.rescore import RescoreFile
 
@@ -102,6 +102,11 @@ _MANIFEST_SCHEMA = {
     "n_deleted": Int(0, 2**40),
     "next_id": Int(0, MAX_ID + 1),
 }
+#: Persistent indexes open for writing in this process (opening one again shares it).
+_OPEN = OpenObjects()
+#: A read-only opener that finds a generation's files gone (a writer compacted meanwhile)
+#: reads the new manifest and tries again this many times.
+READ_RETRIES = 5
 _DATA_FILE = re.compile(r"(codes|ids|deleted)\.(\d+)\.(u8|i64)|rescore\.(\d+)\.(int8|fp16)")
 
 
@@ -363,6 +368,8 @@ class QuantizedIndex:
             except BaseException:
                 self.close()
                 raise
+            with _OPEN.lock():
+                _OPEN.put(p, self)
 
     def _setup(self, dim: int, codec: Codec, rescore: bool, rescore_dtype: str, device: torch.device) -> None:
         self.dim = dim
@@ -381,6 +388,8 @@ class QuantizedIndex:
         self._path: Path | None = None
         self._dir_lock: DirectoryLock | None = None
         self._closed = False
+        self._read_only = False
+        self._opens = 1  # opens sharing this object (see load)
         self._snap: _Snapshot | None = None
 
     def _start_empty(self) -> None:
@@ -431,7 +440,7 @@ class QuantizedIndex:
         """
         x = as_vectors(vectors, self.dim, "vectors")
         with self._lock:
-            self._check_open()
+            self._check_writable()
             snap = self._snap
             if ids is None:
                 if self._next_id + len(x) - 1 > MAX_ID:
@@ -450,7 +459,7 @@ class QuantizedIndex:
         Compacts the index when dead rows pass the threshold (see :meth:`compact`)."""
         arr = _as_ids(ids)
         with self._lock:
-            self._check_open()
+            self._check_writable()
             snap = self._snap
             rows = snap.lookup(arr)
             if (rows < 0).any():
@@ -537,7 +546,7 @@ class QuantizedIndex:
         copy, in place. Crash-safe: the new generation's files are complete before the manifest
         names them, so a crash at any moment leaves the old or the new state. Ids are kept."""
         with self._lock:
-            self._check_open()
+            self._check_writable()
             snap = self._snap
             if snap.rows == snap.n_alive:
                 return
@@ -585,18 +594,66 @@ class QuantizedIndex:
             write_directory(path, lambda d: self._write_copy(d, self._snap))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "QuantizedIndex":
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device | None = None, *, read_only: bool = False
+    ) -> "QuantizedIndex":
         """Open an index directory written by :meth:`save` or by a persistent index.
 
         Raises ``ValueError`` for a directory that is not an index, another format version,
-        or inconsistent files. The opened index keeps persisting to ``path``.
+        or inconsistent files. The opened index keeps persisting to ``path``. Opening a
+        directory this process already has open for writing returns that same object (each
+        ``load`` needs its own :meth:`close`); another process gets ``RuntimeError``.
+
+        ``read_only=True`` needs no write permission and writes nothing: any number of
+        read-only openers (in any process) may sit beside one writer. A read-only index sees
+        the state committed when it was opened; :meth:`refresh` moves it to the latest.
         """
-        return cls._open(Path(path), device)
+        path = Path(path)
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be True or False; got {read_only!r}.")
+        if read_only:
+            return cls._open(path, device, read_only=True)
+        with _OPEN.lock():
+            existing = _OPEN.get(path)
+            if existing is not None:
+                if device is not None and resolve_device(device) != existing.device:
+                    raise ValueError(f"{path} is already open in this process on {existing.device}; got device={device!r}.")
+                existing._opens += 1
+                return existing
+            index = cls._open(path, device)
+            _OPEN.put(path, index)
+            return index
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def refresh(self) -> bool:
+        """A read-only index: move to the latest committed state (returns whether it changed).
+        A writable one always is at its latest state (returns False)."""
+        if not self._read_only:
+            return False
+        with self._lock:
+            self._check_open()
+            m = self._read_manifest(self._path)
+            if (m["generation"], m["count"], m["n_deleted"]) == (self._generation, self._snap.rows, self._n_deleted):
+                return False
+            old = self._snap
+            self._load_with_retries(m)
+            if old.rescore is not None and old.rescore is not self._snap.rescore:
+                old.rescore.close()
+            return True
 
     def close(self) -> None:
         """Release a persistent index's directory lock and files (the data is already on
-        disk); later calls raise ``ValueError``."""
+        disk); later calls raise ``ValueError``. An index opened several times in this process
+        closes on the last ``close``."""
         with self._lock:
+            if self._closed:
+                return
+            self._opens -= 1
+            if self._opens > 0:
+                return
             self._closed = True
             if self._snap is not None and self._snap.rescore is not None:
                 self._snap.rescore.close()
@@ -634,6 +691,11 @@ class QuantizedIndex:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("this index was closed; open it again with QuantizedIndex.load.")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise ValueError(f"{self._path} was opened read-only; open it without read_only=True to change it.")
 
     def _on_device(self, host: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(host)
@@ -807,9 +869,13 @@ class QuantizedIndex:
             problems.append(str(exc))
         return problems
 
+    @staticmethod
+    def _read_manifest(path: Path) -> dict:
+        return read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+
     @classmethod
-    def _open(cls, path: Path, device) -> "QuantizedIndex":
-        m = read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+    def _open(cls, path: Path, device, read_only: bool = False) -> "QuantizedIndex":
+        m = cls._read_manifest(path)
         where = path / MANIFEST
         try:
             codec = make_codec(m["codec"], m["dim"], **m["codec_params"])
@@ -819,25 +885,40 @@ class QuantizedIndex:
             raise ValueError(f"{where}: field 'codec_params' must be {codec.params()!r} for codec {m['codec']!r}.")
         if codec.row_bytes != m["row_bytes"]:
             raise ValueError(f"{where}: field 'row_bytes' is {m['row_bytes']} but codec {codec!r} has {codec.row_bytes}.")
-        count, n_deleted = m["count"], m["n_deleted"]
-        if n_deleted > count:
-            raise ValueError(f"{where}: n_deleted ({n_deleted}) is larger than count ({count}).")
         index = cls.__new__(cls)
         index._setup(m["dim"], codec, m["rescore"], m["rescore_dtype"], resolve_device(device))
-        index._dir_lock = DirectoryLock(path)
+        index._read_only = read_only
+        index._dir_lock = DirectoryLock(path, shared=read_only)
         try:
             index._workdir = index._path = path
-            index._generation = m["generation"]
-            index._load_files(count, n_deleted, m["next_id"])
+            index._load_with_retries(m)
         except BaseException:
             index.close()
             raise
         return index
 
-    def _load_files(self, count: int, n_deleted: int, next_id: int) -> None:
+    def _load_with_retries(self, m: dict) -> None:
+        """Load the files ``m`` names; a read-only opener that loses a race with a compacting
+        writer (the files are gone) reads the new manifest and tries again."""
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return self._load_files(m)
+            except ValueError:
+                if not self._read_only or attempt == READ_RETRIES:
+                    raise
+                fresh = self._read_manifest(self._path)
+                if fresh["generation"] == m["generation"]:
+                    raise
+                m = fresh
+
+    def _load_files(self, m: dict) -> None:
         path = self._path
+        count, n_deleted, next_id = m["count"], m["n_deleted"], m["next_id"]
+        if n_deleted > count:
+            raise ValueError(f"{path / MANIFEST}: n_deleted ({n_deleted}) is larger than count ({count}).")
+        self._generation = m["generation"]
         current = set(_files(self._generation, self.rescore_dtype).values())
-        for p in path.iterdir():  # files of other generations: an interrupted compaction
+        for p in path.iterdir() if not self._read_only else ():  # other generations: an interrupted compaction
             if _DATA_FILE.fullmatch(p.name) and p.name not in current:
                 p.unlink()
         row_bytes = self._codec.row_bytes
@@ -855,7 +936,7 @@ class QuantizedIndex:
             raise ValueError(f"{path / self._file('ids')}: ids are negative or repeated.")
         rescore = None
         if self.rescore:
-            rescore = RescoreFile(path / self._file("rescore"), self._rescore_codec, count)
+            rescore = RescoreFile(path / self._file("rescore"), self._rescore_codec, count, read_only=self._read_only)
         self._snap = _Snapshot(
             torch.from_numpy(codes.reshape(count, row_bytes)).to(self.device),
             ids,

@@ -31,13 +31,25 @@ class RescoreFile:
     """Rows of ``codec`` in the file ``path`` (created empty when ``create``), ``count`` committed.
     ``durable``: fsync every append (a persistent index); off for an in-memory index's copy."""
 
-    def __init__(self, path: str | os.PathLike, codec: Codec, count: int = 0, *, create: bool = False, durable: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        codec: Codec,
+        count: int = 0,
+        *,
+        create: bool = False,
+        durable: bool = True,
+        read_only: bool = False,
+    ):
         self.path = Path(path)
         self.codec = codec
         self.count = count
         self.durable = durable
-        flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
-        self._fd = open_nofollow(self.path, flags)
+        flags = os.O_RDONLY if read_only else os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
+        try:
+            self._fd = open_nofollow(self.path, flags)
+        except FileNotFoundError:
+            raise ValueError(f"{self.path}: missing; expected {self.nbytes} bytes ({count} rows).") from None
         self._ino = os.fstat(self._fd).st_ino
         self._map: tuple[int, np.ndarray] | None = None  # (rows mapped, [rows, row_bytes] uint8 view)
         self._map_lock = threading.Lock()

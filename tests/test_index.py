@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -153,8 +154,8 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
     index.add(x[60:], ids=np.arange(500, 560))
     index.remove([3, 501])
     expected = index.search(q, k=6)
-    with pytest.raises(RuntimeError, match="already open for writing"):
-        QuantizedIndex.load(tmp_path / "idx")  # a second writer is refused
+    assert QuantizedIndex.load(tmp_path / "idx") is index  # opened again in this process: shared
+    index.close()
     index.close()
     reopened = QuantizedIndex.load(tmp_path / "idx")
     assert len(reopened) == 118
@@ -504,3 +505,77 @@ def test_a_selection_follows_writes():
         index.selection(["a"])
     with pytest.raises(TypeError, match="string"):
         index.search(x[0], allowed_ids="12")
+
+
+# ---------------------------------------------------------------------------- opening
+
+
+def test_opening_the_same_directory_again_in_one_process_shares_it(tmp_path):
+    """A notebook cell run twice, a web app reloading: the second open works."""
+    created = QuantizedIndex(16, codec="int8", path=tmp_path / "idx")
+    created.add(unit(10, 16))
+    again = QuantizedIndex.load(tmp_path / "idx")
+    assert again is created
+    again.add(unit(2, 16, 1))
+    created.close()  # one close per open: the other handle still works
+    assert len(again) == 12 and again.search(unit(1, 16, 1)[0], k=1).ids.tolist() == [[10]]
+    again.close()
+    with pytest.raises(ValueError, match="closed"):
+        again.add(unit(1, 16))
+    reopened = QuantizedIndex.load(tmp_path / "idx")
+    assert reopened is not created and len(reopened) == 12
+    reopened.close()
+
+
+def test_another_process_gets_the_lock_error_but_may_read(tmp_path):
+    import subprocess
+    import sys
+
+    index = QuantizedIndex(16, codec="int8", path=tmp_path / "idx")
+    index.add(unit(10, 16))
+    code = (
+        "import sys; from quant_retriever import QuantizedIndex\n"
+        "try:\n    QuantizedIndex.load(sys.argv[1])\nexcept RuntimeError as e:\n    print('locked:', e)\n"
+        "r = QuantizedIndex.load(sys.argv[1], read_only=True); print('read', len(r))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=120)
+    assert "locked:" in out.stdout and "read_only=True" in out.stdout and "read 10" in out.stdout, out.stderr
+
+
+def test_read_only_sees_the_state_at_open_until_refresh(tmp_path):
+    x = unit(300, 16)
+    writer = QuantizedIndex(16, codec="int4", block_size=8, path=tmp_path / "idx")
+    writer.add(x[:200])
+    reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+    assert reader.read_only and reader is not writer and len(reader) == 200
+    writer.add(x[200:])
+    writer.remove(np.arange(0, 120))  # compacts: the reader's generation's files are deleted
+    assert len(reader) == 200 and reader.search(x[5], k=1).ids.tolist() == [[5]]  # still its state
+    assert reader.refresh() is True and reader.refresh() is False
+    assert len(reader) == 180 and reader.search(x[250], k=1).ids.tolist() == [[250]]
+    for call in (lambda: reader.add(x[:1]), lambda: reader.remove([200]), reader.compact):
+        with pytest.raises(ValueError, match="read-only"):
+            call()
+    assert reader.verify() == []
+
+
+def test_read_only_needs_no_write_permission_and_writes_nothing(tmp_path):
+    index = QuantizedIndex(16, codec="int4", block_size=8, path=tmp_path / "idx")
+    index.add(unit(50, 16))
+    index.close()
+    (tmp_path / "idx" / ".readers").unlink(missing_ok=True)
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "idx").iterdir()}
+    os.chmod(tmp_path / "idx", 0o555)
+    try:
+        if os.geteuid() == 0:  # root ignores permissions: at least nothing may change
+            reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+        else:
+            with pytest.raises(ValueError, match="read_only=True"):
+                QuantizedIndex.load(tmp_path / "idx")
+            reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+        assert len(reader) == 50 and reader.verify() == []
+        reader.close()
+    finally:
+        os.chmod(tmp_path / "idx", 0o755)
+    after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "idx").iterdir() if p.name != ".readers"}
+    assert after == before

@@ -41,9 +41,20 @@ FILTERS = [
     (Cond("tags", "contains", "y"), {"a", "b"}),
     (Cond("tags", "any", ["x", "z"]), {"a", "d"}),
     (Cond("tags", "all", ["x", "y"]), {"a"}),
-    (Cond("title", "text_match", "binary"), {"b"}),
-    (Cond("title", "text_match", "int8"), set()),
-    (Cond("title", "text_match_insensitive", "int8"), {"c"}),
+    (Cond("title", "substring", "binary"), {"b"}),
+    (Cond("title", "substring", "int8"), set()),
+    (Cond("title", "isubstring", "int8"), {"c"}),
+    (Cond("title", "like", "%re%"), {"c"}),  # LIKE is case-sensitive
+    (Cond("title", "ilike", "%RE%"), {"a", "c"}),
+    (Cond("title", "like", "binary code_"), {"b"}),
+    (Cond("title", "like", "binary"), set()),  # LIKE matches the whole string
+    (Cond("title", "ilike", "int8%"), {"c"}),
+    (Cond("color", "exists"), {"a", "b", "c"}),
+    (Cond("empty", "exists"), {"d"}),
+    (Cond("empty", "eq", None), set(DOCS)),  # missing and null are the same None
+    (Cond("empty", "ne", None), set()),
+    (Cond("color", "in", [None, "blue"]), {"b", "d", "e"}),
+    (Cond("tags", "all", []), {"a", "b", "c", "d"}),  # every list, not documents without one
     (Cond("tags", "is_empty"), {"c", "e"}),
     (Cond("color", "is_empty"), {"d", "e"}),
     (Cond("empty", "is_empty"), set(DOCS)),
@@ -56,7 +67,7 @@ FILTERS = [
     (Not(Cond("color", "eq", "red")), {"b", "d", "e"}),
     (Or((And((Cond("color", "eq", "red"), Not(Cond("n", "eq", 1)))), Cond("n", "eq", "3"))), {"c", "d"}),
     (And(()), set(DOCS)),
-    (Or(()), set()),
+    (Or(()), set(DOCS)),  # an empty group places no restriction
 ]
 
 
@@ -78,20 +89,28 @@ def test_filter_applies_before_top_k(store):
 
 
 @pytest.mark.parametrize(
-    "where, error",
+    "make, error",
     [
-        (Cond("k", "eq", {"a": 1}), TypeError),
-        (Cond("k", "lt", True), TypeError),
-        (Cond("k", "in", "abc"), TypeError),
-        (Cond("k", "contains", ["a"]), TypeError),
-        (Cond("k", "text_match", 3), TypeError),
-        (Cond("k", "eq", float("nan")), ValueError),
-        ("color = 'red'", TypeError),
+        (lambda: Cond("k", "eq", {"a": 1}), TypeError),
+        (lambda: Cond("k", "lt", True), TypeError),
+        (lambda: Cond("k", "in", "abc"), TypeError),
+        (lambda: Cond("k", "contains", ["a"]), TypeError),
+        (lambda: Cond("k", "substring", 3), TypeError),
+        (lambda: Cond("k", "eq", float("nan")), ValueError),
+        (lambda: Cond("k", "like", "ends with \\"), ValueError),
+        (lambda: Cond("k", "is_empty", "x"), TypeError),
+        (lambda: Cond(1, "eq", "x"), TypeError),
+        (lambda: And((Cond("k", "eq", 1), "k = 1")), TypeError),
+        (lambda: "color = 'red'", TypeError),
     ],
 )
-def test_bad_filters_raise(store, where, error):
+def test_bad_filters_raise_and_change_nothing(store, make, error):
     with pytest.raises(error):
+        where = make()
         store.search(vecs(1), k=3, where=where)
+    with pytest.raises(error):
+        store.delete_where(make())
+    assert len(store) == 5
 
 
 def test_unknown_operator_is_never_ignored():

@@ -88,6 +88,11 @@ def _strings(values, what: str) -> list[str]:
     return values
 
 
+def _type_name(value: Any) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
 def metadata_json(metadata: Any, what: str = "metadata") -> str:
     """The JSON stored for one document's metadata (``None`` is ``{}``).
 
@@ -130,7 +135,7 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
                 stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
         else:
             raise TypeError(
-                f"{where} is a {type(value).__module__}.{type(value).__name__} ({value!r:.60}); metadata values must be "
+                f"{where} is a {_type_name(value)} ({value!r:.60}); metadata values must be "
                 "JSON data: str, int, float, bool, None, lists or dicts with str keys (convert it first, e.g. "
                 "str(x), x.isoformat(), x.tolist() or x.item())."
             )
@@ -515,29 +520,31 @@ def recover_replacement(target: str | os.PathLike) -> None:
         fsync_dir(target.parent)
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; ``False`` where
+    the platform or the filesystem cannot (then nothing was changed)."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _swap(new: Path, target: Path) -> None:
     """Put the directory ``new`` at ``target`` and the old ``target`` at ``new``: one atomic
-    ``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with the old store aside
-    as ``.<name>.qr-old-*`` in between (:func:`recover_replacement` renames it back)."""
-    import ctypes
-    import errno
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    err = errno.ENOSYS
-    if renameat2 is not None:
-        if renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) == 0:
-            fsync_dir(target.parent)
-            return
-        err = ctypes.get_errno()
-    if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        raise OSError(err, os.strerror(err), str(target))
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-old-", dir=target.parent))
-    os.rename(target, aside)  # replaces the empty ``aside``
-    os.rename(new, target)
-    os.rename(aside, new)
+    rename exchange where there is one; elsewhere two renames, with the old store aside as
+    ``.<name>.qr-old-*`` in between (:func:`recover_replacement` renames it back)."""
+    if not _rename_exchange(new, target):
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-old-", dir=target.parent))
+        os.rename(target, aside)  # replaces the empty ``aside``
+        os.rename(new, target)
+        os.rename(aside, new)
     fsync_dir(target.parent)

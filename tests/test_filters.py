@@ -40,13 +40,8 @@ DIM = 8
 
 
 def kind(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    return {str: "str", list: "list", dict: "object"}[type(v)]
+    """JSON kinds; metadata read back from JSON holds exactly these types."""
+    return {type(None): "null", bool: "bool", int: "number", float: "number", str: "str", list: "list", dict: "object"}[type(v)]
 
 
 def same(a, b) -> bool:
@@ -483,3 +478,27 @@ def test_five_thousand_deep_filters_raise_value_error():
         QuantizedStore().search(vec(0), where=core)
     with pytest.raises(ValueError, match=f"at most {MAX_DEPTH} levels"):
         LlamaIndexStore().query(VectorStoreQuery(query_embedding=vec(0), filters=li))
+
+
+def test_the_one_filter_table_is_the_same_in_readme_and_docs_and_names_every_operator():
+    import re
+    from pathlib import Path
+
+    from quant_retriever.filters import OPERATORS
+    from quant_retriever.integrations import _langchain_store, _llama_index_store
+
+    root = Path(__file__).parents[1]
+
+    def table(path: str) -> str:
+        text = (root / path).read_text()
+        return text[text.index("<!-- filter-table: start -->"):text.index("<!-- filter-table: end -->")]
+
+    readme = table("README.md")
+    assert readme == table("docs/filters.md")
+    rows = [line.split(" | ") for line in readme.splitlines() if line.startswith("| `")]
+    core = {w for r in rows for w in re.findall(r"`(\w+)`", r[0])}
+    langchain = {w for r in rows for w in re.findall(r"`\{?\"?(\$\w+)", r[1])}
+    llama = {w for r in rows for w in re.findall(r"`([A-Z_]+)`", r[2])}
+    assert set(OPERATORS) <= core
+    assert set(_langchain_store._OPS) | set(_langchain_store._FLAGS) | {"$and", "$or", "$not"} <= langchain
+    assert {FilterOperator(op).name for op in _llama_index_store._OPS} <= llama

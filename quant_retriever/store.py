@@ -2,11 +2,11 @@
 in SQLite (stdlib ``sqlite3``), next to a :class:`~quant_retriever.index.QuantizedIndex`.
 
 Each document has a string ``id`` (the frameworks') and an integer ``key`` (the index id).
-Metadata is stored as JSON. Filters are a small tree (:class:`Cond`, :class:`And`,
-:class:`Or`, :class:`Not`) that the adapters build from LangChain dicts or LlamaIndex
-``MetadataFilters``; :func:`compile_filter` turns it into one SQL ``WHERE`` clause, which is
-run once per search to get the allowed keys: filtering happens before top-k, so a filtered
-search still returns ``k`` hits when ``k`` documents match.
+Metadata is stored as JSON (see :func:`metadata_json` for what is accepted). Filters are the
+tree of :mod:`quant_retriever.filters`; a filtered search evaluates the compiled predicate on
+every record's metadata once to get the allowed keys (no SQL is ever built from a key or a
+value), so filtering happens before top-k and a filtered search still returns ``k`` hits
+when ``k`` documents match.
 
 Persistent layout (``path``): ``store.sqlite`` (tables ``docs`` and ``meta``) and ``index/``
 (the index directory). Writes are ordered so that a crash at any point leaves at worst rows
@@ -19,28 +19,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, Union, get_args
+from typing import Any, Iterator, Literal, Sequence, get_args
 
 import numpy as np
+import torch
 
-from quant_retriever.codecs import CodecName, RescoreDtype
-from quant_retriever.files import DirectoryLock, write_directory
+from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
+from quant_retriever.files import DirectoryLock, fsync_dir, write_directory
+from quant_retriever.filters import And, Cond, Filter, Not, Operator, Or, compile_filter
 from quant_retriever.index import QuantizedIndex, as_vectors, check_settings
 
-__all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "QuantizedStore", "compile_filter"]
+__all__ = [
+    "Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "compile_filter",
+    "metadata_json",
+]
 
 FORMAT = "quant_retriever.store"
 VERSION = 1
 
-Operator = Literal[
-    "eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "contains", "any", "all",
-    "text_match", "text_match_insensitive", "is_empty",
-]
-OPERATORS: tuple[str, ...] = get_args(Operator)
+Metric = Literal["ip", "cosine"]
+METRICS: tuple[str, ...] = get_args(Metric)
+MAX_METADATA_DEPTH = 100  # lists/dicts nested deeper raise ValueError (never RecursionError)
+_LOOKUP_CHUNK = 500  # ids per "IN (?, ...)" lookup, below SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -53,155 +59,86 @@ class Record:
     key: int
 
 
-@dataclass(frozen=True)
-class Cond:
-    """``metadata[key] <op> value``. ``contains``/``any``/``all`` test list-valued metadata;
-    ``text_match`` is a substring test; ``is_empty`` matches missing, null, ``""`` or ``[]``."""
-
-    key: str
-    op: Operator
-    value: Any = None
-
-    def __post_init__(self):
-        if not isinstance(self.key, str):
-            raise TypeError(f"filter keys must be strings; got {self.key!r}.")
-        if self.op not in OPERATORS:
-            raise ValueError(f"Invalid operator: {self.op!r}; expected one of {', '.join(OPERATORS)}.")
-
-
-@dataclass(frozen=True)
-class And:
-    items: tuple = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Or:
-    items: tuple = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class Not:
-    item: Any
-
-
-Filter = Union[Cond, And, Or, Not]
-
-
-def _json_path(key: str) -> str:
-    """SQL string literal of the JSON path of a top-level ``key`` (quotes escaped)."""
-    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return "'" + path.replace("'", "''") + "'"
-
-
-def _typed_equal(value: Any, expr: str, type_expr: str, params: list) -> str:
-    """SQL for ``<expr> == value`` that only matches a JSON value of the same kind."""
-    # every comparison is wrapped in COALESCE(..., 0): a missing key (SQL NULL) is "false",
-    # never NULL, so NOT and OR behave like Python
-    if value is None:
-        return f"COALESCE({type_expr} = 'null', 0)"
-    if isinstance(value, bool):
-        return f"COALESCE({type_expr} = '{'true' if value else 'false'}', 0)"
-    if isinstance(value, (int, float)):
-        params.append(_number(value))
-        return f"COALESCE({type_expr} IN ('integer', 'real') AND {expr} = ?, 0)"
-    if isinstance(value, str):
-        params.append(value)
-        return f"COALESCE({type_expr} = 'text' AND {expr} = ?, 0)"
-    raise TypeError(f"filter values must be str, int, float, bool or None; got {type(value).__name__} {value!r}.")
-
-
-def _number(value: int | float) -> int | float:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"filter values must be finite numbers; got {value!r}.")
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
-        raise ValueError(f"filter integers must fit in 64 bits; got {value}.")
-    return value
-
-
-def _as_list(value: Any, op: str) -> list:
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return list(value)
-    raise TypeError(f"operator {op!r} needs a list of values; got {type(value).__name__} {value!r}.")
-
-
-def _compile_cond(c: Cond, params: list) -> str:
-    path = _json_path(c.key)
-    v, t = f"json_extract(metadata, {path})", f"json_type(metadata, {path})"
-    op, value = c.op, c.value
-    if op == "eq":
-        return _typed_equal(value, v, t, params)
-    if op == "ne":  # like Python's metadata.get(key) != value: a missing key matches
-        return f"NOT ({_typed_equal(value, v, t, params)})"
-    if op in ("lt", "lte", "gt", "gte"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError(f"operator {op!r} compares numbers or strings; got {type(value).__name__} {value!r}.")
-        kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
-        params.append(value if isinstance(value, str) else _number(value))
-        return f"({t} IN ({kinds}) AND {v} {dict(lt='<', lte='<=', gt='>', gte='>=')[op]} ?)"
-    if op in ("in", "nin"):
-        parts = [_typed_equal(x, v, t, params) for x in _as_list(value, op)]
-        sql = "(" + " OR ".join(parts) + ")" if parts else "0"
-        return f"NOT {sql}" if op == "nin" else sql
-    if op in ("contains", "any", "all"):
-        if op == "contains" and isinstance(value, (list, tuple, set, frozenset)):
-            raise TypeError("operator 'contains' takes one value; use 'any' or 'all' for several.")
-        values = [value] if op == "contains" else _as_list(value, op)
-        parts = [
-            f"EXISTS (SELECT 1 FROM json_each(metadata, {path}) AS je WHERE "
-            f"{_typed_equal(x, 'je.value', 'je.type', params)})"
-            for x in values
-        ]
-        if not parts:
-            return "1" if op == "all" else "0"
-        return f"({t} = 'array' AND (" + (" AND " if op == "all" else " OR ").join(parts) + "))"
-    if op in ("text_match", "text_match_insensitive"):
-        if not isinstance(value, str):
-            raise TypeError(f"operator {op!r} needs a string; got {type(value).__name__} {value!r}.")
-        params.append(value)
-        if op == "text_match":
-            return f"({t} = 'text' AND instr({v}, ?) > 0)"
-        return f"({t} = 'text' AND instr(lower({v}), lower(?)) > 0)"
-    # is_empty: missing, null, "" or []
-    return (
-        f"({t} IS NULL OR {t} = 'null' OR ({t} = 'text' AND {v} = '') "
-        f"OR ({t} = 'array' AND json_array_length(metadata, {path}) = 0))"
-    )
-
-
-def compile_filter(f: Filter) -> tuple[str, list]:
-    """Compile a filter tree into ``(sql_where, params)`` over the ``docs`` table."""
-    params: list = []
-
-    def walk(node) -> str:
-        if isinstance(node, Cond):
-            return f"COALESCE({_compile_cond(node, params)}, 0)"
-        if isinstance(node, (And, Or)):
-            if not node.items:
-                return "1" if isinstance(node, And) else "0"
-            joiner = " AND " if isinstance(node, And) else " OR "
-            return "(" + joiner.join(walk(x) for x in node.items) + ")"
-        if isinstance(node, Not):
-            return f"NOT ({walk(node.item)})"
-        raise TypeError(f"filter must be Cond/And/Or/Not; got {type(node).__name__}.")
-
-    return walk(f), params
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _metadata_json(metadata: Any, i: int) -> str:
+def _check_unicode(s: str, what: str) -> None:
+    """SQLite stores UTF-8: a str with a lone surrogate cannot be stored, so refuse it clearly."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid Unicode (a lone surrogate at position {exc.start}): {s[:40]!r}.") from None
+
+
+def _strings(values, what: str) -> list[str]:
+    """A list of strings from a sequence of them; a bare str/bytes is refused (it is not a
+    list of ids: ``delete("abc")`` must not mean ``delete(["a", "b", "c"])``)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings; got the single {type(values).__name__} {values[:40]!r} "
+                        f"(wrap one in a list: [{values[:40]!r}]).")
+    values = list(values)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must be strings; item {i} is {type(v).__name__} {v!r:.60}.")
+        _check_unicode(v, f"{what} item {i}")
+    return values
+
+
+def _type_name(value: Any) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def metadata_json(metadata: Any, what: str = "metadata") -> str:
+    """The JSON stored for one document's metadata (``None`` is ``{}``).
+
+    The one rule: metadata is JSON data. A dict with ``str`` keys whose values are ``str``,
+    ``int`` (64-bit), finite ``float``, ``bool``, ``None``, lists/tuples or such dicts, nested
+    at most :data:`MAX_METADATA_DEPTH` deep. Subclasses of these are stored as the plain type
+    (a tuple reads back as a list, an ``IntEnum`` as an int, ``numpy.float64`` as a float).
+    Anything else (datetime, bytes, sets, numpy integers and arrays, non-``str`` keys such as
+    ``{1: ..}``, which JSON would merge with ``{"1": ..}``) raises ``TypeError`` naming where it
+    is; NaN, infinity and integers beyond 64 bits raise ``ValueError``. Nothing is converted
+    silently and nothing is stored when any value is refused.
+    """
     if metadata is None:
         return "{}"
     if not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict; item {i} is {type(metadata).__name__}.")
-    try:
-        return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"metadata must be JSON-serializable (str, numbers, bools, None, lists, dicts); item {i}: {exc}.") from None
+        raise TypeError(f"{what} must be a dict; got {type(metadata).__name__}.")
+    stack = [(metadata, what, 1)]
+    while stack:  # iterative, so no input reaches Python's recursion limit
+        value, where, depth = stack.pop()
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            _check_unicode(value, where)
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"{where} is an integer beyond 64 bits: {value}.")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{where} is {value!r}; metadata numbers must be finite.")
+        elif isinstance(value, (dict, list, tuple)):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels (or contains itself).")
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    if not isinstance(k, str):
+                        raise TypeError(f"{where} has the key {k!r} of type {type(k).__name__}; metadata keys must be str.")
+                    _check_unicode(k, f"{where} key")
+                    stack.append((v, f"{where}[{k!r}]", depth + 1))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        else:
+            raise TypeError(
+                f"{where} is a {_type_name(value)} ({value!r:.60}); metadata values must be "
+                "JSON data: str, int, float, bool, None, lists or dicts with str keys (convert it first, e.g. "
+                "str(x), x.isoformat(), x.tolist() or x.item())."
+            )
+    return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
 
 
 class QuantizedStore:
@@ -211,6 +148,11 @@ class QuantizedStore:
     in memory (the INT8 copy in a temporary file); a ``path`` (directory) makes every
     ``upsert``/``delete`` that returned durable; reopen with :meth:`open`. Thread safety: calls
     are serialised by a lock (one writer; searches wait for a write in progress).
+
+    ``metric="ip"`` scores by inner product of the vectors as given; ``metric="cosine"``
+    L2-normalises every vector on ``upsert`` and every query on ``search`` (a zero vector
+    stays zero and scores 0), and reports scores clamped to ``[-1, 1]``. The metric is
+    recorded in the store and kept on reopening.
     """
 
     def __init__(
@@ -223,7 +165,11 @@ class QuantizedStore:
         device: str | None = None,
         block_size: int = 64,
         rescore_dtype: RescoreDtype = "int8",
+        metric: Metric = "ip",
     ):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
+        self.metric = metric
         self._settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
         check_settings(**self._settings)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
@@ -240,7 +186,8 @@ class QuantizedStore:
         with self._db:
             self._db.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
-                [("format", FORMAT), ("version", str(VERSION)), ("settings", json.dumps({**self._settings, "device": None}))],
+                [("format", FORMAT), ("version", str(VERSION)), ("settings", json.dumps({**self._settings, "device": None})),
+                 ("metric", metric)],
             )
         if dim is not None:
             self._create_index(dim)
@@ -285,6 +232,9 @@ class QuantizedStore:
         if int(meta.get("version", "0")) > VERSION:
             raise ValueError(f"{db_file}: written by a newer quant_retriever (format version {meta['version']}).")
         store._settings = {**json.loads(meta["settings"]), "device": device}
+        store.metric = meta.get("metric", "ip")
+        if store.metric not in METRICS:
+            raise ValueError(f"{db_file}: field 'metric' must be one of {', '.join(map(repr, METRICS))}; found {store.metric!r:.80}.")
         store._index = None
         if "dim" in meta:
             if (path / "index" / "manifest.json").is_file():
@@ -324,28 +274,28 @@ class QuantizedStore:
     def upsert(self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None) -> list[str]:
         """Add documents, replacing those whose ids already exist. Returns the ids.
 
-        ``vectors``: ``[n, dim]`` floats; ``ids``/``texts``/``metadatas`` one per vector.
-        Nothing changes if the call raises.
+        ``vectors``: ``[n, dim]`` floats; ``ids``/``texts``/``metadatas`` one per vector (ids
+        and texts are any valid Unicode strings, NUL included; metadata follows
+        :func:`metadata_json`). Nothing changes if the call raises.
         """
-        ids, texts = list(ids), list(texts)
-        metadatas = [None] * len(ids) if metadatas is None else list(metadatas)
+        ids, texts = _strings(ids, "ids"), _strings(texts, "texts")
+        if metadatas is None:
+            metadatas = [None] * len(ids)
+        elif isinstance(metadatas, dict):
+            raise TypeError("metadatas must be a list with one dict per document; got a single dict.")
+        metadatas = list(metadatas)
         if not (len(ids) == len(texts) == len(metadatas)):
             raise ValueError(
                 f"ids, texts and metadatas must have the same length. Got {len(ids)} ids, {len(texts)} texts "
                 f"and {len(metadatas)} metadatas."
             )
-        for i, (doc_id, text) in enumerate(zip(ids, texts)):
-            if not isinstance(doc_id, str):
-                raise TypeError(f"ids must be strings; item {i} is {type(doc_id).__name__}.")
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}.")
         if len(set(ids)) != len(ids):
             raise ValueError("ids must be unique within one call; got duplicates.")
-        meta_json = [_metadata_json(m, i) for i, m in enumerate(metadatas)]
+        meta_json = [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
         if not ids:
             return []
         with self._lock:
-            vectors = as_vectors(vectors, self.dim, "vectors")
+            vectors = self._as_metric(as_vectors(vectors, self.dim, "vectors"))
             if len(vectors) != len(ids):
                 raise ValueError(f"vectors must have one row per id. Got {len(vectors)} vectors and {len(ids)} ids.")
             if self._index is None:
@@ -367,15 +317,17 @@ class QuantizedStore:
                 self._index.remove(list(old.values()))
         return ids
 
-    def _keys_of(self, ids: Sequence[str]) -> dict[str, int]:
-        return {r.id: r.key for r in self._records_where_in("id", list(ids))}
+    def _as_metric(self, x: torch.Tensor) -> torch.Tensor:
+        """Vectors as the metric scores them: unit length (zero stays zero) for cosine."""
+        return split_norm(x)[0] if self.metric == "cosine" else x
+
+    def _keys_of(self, ids: list[str]) -> dict[str, int]:
+        return dict(self._lookup("id", ids, "id, key"))
 
     def delete(self, ids: Sequence[str]) -> list[str]:
-        """Delete documents by id; returns the ids that existed (unknown ids are ignored)."""
-        ids = list(ids)
-        for i, doc_id in enumerate(ids):
-            if not isinstance(doc_id, str):
-                raise TypeError(f"ids must be strings; item {i} is {type(doc_id).__name__}.")
+        """Delete documents by id; returns the ids that existed (unknown ids are ignored).
+        ``ids`` is a list: a bare string is refused, never taken as a list of characters."""
+        ids = _strings(ids, "ids")
         with self._lock:
             found = self._keys_of(ids)
             self._delete_keys(found)
@@ -383,9 +335,9 @@ class QuantizedStore:
 
     def delete_where(self, where: Filter) -> int:
         """Delete every document matching a filter; returns how many."""
+        match = compile_filter(where)
         with self._lock:
-            sql, params = compile_filter(where)
-            found = dict(self._db.execute(f"SELECT id, key FROM docs WHERE {sql}", params).fetchall())
+            found = {i: k for i, k, m in self._db.execute("SELECT id, key, metadata FROM docs") if match(json.loads(m))}
             self._delete_keys(found)
             return len(found)
 
@@ -411,19 +363,19 @@ class QuantizedStore:
 
     # ------------------------------------------------------------------ reads
     def get(self, ids: Sequence[str]) -> list[Record]:
-        """Records for the ids that exist, in the order asked."""
+        """Records for the ids that exist, in the order asked (a bare string is refused)."""
+        ids = _strings(ids, "ids")
         with self._lock:
-            ids = list(ids)
-            rows = {r.id: r for r in self._records_where_in("id", ids)}
+            rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")}
             return [rows[i] for i in dict.fromkeys(ids) if i in rows]
 
     def records(self, where: Filter | None = None) -> Iterator[Record]:
         """All records (matching ``where``), in insertion order."""
-        sql, params = compile_filter(where) if where is not None else ("1", [])
+        match = compile_filter(where) if where is not None else (lambda m: True)
         with self._lock:
-            rows = self._db.execute(f"SELECT id, text, metadata, key FROM docs WHERE {sql} ORDER BY key", params).fetchall()
-        for r in rows:
-            yield Record(r[0], r[1], json.loads(r[2]), r[3])
+            rows = self._db.execute("SELECT id, text, metadata, key FROM docs ORDER BY key").fetchall()
+        records = (Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows)
+        return iter([r for r in records if match(r.metadata)])
 
     def vectors(self, records: Sequence[Record]) -> np.ndarray:
         """Reconstructed vectors ``[n, dim]`` of records (from the INT8 copy when there is one)."""
@@ -440,41 +392,51 @@ class QuantizedStore:
         where: Filter | None = None,
         ids: Sequence[str] | None = None,
     ) -> list[list[tuple[Record, float]]]:
-        """Top-``k`` ``(record, score)`` per query, scores are inner products, best first.
+        """Top-``k`` ``(record, score)`` per query, best first. Scores are inner products, or
+        cosines in ``[-1, 1]`` with ``metric="cosine"``.
 
         ``where`` (a filter) and ``ids`` (allowed document ids) restrict the search before
-        top-k; an empty store returns empty lists.
+        top-k; ``k=0`` and an empty store return empty lists.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int; got {type(k).__name__}.")
+        if k < 0:
+            raise ValueError(f"k must be >= 0; got {k}.")
+        match = compile_filter(where) if where is not None else None
+        ids = None if ids is None else _strings(ids, "ids")
         with self._lock:
-            q = as_vectors(queries, self.dim, "queries")
-            if self._index is None or len(self._index) == 0:
+            q = self._as_metric(as_vectors(queries, self.dim, "queries"))
+            if k == 0 or self._index is None or len(self._index) == 0:
                 return [[] for _ in range(len(q))]
             allowed = None
-            if where is not None or ids is not None:
-                clauses, params = [], []
-                if where is not None:
-                    sql, params = compile_filter(where)
-                    clauses.append(sql)
-                if ids is not None:
-                    clauses.append("id IN (SELECT value FROM json_each(?))")
-                    params = [*params, json.dumps(list(ids))]
-                allowed = np.array([k_ for (k_,) in self._db.execute(
-                    f"SELECT key FROM docs WHERE {' AND '.join(clauses)}", params
-                )], dtype=np.int64)
-            res = self._index.search(q, k=k, rescore_multiplier=rescore_multiplier, allowed_ids=allowed)
-            by_key = {r.key: r for r in self._records_where_in("key", np.unique(res.ids).tolist())}
+            if match is not None:
+                allowed = {key for key, m in self._db.execute("SELECT key, metadata FROM docs") if match(json.loads(m))}
+            if ids is not None:
+                wanted = set(self._keys_of(ids).values())
+                allowed = wanted if allowed is None else allowed & wanted
+            res = self._index.search(
+                q, k=int(k), rescore_multiplier=rescore_multiplier,
+                allowed_ids=None if allowed is None else np.fromiter(allowed, np.int64, len(allowed)),
+            )
+            scores = np.clip(res.scores, -1.0, 1.0) if self.metric == "cosine" else res.scores
+            by_key = {
+                r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
+                for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")
+            }
             return [
                 [(by_key[int(key)], float(score)) for key, score in zip(row_ids, row_scores)]
-                for row_ids, row_scores in zip(res.ids, res.scores)
+                for row_ids, row_scores in zip(res.ids, scores)
             ]
 
-    def _records_where_in(self, column: str, values: list) -> list[Record]:
-        """Records whose ``column`` (``id`` or ``key``) is in ``values`` (one query, any length)."""
-        rows = self._db.execute(
-            f"SELECT id, text, metadata, key FROM docs WHERE {column} IN (SELECT value FROM json_each(?))",
-            [json.dumps(values)],
-        )
-        return [Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+    def _lookup(self, column: Literal["id", "key"], values: list, columns: str) -> list[tuple]:
+        """Rows (``columns``) whose ``column`` is one of ``values``: every value is bound as a
+        parameter (so any string, NUL included, matches exactly), in chunks of any length."""
+        rows: list[tuple] = []
+        for start in range(0, len(values), _LOOKUP_CHUNK):
+            part = values[start : start + _LOOKUP_CHUNK]
+            marks = ", ".join("?" * len(part))
+            rows += self._db.execute(f"SELECT {columns} FROM docs WHERE {column} IN ({marks})", part).fetchall()
+        return rows
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy of this store to ``path`` (a new or empty directory), via a
@@ -490,6 +452,32 @@ class QuantizedStore:
 
         with self._lock:
             write_directory(path, fill)
+
+    def save_replacing(self, path: str | os.PathLike) -> None:
+        """:meth:`save` to ``path``, which may already hold a saved store: that one is replaced
+        atomically. The copy is written to a hidden temporary sibling and swapped in with one
+        rename exchange, so a crash at any moment leaves the old or the new store at ``path``,
+        never a mix; temporaries an interrupted call left behind are removed. ``path`` holding
+        anything but a store, or a store open for writing, is refused."""
+        target = Path(path)
+        recover_replacement(target)
+        if not target.exists() or (target.is_dir() and not target.is_symlink() and not any(target.iterdir())):
+            self.save(target)
+            return
+        if target.is_symlink() or not (target / "store.sqlite").is_file():
+            raise ValueError(f"{target} exists and is not a quant_retriever store; refusing to replace it.")
+        lock = DirectoryLock(target)  # raises while the store there is open for writing
+        try:
+            for leftover in _replacement_temporaries(target):
+                shutil.rmtree(leftover)
+            new = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-new-", dir=target.parent))
+            try:
+                self.save(new)
+                _swap(new, target)  # the commit point; ``new`` now holds the old store
+            finally:
+                shutil.rmtree(new, ignore_errors=True)
+        finally:
+            lock.release()
 
     def verify(self) -> list[str]:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""
@@ -515,3 +503,55 @@ class QuantizedStore:
                 self._index.close()
             if self._dir_lock is not None:
                 self._dir_lock.release()
+
+
+def _replacement_temporaries(target: Path) -> list[Path]:
+    """Hidden siblings :meth:`QuantizedStore.save_replacing` writes (and ``save``'s own
+    temporaries inside them): ``.<name>.qr-new-*``, ``.<name>.qr-old-*``, ``..<name>.qr-*``."""
+    prefixes = (f".{target.name}.qr-", f"..{target.name}.qr-")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+
+
+def recover_replacement(target: str | os.PathLike) -> None:
+    """Finish what a crash interrupted inside :meth:`QuantizedStore.save_replacing` on a
+    filesystem without rename exchange: with ``target`` missing, the old store (renamed aside
+    just before the crash) is renamed back."""
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return
+    old = [p for p in _replacement_temporaries(target) if p.name.startswith(f".{target.name}.qr-old-")]
+    if old:
+        os.rename(old[-1], target)
+        fsync_dir(target.parent)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; ``False`` where
+    the platform or the filesystem cannot (then nothing was changed)."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Put the directory ``new`` at ``target`` and the old ``target`` at ``new``: one atomic
+    rename exchange where there is one; elsewhere two renames, with the old store aside as
+    ``.<name>.qr-old-*`` in between (:func:`recover_replacement` renames it back)."""
+    if not _rename_exchange(new, target):
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-old-", dir=target.parent))
+        os.rename(target, aside)  # replaces the empty ``aside``
+        os.rename(new, target)
+        os.rename(aside, new)
+    fsync_dir(target.parent)

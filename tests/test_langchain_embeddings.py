@@ -82,3 +82,12 @@ def test_adapter_rejects_bad_settings(int8_encoder):
         QuantizedEmbeddings(encoder=int8_encoder, batch_size=0)
     with pytest.raises(TypeError, match="text must be a str"):
         QuantizedEmbeddings(encoder=int8_encoder).embed_query(["not", "a", "str"])
+
+
+def test_model_name_may_be_a_path(int8_encoder):
+    """Like QuantizedEmbedding (LlamaIndex) and load_encoder: any os.PathLike names a local model."""
+    from pathlib import Path
+
+    embeddings = QuantizedEmbeddings(model_name=Path(MINILM), precision="fp32", device="cpu")
+    assert embeddings.model_name == MINILM and isinstance(embeddings.model_name, str)
+    assert len(embeddings.embed_query("a path works")) == 384

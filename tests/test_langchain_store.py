@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
 
 from quant_retriever.langchain import QuantizedRetriever, QuantizedVectorStore
@@ -74,8 +75,16 @@ def fruit_store():
         ({"tags": {"$contains": "sour"}}, {"lemon"}),
         ({"tags": {"$is_empty": True}}, {"leek", "kale"}),
         ({"tags": {"$is_empty": False}}, {"apple", "lemon"}),
-        ({"name": {"$like": "Kale"}}, {"kale"}),
-        ({"name": {"$ilike": "kale"}}, {"kale"}),
+        ({"name": {"$like": "%Kale"}}, {"kale"}),
+        ({"name": {"$like": "Kale"}}, set()),  # SQL LIKE: the whole value must match
+        ({"name": {"$like": "Curly _ale"}}, {"kale"}),
+        ({"name": {"$ilike": "curly%"}}, {"kale"}),
+        ({"name": {"$substring": "Kale"}}, {"kale"}),
+        ({"name": {"$isubstring": "kALE"}}, {"kale"}),
+        ({"name": {"$exists": True}}, {"kale"}),
+        ({"name": {"$exists": False}}, {"apple", "lemon", "leek"}),
+        ({"name": None}, {"apple", "lemon", "leek"}),  # a missing key is None
+        ({"$dollar key": {"$ne": 1}}, {"apple", "lemon", "leek", "kale"}),  # "$..." keys are metadata keys
         ({"$or": [{"kind": "vegetable", "price": {"$gt": 2.5}}, {"tags": {"$contains": "red"}}]}, {"kale", "apple"}),
         ({"$not": {"kind": "fruit"}}, {"leek", "kale"}),
         ({"$and": [{"kind": "fruit"}, {"price": {"$lt": 0.9}}]}, {"lemon"}),
@@ -103,20 +112,51 @@ def test_unknown_operators_raise(fruit_store):
         store.similarity_search("apple", filter={"$xor": []})
 
 
-def test_scores_relevance_and_threshold_retriever(fruit_store):
+def test_scores_are_cosines_as_in_memory_vector_store():
+    """Unnormalised embeddings (DeterministicFakeEmbedding's have norms near sqrt(dim)):
+    the scores are InMemoryVectorStore's cosine similarities, and relevance scores spread
+    over (0, 1) instead of clamping to 0 or 1, so a score threshold works."""
+    emb = DeterministicFakeEmbedding(size=32)
+    texts = [f"document {i}" for i in range(50)]
+    ours = QuantizedVectorStore(emb, codec="int8")
+    ours.add_texts(texts, ids=texts)
+    reference = InMemoryVectorStore(emb)
+    reference.add_texts(texts, ids=texts)
+    for query in ("document 7", "something else"):
+        expected = {d.id: s for d, s in reference.similarity_search_with_score(query, k=50)}
+        got = ours.similarity_search_with_score(query, k=50)
+        assert {d.id for d, _ in got} == set(expected)
+        assert all(s == pytest.approx(expected[d.id], abs=0.01) for d, s in got)
+    relevance = [s for _, s in ours.similarity_search_with_relevance_scores("something else", k=50)]
+    assert all(0.0 < s < 1.0 for s in relevance) and max(relevance) - min(relevance) > 0.3
+    [(doc, score)] = ours.similarity_search_with_score("document 7", k=1)
+    assert doc.id == "document 7" and score == pytest.approx(1.0, abs=0.01) and score <= 1.0  # clamped cosine
+    retriever = ours.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 5})
+    assert [d.id for d in retriever.invoke("document 7")] == ["document 7"]
+    top_k = QuantizedRetriever(vectorstore=ours, k=5, search_type="similarity_score_threshold", score_threshold=0.99)
+    assert [d.id for d in top_k.invoke("document 7")] == ["document 7"]
+
+
+def test_self_matches_never_score_above_one(fruit_store):
     store, emb = fruit_store
-    [(doc, score)] = store.similarity_search_with_score("lemon", k=1)
-    q = np.array(emb.embed_query("lemon"))
-    assert doc.id == "lemon" and score == pytest.approx(float(q @ q), rel=0.02)
-    unit = QuantizedVectorStore(_Normalised(emb), codec="int4")
-    unit.add_documents([Document(id=d.id, page_content=d.page_content) for d in store.get_by_ids(["apple", "lemon", "leek"])])
-    rel = unit.similarity_search_with_relevance_scores("lemon", k=3)
-    assert rel[0][0].id == "lemon" and rel[0][1] == pytest.approx(1.0, abs=0.01)
-    assert all(0.0 <= s <= 1.0 for _, s in rel)
-    retriever = unit.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 3})
-    assert [d.id for d in retriever.invoke("lemon")] == ["lemon"]
-    top_k = QuantizedRetriever(vectorstore=unit, k=3, search_type="similarity_score_threshold", score_threshold=0.99)
-    assert [d.id for d in top_k.invoke("lemon")] == ["lemon"]
+    for text in ("apple", "lemon", "leek", "kale"):
+        [(doc, score)] = store.similarity_search_with_score(text, k=1)
+        assert doc.id == text and 0.99 <= score <= 1.0
+        [(_, rel)] = store.similarity_search_with_relevance_scores(text, k=1)
+        assert 0.995 <= rel <= 1.0
+
+
+def test_k_zero_returns_nothing_as_in_memory_vector_store(fruit_store):
+    store, emb = fruit_store
+    reference = InMemoryVectorStore(emb)
+    reference.add_texts(["apple"])
+    assert reference.similarity_search("apple", k=0) == []
+    q = emb.embed_query("apple")
+    assert store.similarity_search("apple", k=0) == []
+    assert store.similarity_search_with_score("apple", k=0) == []
+    assert store.similarity_search_by_vector(q, k=0) == []
+    assert store.max_marginal_relevance_search("apple", k=0) == []
+    assert QuantizedRetriever(vectorstore=store, k=0).invoke("apple") == []
 
 
 class _Normalised(DeterministicFakeEmbedding):
@@ -197,6 +237,30 @@ def test_bad_arguments():
     store = QuantizedVectorStore(emb)
     with pytest.raises(ValueError, match="Got 1 ids and 2 texts"):
         store.add_texts(["a", "b"], ids=["1"])
+    store.add_texts(["a"], ids=["a"])
     with pytest.raises(TypeError, match="filter must be a dict"):
-        store.add_texts(["a"])
         store.similarity_search("a", filter=["kind"])
+    with pytest.raises(TypeError, match="single str"):
+        store.add_texts("abc")
+    assert store.get_by_ids(["a"]) != []
+
+
+def test_a_bare_string_id_is_refused_never_split(fruit_store):
+    """delete("abc") once deleted "a", "b" and "c"; InMemoryVectorStore still does."""
+    store, _ = fruit_store
+    store.add_texts(["x", "y", "z"], ids=["a", "b", "c"])
+    with pytest.raises(TypeError, match="got the single str 'abc'"):
+        store.delete("abc")
+    with pytest.raises(TypeError, match="single str"):
+        store.get_by_ids("abc")
+    assert len(store.store) == 7
+    store.delete(["abc", "a"])
+    assert sorted(d.id for d in store.get_by_ids(["a", "b", "c"])) == ["b", "c"]
+
+
+def test_reopening_by_constructor_points_to_load(tmp_path):
+    emb = DeterministicFakeEmbedding(size=4)
+    QuantizedVectorStore(emb, path=tmp_path / "s").close()
+    with pytest.raises(ValueError, match=r"QuantizedVectorStore\.load\(path, embedding\)"):
+        QuantizedVectorStore(emb, path=tmp_path / "s")
+    QuantizedVectorStore.load(tmp_path / "s", emb).close()

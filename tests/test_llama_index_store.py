@@ -215,3 +215,87 @@ def test_vector_store_index_retriever_and_query_engine(tmp_path, persistent):
     assert reopened.as_retriever(similarity_top_k=1).retrieve("memory-mapped INT8 copy")[0].node.ref_doc_id == "doc2"
     index.delete_ref_doc("doc2")
     assert "doc2" not in {h.node.ref_doc_id for h in index.as_retriever(similarity_top_k=4).retrieve("INT8 copy")}
+
+
+def test_similarities_are_cosines_as_in_simple_vector_store():
+    """Unnormalised embeddings: the same nodes in SimpleVectorStore and here give the same
+    ranking and similarities (cosine), clamped to [-1, 1]."""
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    rng = np.random.default_rng(3)
+    nodes = [
+        TextNode(id_=f"n{i}", text=f"t{i}", embedding=(rng.standard_normal(24) * rng.uniform(0.1, 30)).tolist())
+        for i in range(40)
+    ]
+    ours, reference = QuantizedVectorStore(codec="int8"), SimpleVectorStore()
+    ours.add(nodes)
+    reference.add(nodes)
+    for q in (rng.standard_normal(24) * 9, np.asarray(nodes[5].embedding)):
+        query = VectorStoreQuery(query_embedding=q.tolist(), similarity_top_k=40)
+        expected = dict(zip(reference.query(query).ids, reference.query(query).similarities))
+        got = ours.query(query)
+        assert set(got.ids) == set(expected)
+        assert all(s == pytest.approx(expected[i], abs=0.01) and -1 <= s <= 1 for i, s in zip(got.ids, got.similarities))
+    assert ours.query(VectorStoreQuery(query_embedding=nodes[5].embedding, similarity_top_k=1)).similarities[0] <= 1.0
+    assert ours.query(VectorStoreQuery(query_embedding=nodes[5].embedding, similarity_top_k=0)).ids == []
+
+
+def test_bad_ids_are_refused_and_change_nothing(store):
+    with pytest.raises(TypeError, match="single str"):
+        store.delete_nodes(node_ids="n1")
+    with pytest.raises(TypeError, match="single str"):
+        store.get_nodes(node_ids="n1")
+    with pytest.raises(TypeError, match="ref_doc_id must be a str"):
+        store.delete(["docA"])
+    assert len(store.client) == 4
+
+
+def in_memory_index(embed, texts):
+    Settings.llm = MockLLM()
+    store = QuantizedVectorStore(codec="int4")
+    docs = [Document(text=t, id_=f"doc{i}") for i, t in enumerate(texts)]
+    index = VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed)
+    return index, store
+
+
+def test_storage_context_persist_idiom_round_trips_and_overwrites(tmp_path):
+    from llama_index.core import load_index_from_storage
+
+    embed = HashEmbedding()
+    index, store = in_memory_index(embed, CORPUS[:3])
+    index.storage_context.persist(persist_dir=str(tmp_path))
+    assert (tmp_path / "default__vector_store.json" / "store.sqlite").is_file()
+
+    def reload():
+        vs = QuantizedVectorStore.from_persist_dir(tmp_path)
+        ctx = StorageContext.from_defaults(persist_dir=str(tmp_path), vector_store=vs)
+        return load_index_from_storage(ctx, embed_model=embed), vs
+
+    loaded, vs = reload()
+    assert loaded.as_retriever(similarity_top_k=1).retrieve("Hamming distance sign bits")[0].node.ref_doc_id == "doc1"
+    vs.close()
+    # insert, persist to the same directory again: the copy is replaced, nothing left beside it
+    index.insert(Document(text=CORPUS[3], id_="doc3"))
+    index.storage_context.persist(persist_dir=str(tmp_path))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    loaded, vs = reload()
+    assert {n.ref_doc_id for n in vs.get_nodes()} == {"doc0", "doc1", "doc2", "doc3"}
+    assert loaded.as_retriever(similarity_top_k=1).retrieve("SQLite stores texts and metadata")[0].node.ref_doc_id == "doc3"
+    # a path-backed store is its own persistence: persist() leaves it where it is
+    vs.persist(str(tmp_path / "elsewhere" / "default__vector_store.json"))
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_persist_honours_only_local_filesystems(tmp_path):
+    import fsspec
+
+    _, store = in_memory_index(HashEmbedding(), CORPUS[:2])
+    store.persist(str(tmp_path / "local" / "default__vector_store.json"), fs=fsspec.filesystem("file"))
+    assert QuantizedVectorStore.from_persist_dir(tmp_path / "local", fs=fsspec.filesystem("file")).get_nodes()
+    memory = fsspec.filesystem("memory")
+    with pytest.raises(ValueError, match="local filesystem only; got fs=MemoryFileSystem"):
+        store.persist("/d/default__vector_store.json", fs=memory)
+    with pytest.raises(ValueError, match="local filesystem only"):
+        QuantizedVectorStore.from_persist_dir("/d", fs=memory)
+    with pytest.raises(ValueError, match="no store.sqlite in it or in default__vector_store.json/"):
+        QuantizedVectorStore.from_persist_dir(tmp_path)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import numpy as np
+from typing_extensions import override
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -16,50 +18,62 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict
 
 from quant_retriever.codecs import CodecName
-from quant_retriever.store import And, Cond, Not, Or, QuantizedStore, Record
+from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
+from quant_retriever.store import QuantizedStore, Record
 
 __all__ = ["QuantizedVectorStore", "QuantizedRetriever"]
 
 _OPS = {
     "$eq": "eq", "$ne": "ne", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte",
     "$in": "in", "$nin": "nin", "$contains": "contains", "$any": "any", "$all": "all",
-    "$like": "text_match", "$ilike": "text_match_insensitive",
+    "$like": "like", "$ilike": "ilike", "$substring": "substring", "$isubstring": "isubstring",
 }
+_FLAGS = {"$is_empty": "is_empty", "$exists": "exists"}  # {"$is_empty": True/False}
 LangChainFilter = dict | Callable[[Document], bool]
 
 
-def filter_from_dict(spec: dict) -> And:
-    """LangChain-style dict filter -> filter tree.
+def filter_from_dict(spec: dict, _depth: int = 1) -> Filter:
+    """LangChain-style dict filter -> filter tree (the README's filter table).
 
     ``{"k": v}`` is equality; ``{"k": {"$gt": 1, "$lt": 5}}`` applies each operator
-    (``$eq $ne $lt $lte $gt $gte $in $nin $contains $any $all $like $ilike $is_empty``);
+    (``$eq $ne $lt $lte $gt $gte $in $nin $contains $any $all $like $ilike $substring
+    $isubstring``, and ``$is_empty``/``$exists`` with ``True`` or ``False``);
     ``{"$and": [...]}``, ``{"$or": [...]}``, ``{"$not": {...}}`` combine; several keys are ANDed.
+    Any other key is a metadata key, even one starting with ``$`` (then only with a scalar or
+    an operator dict: ``{"$x": [...]}`` reads as a misspelt logical operator and raises).
     """
+    check_depth(_depth)
     if not isinstance(spec, dict):
         raise TypeError(f"filter must be a dict or a callable; got {type(spec).__name__}.")
     items = []
     for key, value in spec.items():
+        if not isinstance(key, str):
+            raise TypeError(f"filter keys must be strings; got {type(key).__name__} {key!r}.")
         if key in ("$and", "$or"):
             if not isinstance(value, list):
                 raise TypeError(f"{key} needs a list of filters; got {type(value).__name__}.")
-            parts = tuple(filter_from_dict(v) for v in value)
+            parts = tuple(filter_from_dict(v, _depth + 1) for v in value)
             items.append(And(parts) if key == "$and" else Or(parts))
         elif key == "$not":
-            items.append(Not(filter_from_dict(value)))
-        elif key.startswith("$"):
-            raise ValueError(f"Invalid operator: {key!r} at the top level of a filter.")
+            items.append(Not(filter_from_dict(value, _depth + 1)))
+        elif key.startswith("$") and isinstance(value, list):  # a key like "$x" is a metadata key, but not with a list
+            raise ValueError(f"Invalid operator: {key!r} at the top level of a filter; expected $and, $or or $not.")
         elif isinstance(value, dict):
+            if not value:
+                raise ValueError(f"the filter on {key!r} has no operator; expected {{operator: value}}.")
             for op, operand in value.items():
-                if op == "$is_empty":
-                    cond = Cond(key, "is_empty")
+                if op in _FLAGS:
+                    if not isinstance(operand, bool):
+                        raise TypeError(f"{op} takes True or False; got {operand!r}.")
+                    cond = Cond(key, _FLAGS[op])
                     items.append(cond if operand else Not(cond))
                 elif op in _OPS:
                     items.append(Cond(key, _OPS[op], operand))
                 else:
-                    raise ValueError(f"Invalid operator: {op!r}; expected one of {', '.join([*_OPS, '$is_empty'])}.")
+                    raise ValueError(f"Invalid operator: {op!r}; expected one of {', '.join([*_OPS, *_FLAGS])}.")
         else:
             items.append(Cond(key, "eq", value))
-    return And(tuple(items))
+    return items[0] if len(items) == 1 else And(tuple(items))
 
 
 def _to_document(record: Record) -> Document:
@@ -69,10 +83,11 @@ def _to_document(record: Record) -> Document:
 class QuantizedVectorStore(VectorStore):
     """A LangChain ``VectorStore`` on INT4/binary/INT8/FP16 codes with INT8 rescoring.
 
-    Scores are inner products of the embeddings (cosine for normalised embeddings);
-    relevance scores map them to ``[0, 1]`` as ``(1 + score) / 2``. Filters: a dict in the
-    common LangChain ``$``-operator style (see :func:`filter_from_dict`) or a callable on
-    ``Document`` (evaluated over all stored documents before top-k).
+    Scores are cosine similarities in ``[-1, 1]``, as ``InMemoryVectorStore``'s (a new store
+    normalises every vector on add, so embeddings need not be unit length); relevance scores
+    map them to ``[0, 1]`` as ``(1 + score) / 2``. Filters: a dict in the common LangChain
+    ``$``-operator style (see :func:`filter_from_dict`) or a callable on ``Document``
+    (evaluated over all stored documents before top-k).
     """
 
     def __init__(
@@ -91,9 +106,13 @@ class QuantizedVectorStore(VectorStore):
             raise TypeError(f"embedding must be a LangChain Embeddings; got {type(embedding).__name__}.")
         if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
             raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
+        if store is None and path is not None and (Path(path) / "store.sqlite").is_file():
+            raise ValueError(f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding).")
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier
-        self.store = store or QuantizedStore(None, codec, path, rescore=rescore, device=device, block_size=block_size)
+        self.store = store or QuantizedStore(
+            None, codec, path, rescore=rescore, device=device, block_size=block_size, metric="cosine"
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, embedding: Embeddings, rescore_multiplier: int = 4, device: str | None = None):
@@ -101,6 +120,7 @@ class QuantizedVectorStore(VectorStore):
         return cls(embedding, rescore_multiplier=rescore_multiplier, store=QuantizedStore.open(path, device=device))
 
     @property
+    @override
     def embeddings(self) -> Embeddings:
         return self.embedding
 
@@ -109,6 +129,7 @@ class QuantizedVectorStore(VectorStore):
         self.store.close()
 
     # ------------------------------------------------------------------ writes
+    @override
     def add_texts(
         self,
         texts: Iterable[str],
@@ -118,6 +139,8 @@ class QuantizedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         """Embed and add texts; an id that already exists is replaced (upsert)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be an iterable of strings; got a single str (wrap it in a list).")
         texts = list(texts)
         if ids is not None and len(ids) != len(texts):
             raise ValueError(f"ids must be the same length as texts. Got {len(ids)} ids and {len(texts)} texts.")
@@ -129,16 +152,19 @@ class QuantizedVectorStore(VectorStore):
         vectors = np.asarray(self.embedding.embed_documents(texts), dtype=np.float32)
         return self.store.upsert(ids, vectors, texts, [dict(m) if m else {} for m in (metadatas or [{}] * len(texts))])
 
+    @override
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
-        """Delete by ids (unknown ids are ignored); ``ids=None`` deletes everything."""
+        """Delete by a list of ids (unknown ids are ignored; a bare string is refused with
+        ``TypeError``, never split into characters); ``ids=None`` deletes everything."""
         if ids is None:
             self.store.clear()
         else:
-            self.store.delete(list(ids))
+            self.store.delete(ids)
         return True
 
+    @override
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        return [_to_document(r) for r in self.store.get(list(ids))]
+        return [_to_document(r) for r in self.store.get(ids)]
 
     # ------------------------------------------------------------------ search
     def _search(self, vector: Sequence[float], k: int, filter: LangChainFilter | None) -> list[tuple[Record, float]]:
@@ -147,30 +173,36 @@ class QuantizedVectorStore(VectorStore):
             allowed = [r.id for r in self.store.records() if filter(_to_document(r))]
         elif filter is not None:
             where = filter_from_dict(filter)
-        hits = self.store.search(np.asarray(vector, dtype=np.float32), k, self.rescore_multiplier, where=where, ids=allowed)
-        return hits[0]
+        return self.store.search(np.asarray(vector, dtype=np.float32), k, self.rescore_multiplier, where=where, ids=allowed)[0]
 
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         return [(_to_document(r), s) for r, s in self._search(embedding, k, filter)]
 
+    @override
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
     ) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter)]
 
+    @override
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         return self.similarity_search_with_score_by_vector(self.embedding.embed_query(query), k, filter)
 
+    @override
     def similarity_search(self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
 
+    @override
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        # scores are cosines in [-1, 1] (a store made with metric="ip" gives inner products:
+        # meaningful here only for unit vectors, hence the clamp)
         return lambda score: min(1.0, max(0.0, (1.0 + score) / 2.0))
 
+    @override
     def max_marginal_relevance_search_by_vector(
         self,
         embedding: list[float],
@@ -188,6 +220,7 @@ class QuantizedVectorStore(VectorStore):
         chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult=lambda_mult, k=k)
         return [_to_document(hits[i][0]) for i in chosen]
 
+    @override
     def max_marginal_relevance_search(
         self,
         query: str,
@@ -202,6 +235,7 @@ class QuantizedVectorStore(VectorStore):
         )
 
     @classmethod
+    @override
     def from_texts(
         cls,
         texts: list[str],
@@ -235,6 +269,7 @@ class QuantizedRetriever(BaseRetriever):
     lambda_mult: float = 0.5
     filter: Any = None
 
+    @override
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
     ) -> list[Document]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
+from typing_extensions import override
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
 from llama_index.core.schema import BaseNode, MetadataMode
@@ -21,30 +22,37 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from quant_retriever.store import And, Cond, Filter, Not, Or, QuantizedStore, Record
+from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
+from quant_retriever.store import QuantizedStore, Record, recover_replacement
 
 __all__ = ["QuantizedVectorStore"]
 
 _OPS = {
     "==": "eq", "!=": "ne", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "in": "in", "nin": "nin",
-    "any": "any", "all": "all", "contains": "contains", "text_match": "text_match",
-    "text_match_insensitive": "text_match_insensitive", "is_empty": "is_empty",
+    "any": "any", "all": "all", "contains": "contains", "text_match": "substring",
+    "text_match_insensitive": "isubstring", "is_empty": "is_empty",
 }
+_PERSIST_NAME = "{namespace}__vector_store.json"  # what StorageContext.persist passes as persist_path
 
 
-def filters_to_tree(filters: MetadataFilters) -> Filter:
-    """``MetadataFilters`` (nested, any ``FilterOperator`` and ``FilterCondition``) -> filter tree."""
+def filters_to_tree(filters: MetadataFilters, _depth: int = 1) -> Filter:
+    """``MetadataFilters`` (nested, any ``FilterOperator`` and ``FilterCondition``) -> filter
+    tree (the README's filter table). A ``MetadataFilters`` without filters places no
+    restriction, whatever its condition, as in ``SimpleVectorStore``."""
+    check_depth(_depth)
     items = []
     for f in filters.filters:
         if isinstance(f, MetadataFilters):
-            items.append(filters_to_tree(f))
+            items.append(filters_to_tree(f, _depth + 1))
         elif isinstance(f, MetadataFilter):
             op = f.operator.value if hasattr(f.operator, "value") else str(f.operator)
             if op not in _OPS:
                 raise ValueError(f"Invalid operator: {f.operator}")
-            items.append(Cond(f.key, _OPS[op], f.value))
+            items.append(Cond(f.key, _OPS[op], None if op == "is_empty" else f.value))
         else:
             raise TypeError(f"filters must hold MetadataFilter or MetadataFilters; got {type(f).__name__}.")
+    if not items:
+        return And(())
     condition = filters.condition or FilterCondition.AND
     if condition == FilterCondition.AND:
         return And(tuple(items))
@@ -60,7 +68,11 @@ class QuantizedVectorStore(BasePydanticVectorStore):
 
     ``dim`` is taken from the first ``add`` when not given. With a ``path``, every write is
     durable and constructing the store again with the same ``path`` (or
-    :meth:`from_persist_dir`) reopens it. Query modes: ``DEFAULT`` and ``MMR``.
+    :meth:`from_persist_dir`) reopens it. An in-memory store follows LlamaIndex's persistence
+    idiom: ``storage_context.persist(persist_dir=d)`` writes it to ``d`` (atomically replacing
+    an earlier copy) and :meth:`from_persist_dir` reopens it. Similarities are cosines in
+    ``[-1, 1]`` (vectors are normalised on add), as ``SimpleVectorStore``'s. Query modes:
+    ``DEFAULT`` and ``MMR``.
     """
 
     stores_text: bool = True
@@ -92,21 +104,39 @@ class QuantizedVectorStore(BasePydanticVectorStore):
             if dim is not None and self._store.dim not in (None, dim):
                 raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")
         else:
-            self._store = QuantizedStore(dim, codec, path, rescore=rescore, device=device, block_size=block_size)
+            self._store = QuantizedStore(
+                dim, codec, path, rescore=rescore, device=device, block_size=block_size, metric="cosine"
+            )
         self.dim = self._store.dim
 
     @classmethod
-    def from_persist_dir(cls, persist_dir: str | os.PathLike, **kwargs: Any) -> "QuantizedVectorStore":
-        """Reopen a store persisted in ``persist_dir``."""
-        if not (Path(persist_dir) / "store.sqlite").is_file():
-            raise ValueError(f"{persist_dir} is not a quant_retriever store (no store.sqlite).")
-        return cls(path=persist_dir, **kwargs)
+    def from_persist_dir(
+        cls, persist_dir: str | os.PathLike, namespace: str = "default", fs: Any = None, **kwargs: Any
+    ) -> "QuantizedVectorStore":
+        """Reopen a store: ``persist_dir`` is a store directory (a ``path=`` store), or the
+        directory ``StorageContext.persist(persist_dir=...)`` wrote, whose vector store of
+        ``namespace`` is in ``<namespace>__vector_store.json/``. ``kwargs`` go to the
+        constructor (``device``, ``rescore_multiplier``). Local filesystems only."""
+        _local_only(fs)
+        directory = Path(persist_dir)
+        if (directory / "store.sqlite").is_file():
+            return cls(path=directory, **kwargs)
+        persisted = directory / _PERSIST_NAME.format(namespace=namespace)
+        recover_replacement(persisted)
+        if not (persisted / "store.sqlite").is_file():
+            raise ValueError(
+                f"{directory} is not a quant_retriever store: no store.sqlite in it or in {persisted.name}/ "
+                f"(write one with storage_context.persist(persist_dir=...) or QuantizedVectorStore(path=...))."
+            )
+        return cls(path=persisted, **kwargs)
 
     @classmethod
+    @override
     def class_name(cls) -> str:
         return "QuantizedVectorStore"
 
     @property
+    @override
     def client(self) -> QuantizedStore:
         return self._store
 
@@ -115,6 +145,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         self._store.close()
 
     # ------------------------------------------------------------------ writes
+    @override
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
         """Add nodes with embeddings; a node id that already exists is replaced."""
         if not nodes:
@@ -131,25 +162,35 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         self.dim = self._store.dim
         return ids
 
+    @override
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the document ``ref_doc_id``."""
+        if not isinstance(ref_doc_id, str):
+            raise TypeError(f"ref_doc_id must be a str; got {type(ref_doc_id).__name__}.")
         self._store.delete_where(Cond("ref_doc_id", "eq", ref_doc_id))
 
+    @override
     def delete_nodes(
         self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None, **delete_kwargs: Any
     ) -> None:
         """Delete nodes by id and/or filter (both given: nodes matching both; neither: all)."""
         self._store.delete([r.id for r in self._records(node_ids, filters)])
 
+    @override
     def clear(self) -> None:
         self._store.clear()
 
+    @override
     def persist(self, persist_path: str, fs: Any = None) -> None:
-        """A store made with ``path`` is always persisted; an in-memory store writes a copy
-        to the directory ``persist_path``."""
+        """An in-memory store writes a copy to the directory ``persist_path`` (what
+        ``StorageContext.persist`` passes: ``<persist_dir>/default__vector_store.json``),
+        atomically replacing a copy persisted there before. A store made with ``path`` is
+        already durable there, and this does nothing. Local filesystems only: another
+        ``fs`` raises ``ValueError``."""
+        _local_only(fs)
         if self.path is not None:
             return
-        self._store.save(persist_path)
+        self._store.save_replacing(persist_path)
 
     # ------------------------------------------------------------------ reads
     def _records(self, node_ids: Optional[List[str]], filters: Optional[MetadataFilters]) -> list[Record]:
@@ -159,6 +200,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
             return [r for r in self._store.records(where) if r.id in wanted]
         return list(self._store.records(where))
 
+    @override
     def get_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
         return [self._to_node(r) for r in self._records(node_ids, filters)]
 
@@ -166,6 +208,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     def _to_node(record: Record) -> BaseNode:
         return metadata_dict_to_node(record.metadata, text=record.text)
 
+    @override
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes; ``filters``, ``doc_ids`` and ``node_ids`` restrict the
         search before top-k (an empty list means no restriction)."""
@@ -198,4 +241,17 @@ class QuantizedVectorStore(BasePydanticVectorStore):
             nodes=[self._to_node(r) for r, _ in hits],
             similarities=[s for _, s in hits],
             ids=[r.id for r, _ in hits],
+        )
+
+
+def _local_only(fs: Any) -> None:
+    """The store lives in local files (SQLite, memory maps): refuse any other fsspec filesystem."""
+    if fs is None:
+        return
+    from fsspec.implementations.local import LocalFileSystem
+
+    if type(fs) is not LocalFileSystem:
+        raise ValueError(
+            f"QuantizedVectorStore persists to the local filesystem only; got fs={type(fs).__name__} "
+            f"(protocol {getattr(fs, 'protocol', '?')!r}). Persist locally and copy the directory."
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Any, Optional
 
 try:
     from langchain_core.embeddings import Embeddings
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "quant_retriever.langchain needs langchain-core; install it with: "
@@ -41,6 +42,12 @@ class QuantizedEmbeddings(BaseModel, Embeddings):
     query_prompt: Optional[str] = None
     document_prompt: Optional[str] = None
     encoder: Optional[Encoder] = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("model_name", mode="before")
+    @classmethod
+    def _path_as_str(cls, value: Any) -> Any:
+        """A local model directory may be given as a ``pathlib.Path`` (any ``os.PathLike``)."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @model_validator(mode="after")
     def _load_encoder(self) -> QuantizedEmbeddings:

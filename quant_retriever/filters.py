@@ -1,6 +1,9 @@
 """Metadata filters: a small tree (:class:`Cond`, :class:`And`, :class:`Or`, :class:`Not`) that
-the adapters build from LangChain dicts or LlamaIndex ``MetadataFilters``, and
-:func:`compile_filter`, which turns a tree into a predicate on one document's metadata dict.
+the adapters build from LangChain dicts or LlamaIndex ``MetadataFilters``, and its evaluation
+into the set of matching document keys (:func:`matching_keys`), in SQLite over an indexed
+table of every document's top-level metadata fields (:data:`FIELDS_SCHEMA`,
+:func:`field_rows`): a filter costs indexed lookups and set operations on key arrays, never a
+pass of Python over every document. Keys and values are always bound as SQL parameters.
 
 The semantics, in one place (the README's filter table says the same):
 
@@ -32,7 +35,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union, get_args
 
-__all__ = ["Cond", "And", "Or", "Not", "Filter", "Operator", "MAX_DEPTH", "compile_filter", "check_depth"]
+import numpy as np
+
+__all__ = [
+    "Cond", "And", "Or", "Not", "Filter", "Operator", "MAX_DEPTH", "FIELDS_SCHEMA", "check_depth", "check_filter",
+    "field_rows",
+    "matching_keys", "matches",
+]
 
 Operator = Literal[
     "eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "contains", "any", "all",
@@ -175,69 +184,156 @@ def _like_regex(pattern: str, fold: bool) -> re.Pattern:
     return re.compile("".join(out), re.DOTALL)
 
 
-Predicate = Callable[[dict], bool]
+#: One row per top-level metadata field of a document, plus one per scalar element of a list
+#: field (``elem = 1``). ``kind``: 0 null, 1 bool, 2 number, 3 str, 4 list, 5 object; ``val``:
+#: the value (bools 0/1, a list's length; NULL for null and objects). ``val`` has no type
+#: affinity, so integers and floats compare as numbers and text as UTF-8 code points.
+FIELDS_SCHEMA = """
+CREATE TABLE fields (key INTEGER NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL, elem INTEGER NOT NULL, val);
+CREATE INDEX fields_by_value ON fields (name, elem, kind, val);
+CREATE INDEX fields_by_key ON fields (key);
+"""
+_KIND_CODE = {"null": 0, "bool": 1, "number": 2, "str": 3, "list": 4, "object": 5}
+_SCALARS = ("null", "bool", "number", "str")
+_SQL_ORDER = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON equality of a metadata value and a filter scalar: same kind and equal."""
-    return _kind(a) == _kind(b) and a == b
+def _code_and_val(v: Any) -> tuple[int, Any]:
+    kind = _kind(v)
+    if kind == "bool":
+        return 1, int(v)
+    if kind == "list":
+        return 4, len(v)
+    if kind == "number" and isinstance(v, int) and not -(2**63) <= v < 2**63:
+        return 2, float(v)  # SQLite integers are 64-bit; metadata never holds larger ones
+    return _KIND_CODE[kind], v if kind in ("number", "str") else None
 
 
-def _is_empty(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v == "") or (isinstance(v, list) and not v)
+def field_rows(key: int, metadata: dict) -> list[tuple]:
+    """The ``fields`` rows ``(key, name, kind, elem, val)`` of one document's metadata."""
+    rows = []
+    for name, v in metadata.items():
+        code, val = _code_and_val(v)
+        rows.append((key, name, code, 0, val))
+        if isinstance(v, list):
+            rows += [(key, name, _code_and_val(e)[0], 1, _code_and_val(e)[1]) for e in v if _kind(e) in _SCALARS]
+    return rows
 
 
-def _compile_cond(c: Cond) -> Predicate:
-    key, op, value = c.key, c.op, c.value
-    if op == "eq":
-        return lambda m: _same(m.get(key), value)
-    if op == "ne":
-        return lambda m: not _same(m.get(key), value)
-    if op in ("in", "nin"):
-        hit = lambda m: any(_same(m.get(key), x) for x in value)  # noqa: E731
-        return hit if op == "in" else (lambda m: not hit(m))
-    if op in _ORDER_OPS:
-        kind = _kind(value)
-        test = {"lt": lambda v: v < value, "lte": lambda v: v <= value,
-                "gt": lambda v: v > value, "gte": lambda v: v >= value}[op]
-        return lambda m: _kind(v := m.get(key)) == kind and test(v)
-    if op in ("contains", "any", "all"):
-        wanted = (value,) if op == "contains" else value
-        combine = all if op == "all" else any
-        return lambda m: isinstance(v := m.get(key), list) and combine(any(_same(e, x) for e in v) for x in wanted)
-    if op in ("like", "ilike"):
-        fold = op == "ilike"
-        rx = _like_regex(value, fold)
-        return lambda m: isinstance(v := m.get(key), str) and rx.fullmatch(v.casefold() if fold else v) is not None
-    if op == "substring":
-        return lambda m: isinstance(v := m.get(key), str) and value in v
-    if op == "isubstring":
-        folded = value.casefold()
-        return lambda m: isinstance(v := m.get(key), str) and folded in v.casefold()
-    if op == "is_empty":
-        return lambda m: _is_empty(m.get(key))
-    if op == "exists":
-        return lambda m: key in m
-    raise ValueError(f"Invalid operator: {op!r}")  # unreachable: Cond checks its operator
+Execute = Callable[[str, tuple], list]
 
 
-def compile_filter(f: Filter) -> Predicate:
-    """A filter tree -> a predicate on one document's metadata dict (never raises on
-    metadata; raises ``TypeError``/``ValueError`` here for a malformed tree)."""
+class _Keys:
+    """Evaluates a tree to sorted unique int64 key arrays with ``execute(sql, params)``."""
 
-    def walk(node, depth: int) -> Predicate:
+    def __init__(self, execute: Execute, universe: np.ndarray):
+        self.execute, self.universe = execute, universe
+
+    def rows(self, where: str, params: tuple) -> np.ndarray:
+        found = self.execute(f"SELECT DISTINCT key FROM fields WHERE {where}", params)
+        return np.unique(np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found)))
+
+    def eq(self, name: str, value: Any, elem: int = 0) -> np.ndarray:
+        if value is None and not elem:  # metadata.get(name) is None: missing or null
+            return np.setdiff1d(self.universe, self.rows("name = ? AND elem = 0 AND kind != 0", (name,)), True)
+        code, val = _code_and_val(value)
+        if val is None:
+            return self.rows("name = ? AND elem = ? AND kind = ?", (name, elem, code))
+        return self.rows("name = ? AND elem = ? AND kind = ? AND val = ?", (name, elem, code, val))
+
+    def union(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    def intersect(self, parts: list[np.ndarray]) -> np.ndarray:
+        out = self.universe
+        for p in parts:
+            out = np.intersect1d(out, p, assume_unique=True)
+        return out
+
+    def text(self, name: str, test: Callable[[str], bool]) -> np.ndarray:
+        found = self.execute("SELECT key, val FROM fields WHERE name = ? AND elem = 0 AND kind = 3", (name,))
+        return np.unique(np.array([k for k, v in found if test(v)], dtype=np.int64))
+
+    def cond(self, c: Cond) -> np.ndarray:
+        key, op, value = c.key, c.op, c.value
+        if op in ("eq", "ne"):
+            hit = self.eq(key, value)
+            return hit if op == "eq" else np.setdiff1d(self.universe, hit, True)
+        if op in ("in", "nin"):
+            hit = self.union([self.eq(key, x) for x in value])
+            return hit if op == "in" else np.setdiff1d(self.universe, hit, True)
+        if op in _ORDER_OPS:
+            code, val = _code_and_val(value)
+            return self.rows(f"name = ? AND elem = 0 AND kind = ? AND val {_SQL_ORDER[op]} ?", (key, code, val))
+        if op == "contains":
+            return self.eq(key, value, elem=1)
+        if op in ("any", "all"):
+            if op == "all" and not value:  # every list
+                return self.rows("name = ? AND elem = 0 AND kind = 4", (key,))
+            parts = [self.eq(key, x, elem=1) for x in value]
+            return self.union(parts) if op == "any" else self.intersect(parts)
+        if op in ("like", "ilike"):
+            rx, fold = _like_regex(value, op == "ilike"), op == "ilike"
+            return self.text(key, lambda v: rx.fullmatch(v.casefold() if fold else v) is not None)
+        if op == "substring":
+            return self.text(key, lambda v: value in v)
+        if op == "isubstring":
+            folded = value.casefold()
+            return self.text(key, lambda v: folded in v.casefold())
+        if op == "is_empty":
+            return self.union([
+                self.eq(key, None),
+                self.rows("name = ? AND elem = 0 AND kind = 3 AND val = ''", (key,)),
+                self.rows("name = ? AND elem = 0 AND kind = 4 AND val = 0", (key,)),
+            ])
+        if op == "exists":
+            return self.rows("name = ? AND elem = 0", (key,))
+        raise ValueError(f"Invalid operator: {op!r}")  # unreachable: Cond checks its operator
+
+    def walk(self, node, depth: int) -> np.ndarray:
         check_depth(depth)
         if isinstance(node, Cond):
-            return _compile_cond(node)
+            return self.cond(node)
         if isinstance(node, (And, Or)):
-            parts = [walk(x, depth + 1) for x in node.items]
+            parts = [self.walk(x, depth + 1) for x in node.items]
             if not parts:
-                return lambda m: True
-            combine = all if isinstance(node, And) else any
-            return lambda m: combine(p(m) for p in parts)
+                return self.universe
+            return self.intersect(parts) if isinstance(node, And) else self.union(parts)
         if isinstance(node, Not):
-            inner = walk(node.item, depth + 1)
-            return lambda m: not inner(m)
+            return np.setdiff1d(self.universe, self.walk(node.item, depth + 1), True)
         raise TypeError(f"filter must be Cond/And/Or/Not; got {type(node).__name__}.")
 
-    return walk(f, 1)
+
+def check_filter(where: object) -> None:
+    """``TypeError`` unless ``where`` is a filter tree, ``ValueError`` if it nests deeper than
+    :data:`MAX_DEPTH` (checked without recursion, before anything runs)."""
+    stack = [(where, 1)]
+    while stack:
+        node, depth = stack.pop()
+        check_depth(depth)
+        if isinstance(node, (And, Or)):
+            stack.extend((x, depth + 1) for x in node.items)
+        elif isinstance(node, Not):
+            stack.append((node.item, depth + 1))
+        elif not isinstance(node, Cond):
+            raise TypeError(f"filter must be Cond/And/Or/Not; got {type(node).__name__}.")
+
+
+def matching_keys(where: Filter, execute: Execute, universe: np.ndarray) -> np.ndarray:
+    """The sorted keys of the documents matching ``where``, given ``execute(sql, params) ->
+    rows`` on a database with :data:`FIELDS_SCHEMA` and ``universe``, every key (sorted)."""
+    return _Keys(execute, np.asarray(universe, dtype=np.int64)).walk(where, 1)
+
+
+def matches(where: Filter, metadata: dict) -> bool:
+    """Whether one document's metadata matches ``where``: the same SQL evaluation, over a
+    throwaway one-document database (for checks and tests, not for bulk use)."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(FIELDS_SCHEMA)
+        db.executemany("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", field_rows(1, metadata))
+        return bool(len(matching_keys(where, lambda sql, p: db.execute(sql, p).fetchall(), np.array([1]))))
+    finally:
+        db.close()

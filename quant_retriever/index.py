@@ -54,6 +54,7 @@ import re
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -178,6 +179,15 @@ class _Snapshot:
         if self.alive_host is None:
             return np.arange(self.rows, dtype=np.int64)
         return np.flatnonzero(self.alive_host[: self.rows])
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """Rows written and committed on disk but not yet published (see ``_stage_add``)."""
+
+    snapshot: _Snapshot
+    next_id: int
+    ids: np.ndarray
 
 
 def _merge_order(snap: _Snapshot, new_ids: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -390,6 +400,7 @@ class QuantizedIndex:
         self._closed = False
         self._read_only = False
         self._opens = 1  # opens sharing this object (see load)
+        self._pending: list[np.ndarray] = []  # rows dead in memory, not yet recorded on disk
         self._snap: _Snapshot | None = None
 
     def _start_empty(self) -> None:
@@ -451,7 +462,7 @@ class QuantizedIndex:
                 taken = new_ids[snap.lookup(new_ids) >= 0]
                 if len(taken):
                     raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
-            self._add(x.to(self.device), new_ids)
+            self._publish(self._stage_add(x.to(self.device), new_ids))
             return new_ids
 
     def remove(self, ids) -> None:
@@ -466,16 +477,107 @@ class QuantizedIndex:
                 raise ValueError(f"ids not in the index: {arr[rows < 0][:10].tolist()}.")
             if not len(rows):
                 return
-            alive_host = np.ones(len(snap.ids), dtype=bool) if snap.alive_host is None else snap.alive_host.copy()
-            alive_host[rows] = False
-            n_deleted = self._n_deleted + len(rows)
-            new = replace(snap, alive_host=alive_host, alive=self._on_device(alive_host), n_alive=snap.n_alive - len(rows))
-            if self._path is not None:
-                append_raw(self._path / self._file("deleted"), self._n_deleted * 8, rows)
-                self._write_manifest(new, n_deleted=n_deleted)  # the commit point
-            self._n_deleted, self._snap = n_deleted, new
-            dead = new.rows - new.n_alive
-            if dead >= COMPACT_MIN_DEAD and dead >= COMPACT_FRACTION * new.rows:
+            new = self._without(snap, rows)
+            self._write_deletions(new, np.concatenate([*self._pending, rows]))  # the commit point
+            self._pending, self._snap = [], new
+            self._compact_if_worth_it(quiet=False)
+
+    def snapshot(self) -> _Snapshot:
+        """The current immutable state (for a consistent multi-step read: pass it to
+        :meth:`search` as ``snapshot=``; later writes do not change it)."""
+        return self._snap
+
+    # ---- the write protocol of a store that keeps its own commit point (see store.py) ----
+    def _stage_add(self, x: torch.Tensor, new_ids: np.ndarray | None = None) -> "_Staged":
+        """Write new rows to disk and commit them there (as rows the owner does not know yet
+        if a crash follows) without publishing them in memory; automatic ids when ``new_ids``
+        is None. Raises, changing nothing in memory, on any failure."""
+        self._check_writable()
+        if new_ids is None:
+            if self._next_id + len(x) - 1 > MAX_ID:
+                raise ValueError(f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly.")
+            new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
+        snap = self._snap
+        start, n = snap.rows, len(x)
+        codes = self._codec.encode(x)
+        grown = self._grown(snap, start + n)
+        if grown.rescore is not None:
+            grown.rescore.append(x)
+        if self._path is not None:
+            append_raw(self._path / self._file("codes"), start * self._codec.row_bytes, codes.cpu().numpy())
+            append_raw(self._path / self._file("ids"), start * 8, new_ids)
+        # positions past snap.rows: no published snapshot reads them
+        grown.codes[start : start + n] = codes
+        grown.ids[start : start + n] = new_ids
+        if grown.alive_host is not None:
+            grown.alive_host[start : start + n] = True
+            if self.device.type != "cpu":
+                grown.alive[start : start + n] = True
+        new = replace(grown, rows=start + n, n_alive=snap.n_alive + n, order=_merge_order(snap, new_ids, start))
+        next_id = max(self._next_id, int(new_ids.max()) + 1)
+        if self._path is not None:
+            # the commit point on disk; nothing is truncated on failure (the disk may already
+            # name these rows), the next append overwrites bytes past the committed rows
+            self._write_manifest(new, next_id=next_id)
+        return _Staged(new, next_id, new_ids)
+
+    def _publish(self, staged: "_Staged | None", dead: np.ndarray | None = None) -> None:
+        """Make ``staged`` rows searchable and the ids ``dead`` (not in the index: ignored)
+        unsearchable, in one snapshot. In memory only, and it cannot fail: the dead rows are
+        recorded on disk by :meth:`_persist_pending` (a store reconciles them on opening)."""
+        snap = self._snap
+        if staged is not None:
+            if staged.snapshot.rescore is not None:
+                staged.snapshot.rescore.commit(staged.snapshot.rows)
+            snap, self._next_id = staged.snapshot, staged.next_id
+        if dead is not None and len(dead):
+            rows = snap.lookup(np.asarray(dead, dtype=np.int64))
+            rows = np.unique(rows[rows >= 0])
+            if len(rows):
+                snap = self._without(snap, rows)
+                self._pending.append(rows)
+        self._snap = snap
+
+    def _persist_pending(self) -> None:
+        """Record published deletions on disk, then compact when worth it. Best effort: an
+        I/O error (a full disk) only warns; the deletions stay in memory, are retried by the
+        next write, and a store reconciles them when it is opened again."""
+        try:
+            if self._pending and not self._read_only:
+                self._write_deletions(self._snap, np.concatenate(self._pending))
+                self._pending = []
+            self._compact_if_worth_it(quiet=True)
+        except OSError as exc:
+            warnings.warn(
+                f"quant_retriever: could not record deletions in {self._path} ({exc}); they stay in effect in "
+                "memory, are retried by the next write and are reconciled when the store is opened again.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def _without(self, snap: _Snapshot, rows: np.ndarray) -> _Snapshot:
+        """``snap`` with ``rows`` dead (a copy of the alive mask: published masks never change)."""
+        alive_host = np.ones(len(snap.ids), dtype=bool) if snap.alive_host is None else snap.alive_host.copy()
+        alive_host[rows] = False
+        return replace(snap, alive_host=alive_host, alive=self._on_device(alive_host), n_alive=snap.n_alive - len(rows))
+
+    def _write_deletions(self, new: _Snapshot, rows: np.ndarray) -> None:
+        """Append dead row numbers to the deletions file and commit them (persistent only)."""
+        if self._path is not None:
+            append_raw(self._path / self._file("deleted"), self._n_deleted * 8, rows)
+            self._write_manifest(new, n_deleted=self._n_deleted + len(rows))  # the commit point
+        self._n_deleted += len(rows)
+
+    def _compact_if_worth_it(self, quiet: bool) -> None:
+        snap = self._snap
+        dead = snap.rows - snap.n_alive
+        if not self._read_only and dead >= COMPACT_MIN_DEAD and dead >= COMPACT_FRACTION * snap.rows:
+            if quiet:
+                try:
+                    self.compact()
+                except OSError as exc:
+                    warnings.warn(f"quant_retriever: compaction of {self._path} postponed ({exc}).", RuntimeWarning, stacklevel=4)
+            else:
                 self.compact()
 
     def selection(self, ids) -> Selection:
@@ -490,19 +592,22 @@ class QuantizedIndex:
             raise TypeError(f"allowed ids must be integers; got dtype {arr.dtype}.")
         return Selection(np.unique(arr.astype(np.int64).reshape(-1)))
 
-    def search(self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None) -> SearchResult:
+    def search(
+        self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None, snapshot: _Snapshot | None = None
+    ) -> SearchResult:
         """Top-``k`` ids and inner-product scores for each query (``[q, dim]`` or ``[dim]``).
 
         ``rescore_multiplier``: with rescoring, ``k * rescore_multiplier`` first-stage
         candidates are rescored from the disk copy. ``allowed_ids`` (ids, or a
         :meth:`selection` of them) restricts the search to those ids before top-k (ids not in
         the index are ignored); a small selection scans only its own rows. Results have
-        ``min(k, searchable vectors)`` columns.
+        ``min(k, searchable vectors)`` columns. ``snapshot`` (from :meth:`snapshot`) searches
+        that state instead of the latest.
         """
         q = as_vectors(queries, self.dim, "queries")
         k = _positive_int(k, "k")
         mult = _positive_int(rescore_multiplier, "rescore_multiplier")
-        snap = self._snap  # everything below reads this snapshot only
+        snap = self._snap if snapshot is None else snapshot  # everything below reads this snapshot only
         if self._closed:
             self._check_open()
         subset = None
@@ -576,7 +681,7 @@ class QuantizedIndex:
                     (self._workdir / name).unlink(missing_ok=True)
                 raise
             old_files = _files(self._generation, self.rescore_dtype)
-            self._generation, self._n_deleted, self._snap = gen, 0, new
+            self._generation, self._n_deleted, self._snap, self._pending = gen, 0, new, []
             for name in old_files.values():  # readers of the old snapshot keep their descriptor
                 (self._workdir / name).unlink(missing_ok=True)
             if self._path is not None:
@@ -673,7 +778,8 @@ class QuantizedIndex:
                 problems.append("live ids repeat")
             if len(live_ids) and not np.array_equal(snap.lookup(live_ids), live):
                 problems.append("id -> row map disagrees with ids and deletions")
-            if snap.rows - snap.n_alive != self._n_deleted:
+            pending = sum(len(p) for p in self._pending)
+            if snap.rows - snap.n_alive != self._n_deleted + pending:
                 problems.append(f"{snap.rows - snap.n_alive} dead rows but {self._n_deleted} deletions recorded")
             if self.rescore:
                 if snap.rescore is None or snap.rescore.count != snap.rows:
@@ -718,36 +824,6 @@ class QuantizedIndex:
             alive_host[: snap.rows] = snap.alive_host[: snap.rows]
             alive = self._on_device(alive_host)
         return replace(snap, codes=codes, ids=ids, alive_host=alive_host, alive=alive)
-
-    def _add(self, x: torch.Tensor, new_ids: np.ndarray) -> None:
-        snap = self._snap
-        start, n = snap.rows, len(x)
-        codes = self._codec.encode(x)
-        grown = self._grown(snap, start + n)
-        try:
-            if grown.rescore is not None:
-                grown.rescore.append(x)
-            if self._path is not None:
-                append_raw(self._path / self._file("codes"), start * self._codec.row_bytes, codes.cpu().numpy())
-                append_raw(self._path / self._file("ids"), start * 8, new_ids)
-            # positions past snap.rows: no published snapshot reads them
-            grown.codes[start : start + n] = codes
-            grown.ids[start : start + n] = new_ids
-            if grown.alive_host is not None:
-                grown.alive_host[start : start + n] = True
-                if self.device.type != "cpu":
-                    grown.alive[start : start + n] = True
-            new = replace(grown, rows=start + n, n_alive=snap.n_alive + n, order=_merge_order(snap, new_ids, start))
-            next_id = max(self._next_id, int(new_ids.max()) + 1)
-            if self._path is not None:
-                self._write_manifest(new, next_id=next_id)  # the commit point
-        except BaseException:
-            # nothing is published; bytes written past the committed rows are overwritten by
-            # the next append (never truncated here: the disk may already name them)
-            raise
-        if new.rescore is not None:
-            new.rescore.commit(start + n)
-        self._next_id, self._snap = next_id, new
 
     def _scan(self, codes: torch.Tensor, q: torch.Tensor, mask: torch.Tensor | None, n_top: int):
         """Chunked first stage over ``codes [rows, row_bytes]``: running top-``n_top`` (scores,
@@ -862,7 +938,7 @@ class QuantizedIndex:
                 problems.append("manifest.json disagrees with the open index")
             deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted)
             alive = np.ones(snap.rows, dtype=bool)
-            alive[deleted] = False
+            alive[np.concatenate([deleted, *self._pending])] = False
             if not np.array_equal(alive, snap.alive_host[: snap.rows] if snap.alive_host is not None else alive):
                 problems.append("deleted rows on disk disagree with the open index")
         except (ValueError, IndexError) as exc:

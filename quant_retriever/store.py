@@ -2,16 +2,26 @@
 in SQLite (stdlib ``sqlite3``), next to a :class:`~quant_retriever.index.QuantizedIndex`.
 
 Each document has a string ``id`` (the frameworks') and an integer ``key`` (the index id).
-Metadata is stored as JSON (see :func:`metadata_json` for what is accepted). Filters are the
-tree of :mod:`quant_retriever.filters`; a filtered search evaluates the compiled predicate on
-every record's metadata once to get the allowed keys (no SQL is ever built from a key or a
-value), so filtering happens before top-k and a filtered search still returns ``k`` hits
-when ``k`` documents match.
+Metadata is stored as JSON (see :func:`metadata_json` for what is accepted), and its
+top-level fields once more in the indexed ``fields`` table, so a filter becomes the set of
+matching keys by indexed lookups (:func:`quant_retriever.filters.matching_keys`); that set
+restricts the search before top-k, so a filtered search still returns ``k`` hits when ``k``
+documents match. The last few filters' key sets are cached until the next write.
 
-Persistent layout (``path``): ``store.sqlite`` (tables ``docs`` and ``meta``) and ``index/``
-(the index directory). Writes are ordered so that a crash at any point leaves at worst rows
-in one part that the other does not know; :meth:`QuantizedStore.open` reconciles them, so an
-interrupted ``upsert``/``delete`` is either wholly there or wholly absent.
+Persistent layout (``path``): ``store.sqlite`` (tables ``docs``, ``fields`` and ``meta``; the
+schema is checked object by object before anything else runs, so a file carrying triggers or
+views is refused) and ``index/`` (the index directory).
+
+The commit point of every write is one SQLite transaction, and it is the last step that can
+fail: new vectors are committed to the index first (rows SQLite does not know yet), then the
+transaction commits, then the replaced or deleted rows leave the index in memory, and are
+recorded on disk on a best-effort basis. A call that raises has changed nothing, in the open
+object or after reopening; a crash at any point leaves the old or the new state, because
+opening drops index rows SQLite does not know (in memory; opening writes nothing to SQLite).
+
+Readers take no lock for the scan: a search reads an immutable index snapshot and checks at the
+end that no write was published meanwhile (else it runs again), so searches run in parallel
+with each other and with a write, and see a write wholly or not at all.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence, get_args
@@ -31,17 +43,22 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
-from quant_retriever.files import DirectoryLock, fsync_dir, write_directory
-from quant_retriever.filters import And, Cond, Filter, Not, Operator, Or, compile_filter
+from quant_retriever.files import DirectoryLock, OpenObjects, fsync_dir, prepare_new_directory, write_directory
+from quant_retriever.filters import (
+    FIELDS_SCHEMA, And, Cond, Filter, Not, Operator, Or, check_filter, field_rows, matching_keys,
+)
 from quant_retriever.index import QuantizedIndex, as_vectors, check_settings
 
-__all__ = [
-    "Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "compile_filter",
-    "metadata_json",
-]
+__all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "metadata_json"]
 
 FORMAT = "quant_retriever.store"
-VERSION = 1
+VERSION = 2
+DB_FILE = "store.sqlite"
+INDEX_DIR = "index"
+#: Filters whose key sets a store remembers (until its next write).
+FILTER_CACHE = 16
+#: Attempts of a search racing writes before it waits for them (see the module docstring).
+SEARCH_ATTEMPTS = 3
 
 Metric = Literal["ip", "cosine"]
 METRICS: tuple[str, ...] = get_args(Metric)
@@ -60,9 +77,33 @@ class Record:
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS docs (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+CREATE TABLE docs (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + FIELDS_SCHEMA
+
+
+def _schema_objects(db: sqlite3.Connection) -> list[tuple]:
+    return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+
+
+def _expected_schema() -> list[tuple]:
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        return _schema_objects(db)
+    finally:
+        db.close()
+
+
+_EXPECTED_SCHEMA = _expected_schema()
+_SETTINGS_KEYS = {"codec", "rescore", "device", "block_size", "rescore_dtype"}
+#: Persistent stores open for writing in this process (opening one again shares it).
+_OPEN = OpenObjects()
+
+
+def _is_leftover(name: str) -> bool:
+    """What an interrupted creation can leave in a store directory."""
+    return name in (DB_FILE, INDEX_DIR) or name.startswith(DB_FILE + "-")
 
 
 def _check_unicode(s: str, what: str) -> None:
@@ -145,14 +186,16 @@ class QuantizedStore:
     """Documents (id, text, metadata) in SQLite plus their vectors in a ``QuantizedIndex``.
 
     ``dim=None`` takes the dimension from the first ``upsert``. ``path=None`` keeps everything
-    in memory (the INT8 copy in a temporary file); a ``path`` (directory) makes every
-    ``upsert``/``delete`` that returned durable; reopen with :meth:`open`. Thread safety: calls
-    are serialised by a lock (one writer; searches wait for a write in progress).
+    in memory (the rescore copy in a temporary file); a ``path`` (a new or empty directory)
+    makes every ``upsert``/``delete`` that returned durable; reopen with :meth:`open`.
 
     ``metric="ip"`` scores by inner product of the vectors as given; ``metric="cosine"``
     L2-normalises every vector on ``upsert`` and every query on ``search`` (a zero vector
     stays zero and scores 0), and reports scores clamped to ``[-1, 1]``. The metric is
     recorded in the store and kept on reopening.
+
+    Threads: writes are serialised; searches run in parallel with each other and with a write
+    (see the module docstring).
     """
 
     def __init__(
@@ -169,92 +212,222 @@ class QuantizedStore:
     ):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
-        self.metric = metric
-        self._settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
-        check_settings(**self._settings)
+        settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
+        check_settings(**settings)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
             raise ValueError(f"dim must be a positive int or None; got {dim!r}.")
-        self._lock = threading.RLock()
-        self.path = None if path is None else Path(path)
+        self._setup(None if path is None else Path(path), settings, metric, read_only=False)
         if self.path is not None:
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise ValueError(f"path {self.path} must be a new or empty directory; reopen a store with QuantizedStore.open.")
-            self.path.mkdir(parents=True, exist_ok=True)
-        self._dir_lock = DirectoryLock(self.path) if self.path is not None else None
-        self._db = self._connect()
+            self._dir_lock = prepare_new_directory(self.path, "store", "QuantizedStore.open", _is_leftover)
+        try:
+            self._db = self._connect()
+            with self._db:  # one transaction: a store exists once this commits
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("format", FORMAT), ("version", str(VERSION)),
+                     ("settings", json.dumps({**settings, "device": None})), ("metric", metric)],
+                )
+            if dim is not None:
+                self._create_index(dim)
+        except BaseException:
+            self._release()
+            raise
+        if self.path is not None:
+            with _OPEN.lock():
+                _OPEN.put(self.path, self)
+
+    def _setup(self, path: Path | None, settings: dict, metric: str, read_only: bool) -> None:
+        self.path = path
+        self.metric = metric
+        self._settings = settings
+        self._read_only = read_only
+        self._closed = False
+        self._opens = 1
+        self._write_lock = threading.RLock()  # one writer at a time
+        self._db_lock = threading.RLock()  # the SQLite connection, for short statements
+        self._publish_lock = threading.Lock()  # a commit and its index snapshot, as one step
+        self._version = 0  # published writes
+        self._filters: OrderedDict = OrderedDict()  # (filter, ids) -> (version, Selection)
+        self._universe: tuple[int, np.ndarray] | None = None  # (version, every key)
+        self._dir_lock: DirectoryLock | None = None
         self._index: QuantizedIndex | None = None
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [("format", FORMAT), ("version", str(VERSION)), ("settings", json.dumps({**self._settings, "device": None})),
-                 ("metric", metric)],
-            )
-        if dim is not None:
-            self._create_index(dim)
+        self._db: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ opening
     def _connect(self) -> sqlite3.Connection:
-        target = ":memory:" if self.path is None else str(self.path / "store.sqlite")
-        db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL" if self.path is not None else "PRAGMA journal_mode=MEMORY")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        """The SQLite connection: ``:memory:`` without a path; read-only URI opening for a
+        read-only store (immutable when SQLite cannot otherwise read without writing)."""
+        if self.path is None:
+            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        elif self._read_only:
+            uri = (self.path / DB_FILE).resolve().as_uri()
+            try:
+                db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:  # no write permission for the WAL index: read as a snapshot
+                db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
+        else:
+            db = sqlite3.connect(str(self.path / DB_FILE), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA trusted_schema=OFF")
+        if self.path is not None and not self._read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
         db.isolation_level = "DEFERRED"
         return db
 
     def _create_index(self, dim: int) -> None:
-        index_path = None if self.path is None else self.path / "index"
-        self._index = QuantizedIndex(dim, path=index_path, **self._settings)
-        self._set_meta("dim", str(dim))
-
-    def _set_meta(self, name: str, value: str) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        index_path = None if self.path is None else self.path / INDEX_DIR
+        index = QuantizedIndex(dim, path=index_path, **self._settings)
+        try:
+            with self._db_lock, self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+        except BaseException:
+            index.close()
+            raise
+        self._index = index
 
     @classmethod
-    def open(cls, path: str | os.PathLike, device: str | None = None) -> "QuantizedStore":
-        """Reopen a persistent store, reconciling a write a crash interrupted."""
+    def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> "QuantizedStore":
+        """Reopen a persistent store, reconciling a write a crash interrupted (in memory:
+        opening writes nothing to SQLite and needs no free space).
+
+        The file is identified as a store before anything is written to it: its schema must be
+        exactly this version's (another application's database, or one carrying triggers or
+        views, raises ``ValueError`` and is left untouched). Opening a directory this process
+        already has open for writing returns that same store (each ``open`` needs its own
+        :meth:`close`); another process gets ``RuntimeError`` until it is closed.
+
+        ``read_only=True`` needs no write permission and writes nothing; any number of
+        read-only openers may sit beside one writer. It sees the state committed when it was
+        opened, until :meth:`refresh`.
+        """
         path = Path(path)
-        db_file = path / "store.sqlite"
-        if not db_file.is_file():
-            raise ValueError(f"{path} is not a quant_retriever store (no store.sqlite).")
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be True or False; got {read_only!r}.")
+        if read_only:
+            return cls._open(path, device, read_only=True)
+        with _OPEN.lock():
+            existing = _OPEN.get(path)
+            if existing is not None:
+                existing._opens += 1
+                return existing
+            store = cls._open(path, device, read_only=False)
+            _OPEN.put(path, store)
+            return store
+
+    @classmethod
+    def _open(cls, path: Path, device, read_only: bool) -> "QuantizedStore":
+        db_file = path / DB_FILE
+        if db_file.is_symlink() or not db_file.is_file():
+            raise ValueError(f"{path} is not a quant_retriever store (no {DB_FILE}).")
+        meta = cls._identify(db_file)  # read-only: nothing is written to a file not yet known as ours
         store = cls.__new__(cls)
-        store._lock = threading.RLock()
-        store.path = path
-        store._dir_lock = DirectoryLock(path)
+        settings = json.loads(meta["settings"])
+        store._setup(path, {**settings, "device": device}, meta["metric"], read_only)
         try:
+            store._dir_lock = DirectoryLock(path, shared=read_only)
             store._db = store._connect()
-            meta = dict(store._db.execute("SELECT name, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{db_file}: not a quant_retriever store ({exc}).") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{db_file}: not a quant_retriever store.")
-        if int(meta.get("version", "0")) > VERSION:
-            raise ValueError(f"{db_file}: written by a newer quant_retriever (format version {meta['version']}).")
-        store._settings = {**json.loads(meta["settings"]), "device": device}
-        store.metric = meta.get("metric", "ip")
-        if store.metric not in METRICS:
-            raise ValueError(f"{db_file}: field 'metric' must be one of {', '.join(map(repr, METRICS))}; found {store.metric!r:.80}.")
-        store._index = None
-        if "dim" in meta:
-            if (path / "index" / "manifest.json").is_file():
-                store._index = QuantizedIndex.load(path / "index", device=device)
-            else:  # crashed between recording dim and creating the index
-                store._create_index(int(meta["dim"]))
-            store._reconcile()
+            if _schema_objects(store._db) != _EXPECTED_SCHEMA:  # again, on the connection we keep
+                raise ValueError(f"{db_file}: the schema changed while it was being opened.")
+            if "dim" in meta:
+                index_path = path / INDEX_DIR
+                if (index_path / "manifest.json").is_file() or read_only:
+                    store._index = QuantizedIndex.load(index_path, device=device, read_only=read_only)
+                else:  # crashed between recording dim and creating the index
+                    store._create_index(int(meta["dim"]))
+                store._reconcile()
+        except BaseException:
+            store._release()
+            raise
         return store
 
+    @staticmethod
+    def _identify(db_file: Path) -> dict:
+        """The ``meta`` of a store file, read through a read-only connection after checking
+        that its schema is exactly ours; ``ValueError`` naming the file otherwise."""
+        try:
+            db = sqlite3.connect(f"{db_file.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise ValueError(f"{db_file}: cannot be opened ({exc}).") from None
+        try:
+            db.execute("PRAGMA trusted_schema=OFF")
+            found = _schema_objects(db)
+            if found != _EXPECTED_SCHEMA:
+                extra = sorted({(t, n) for t, n, _, _ in found} - {(t, n) for t, n, _, _ in _EXPECTED_SCHEMA})
+                raise ValueError(
+                    f"{db_file}: not a quant_retriever store of this version (its schema differs"
+                    f"{': unexpected ' + ', '.join(f'{t} {n!r}' for t, n in extra[:5]) if extra else ''}); nothing was changed."
+                )
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{db_file}: not a quant_retriever store ({exc}).") from None
+        finally:
+            db.close()
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{db_file}: not a quant_retriever store.")
+        version = meta.get("version", "")
+        if not version.isdigit() or int(version) != VERSION:
+            newer = version.isdigit() and int(version) > VERSION
+            raise ValueError(
+                f"{db_file}: format version {version!r} is "
+                + ("written by a newer quant_retriever." if newer else "no longer read; re-create the store from your documents.")
+            )
+        try:
+            settings = json.loads(meta.get("settings", ""))
+            ok = isinstance(settings, dict) and set(settings) == _SETTINGS_KEYS
+            ok = ok and meta.get("metric") in METRICS and (meta.get("dim") is None or meta["dim"].isdigit())
+            if ok:
+                check_settings(**{**settings, "device": None})
+        except (ValueError, TypeError, RecursionError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{db_file}: the store's settings are malformed.")
+        return meta
+
     def _reconcile(self) -> None:
-        """Drop index rows SQLite does not know and SQLite rows the index does not have."""
-        in_index = set(self._index.ids().tolist())
-        in_db = {k for (k,) in self._db.execute("SELECT key FROM docs")}
-        orphans = sorted(in_index - in_db)
-        if orphans:
-            self._index.remove(orphans)
-        missing = sorted(in_db - in_index)
-        if missing:
-            with self._db:
-                self._db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in missing])
+        """After a crash: index rows SQLite does not know (an upsert whose transaction never
+        committed, or deletions not yet recorded in the index) leave the index, in memory and
+        then, best effort, on disk. Records without vectors (only a damaged index has them)
+        are never returned by a search and, best effort, deleted."""
+        in_db = self._all_keys()
+        in_index = np.sort(self._index.ids())
+        orphans = np.setdiff1d(in_index, in_db, assume_unique=True)
+        if len(orphans):
+            self._index._publish(None, orphans)
+            if not self._read_only:
+                self._index._persist_pending()
+        missing = np.setdiff1d(in_db, in_index, assume_unique=True)
+        if len(missing) and not self._read_only:
+            try:
+                self._delete_keys(missing)
+            except sqlite3.Error as exc:
+                warnings.warn(f"quant_retriever: {len(missing)} records without vectors in {self.path} are kept "
+                              f"({exc}); searches never return them.", RuntimeWarning, stacklevel=3)
+
+    def refresh(self) -> bool:
+        """A read-only store: move to the latest committed state (returns whether it changed).
+        A writable store always is at its latest state (returns False)."""
+        if not self._read_only:
+            return False
+        with self._write_lock:
+            self._check_open()
+            with self._publish_lock:
+                changed = self._index is not None and self._index.refresh()
+                if changed:
+                    self._reconcile()
+                self._version += 1
+            return bool(changed)
+
+    def _release(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._index is not None:
+            self._index.close()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -266,9 +439,37 @@ class QuantizedStore:
         """The underlying index (``None`` until the first vectors arrive)."""
         return self._index
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
     def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        return len(self._all_keys())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this store was closed; open it again with QuantizedStore.open.")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise ValueError(f"{self.path} was opened read-only; open it without read_only=True to change it.")
+
+    def _query(self, sql: str, params=()) -> list:
+        with self._db_lock:
+            self._check_open()
+            return self._db.execute(sql, params).fetchall()
+
+    def _all_keys(self) -> np.ndarray:
+        """Every key, sorted (cached until the next write)."""
+        version = self._version
+        cached = self._universe
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        rows = self._query("SELECT key FROM docs ORDER BY key")
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self._universe = (version, keys)
+        return keys
 
     # ------------------------------------------------------------------ writes
     def upsert(self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None) -> list[str]:
@@ -294,28 +495,47 @@ class QuantizedStore:
         meta_json = [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
         if not ids:
             return []
-        with self._lock:
+        with self._write_lock:
+            self._check_writable()
             vectors = self._as_metric(as_vectors(vectors, self.dim, "vectors"))
             if len(vectors) != len(ids):
                 raise ValueError(f"vectors must have one row per id. Got {len(vectors)} vectors and {len(ids)} ids.")
             if self._index is None:
                 self._create_index(vectors.shape[1])
             old = self._keys_of(ids)
-            keys = self._index.add(vectors)  # 1. new rows (orphans until the commit below)
-            try:
-                with self._db:  # 2. one transaction: the commit point
-                    if old:
-                        self._db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in old.values()])
-                    self._db.executemany(
-                        "INSERT INTO docs (key, id, text, metadata) VALUES (?, ?, ?, ?)",
-                        zip(keys.tolist(), ids, texts, meta_json),
-                    )
-            except BaseException:
-                self._index.remove(keys)
-                raise
-            if old:  # 3. replaced rows leave the index (a crash before this is reconciled on open)
-                self._index.remove(list(old.values()))
+            staged = self._index._stage_add(vectors.to(self._index.device))  # 1. on disk, not yet known
+            keys = staged.ids.tolist()
+            fields = [row for key, stored in zip(keys, meta_json) for row in field_rows(key, json.loads(stored))]
+            self._commit(  # 2. the commit point
+                [("DELETE FROM docs WHERE key = ?", [(k,) for k in old.values()]),
+                 ("DELETE FROM fields WHERE key = ?", [(k,) for k in old.values()]),
+                 ("INSERT INTO docs (key, id, text, metadata) VALUES (?, ?, ?, ?)", list(zip(keys, ids, texts, meta_json))),
+                 ("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", fields)],
+                staged, np.fromiter(old.values(), dtype=np.int64, count=len(old)),
+            )
         return ids
+
+    def _commit(self, statements: list[tuple[str, list]], staged, dead: np.ndarray) -> None:
+        """Run ``statements`` in one transaction; as it commits, publish the staged rows and
+        drop ``dead`` keys from the index in memory, as one step for readers. Then record the
+        dead rows on disk, best effort (a crash or an error there is reconciled on opening)."""
+        with self._db_lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, rows in statements:
+                    if rows:
+                        self._db.executemany(sql, rows)
+                with self._publish_lock:
+                    self._db.execute("COMMIT")
+                    if self._index is not None:
+                        self._index._publish(staged, dead)
+                    self._version += 1
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise  # the staged rows stay unpublished: rows SQLite never knew
+        if self._index is not None and len(dead):
+            self._index._persist_pending()
 
     def _as_metric(self, x: torch.Tensor) -> torch.Tensor:
         """Vectors as the metric scores them: unit length (zero stays zero) for cosine."""
@@ -328,61 +548,61 @@ class QuantizedStore:
         """Delete documents by id; returns the ids that existed (unknown ids are ignored).
         ``ids`` is a list: a bare string is refused, never taken as a list of characters."""
         ids = _strings(ids, "ids")
-        with self._lock:
+        with self._write_lock:
+            self._check_writable()
             found = self._keys_of(ids)
-            self._delete_keys(found)
+            self._delete_keys(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
             return [i for i in dict.fromkeys(ids) if i in found]
 
     def delete_where(self, where: Filter) -> int:
         """Delete every document matching a filter; returns how many."""
-        match = compile_filter(where)
-        with self._lock:
-            found = {i: k for i, k, m in self._db.execute("SELECT id, key, metadata FROM docs") if match(json.loads(m))}
-            self._delete_keys(found)
-            return len(found)
+        with self._write_lock:
+            self._check_writable()
+            keys = self._matching(where)
+            self._delete_keys(keys)
+            return len(keys)
 
-    def _delete_keys(self, found: dict[str, int]) -> None:
-        if not found:
-            return
-        with self._db:  # SQLite first: a crash after this leaves index rows that open() drops
-            self._db.executemany("DELETE FROM docs WHERE key = ?", [(k,) for k in found.values()])
-        self._index.remove(list(found.values()))
+    def _delete_keys(self, keys: np.ndarray) -> None:
+        if len(keys):
+            rows = [(int(k),) for k in keys]
+            self._commit([("DELETE FROM docs WHERE key = ?", rows), ("DELETE FROM fields WHERE key = ?", rows)], None, keys)
 
     def compact(self) -> None:
         """Reclaim the space of deleted and replaced documents now (it also happens on its own
         once they pass a quarter of the index; see :meth:`QuantizedIndex.compact`)."""
-        with self._lock:
+        with self._write_lock:
+            self._check_writable()
             if self._index is not None:
-                self._index.compact()
+                with self._publish_lock:
+                    self._index.compact()
+                    self._version += 1
 
     def clear(self) -> None:
         """Delete every document."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT id, key FROM docs").fetchall())
-            self._delete_keys(found)
+        with self._write_lock:
+            self._check_writable()
+            self._delete_keys(self._all_keys())
 
     # ------------------------------------------------------------------ reads
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records for the ids that exist, in the order asked (a bare string is refused)."""
         ids = _strings(ids, "ids")
-        with self._lock:
-            rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")}
-            return [rows[i] for i in dict.fromkeys(ids) if i in rows]
+        rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")}
+        return [rows[i] for i in dict.fromkeys(ids) if i in rows]
 
     def records(self, where: Filter | None = None) -> Iterator[Record]:
         """All records (matching ``where``), in insertion order."""
-        match = compile_filter(where) if where is not None else (lambda m: True)
-        with self._lock:
-            rows = self._db.execute("SELECT id, text, metadata, key FROM docs ORDER BY key").fetchall()
-        records = (Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows)
-        return iter([r for r in records if match(r.metadata)])
+        if where is None:
+            rows = self._query("SELECT id, text, metadata, key FROM docs ORDER BY key")
+        else:
+            rows = sorted(self._lookup("key", self._matching(where).tolist(), "id, text, metadata, key"), key=lambda r: r[3])
+        return iter([Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows])
 
     def vectors(self, records: Sequence[Record]) -> np.ndarray:
-        """Reconstructed vectors ``[n, dim]`` of records (from the INT8 copy when there is one)."""
-        with self._lock:
-            if not records:
-                return np.zeros((0, self.dim or 0), dtype=np.float32)
-            return self._index.get_vectors([r.key for r in records])
+        """Reconstructed vectors ``[n, dim]`` of records (from the rescore copy when there is one)."""
+        if not records:
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        return self._index.get_vectors([r.key for r in records])
 
     def search(
         self,
@@ -402,31 +622,75 @@ class QuantizedStore:
             raise TypeError(f"k must be an int; got {type(k).__name__}.")
         if k < 0:
             raise ValueError(f"k must be >= 0; got {k}.")
-        match = compile_filter(where) if where is not None else None
+        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, (int, np.integer)):
+            raise TypeError(f"rescore_multiplier must be an int; got {type(rescore_multiplier).__name__}.")
+        if rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be >= 1; got {rescore_multiplier}.")
         ids = None if ids is None else _strings(ids, "ids")
-        with self._lock:
-            q = self._as_metric(as_vectors(queries, self.dim, "queries"))
-            if k == 0 or self._index is None or len(self._index) == 0:
-                return [[] for _ in range(len(q))]
-            allowed = None
-            if match is not None:
-                allowed = {key for key, m in self._db.execute("SELECT key, metadata FROM docs") if match(json.loads(m))}
-            if ids is not None:
-                wanted = set(self._keys_of(ids).values())
-                allowed = wanted if allowed is None else allowed & wanted
-            res = self._index.search(
-                q, k=int(k), rescore_multiplier=rescore_multiplier,
-                allowed_ids=None if allowed is None else np.fromiter(allowed, np.int64, len(allowed)),
-            )
-            scores = np.clip(res.scores, -1.0, 1.0) if self.metric == "cosine" else res.scores
-            by_key = {
-                r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
-                for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")
-            }
-            return [
-                [(by_key[int(key)], float(score)) for key, score in zip(row_ids, row_scores)]
-                for row_ids, row_scores in zip(res.ids, scores)
-            ]
+        if where is not None:
+            check_filter(where)
+        q = self._as_metric(as_vectors(queries, self.dim, "queries"))
+        for attempt in range(SEARCH_ATTEMPTS + 1):
+            if attempt == SEARCH_ATTEMPTS:  # writes keep racing this search: wait for them
+                with self._write_lock:
+                    return self._search_once(q, int(k), int(rescore_multiplier), where, ids)[1]
+            done, hits = self._search_once(q, int(k), int(rescore_multiplier), where, ids)
+            if done:
+                return hits
+        raise AssertionError("unreachable")
+
+    def _search_once(self, q: torch.Tensor, k: int, mult: int, where, ids) -> tuple[bool, list]:
+        """One optimistic attempt: ``(True, hits)`` if no write was published meanwhile."""
+        self._check_open()
+        with self._publish_lock:
+            version = self._version
+            index = self._index
+            snapshot = None if index is None else index.snapshot()
+        if k == 0 or index is None or snapshot.n_alive == 0:
+            return True, [[] for _ in range(len(q))]
+        selection = self._selection(where, ids, version, index)
+        res = index.search(q, k=k, rescore_multiplier=mult, allowed_ids=selection, snapshot=snapshot)
+        scores = np.clip(res.scores, -1.0, 1.0) if self.metric == "cosine" else res.scores
+        by_key = {r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
+                  for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")}
+        if self._version != version or len(by_key) != len(np.unique(res.ids)):
+            return False, []
+        return True, [
+            [(by_key[int(key)], float(score)) for key, score in zip(row_ids, row_scores)]
+            for row_ids, row_scores in zip(res.ids, scores)
+        ]
+
+    def _selection(self, where: Filter | None, ids: list[str] | None, version: int, index: QuantizedIndex):
+        """The index selection for a filter and/or ids (``None`` for neither), from a small
+        cache that every write invalidates."""
+        if where is None and ids is None:
+            return None
+        cache_key = (where, None if ids is None else tuple(ids))
+        try:
+            cached = self._filters.get(cache_key)
+        except TypeError:  # an unhashable value inside the filter: no caching
+            cache_key, cached = None, None
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        keys = self._matching(where) if where is not None else None
+        if ids is not None:
+            wanted = np.unique(np.fromiter(self._keys_of(ids).values(), dtype=np.int64))
+            keys = wanted if keys is None else np.intersect1d(keys, wanted, assume_unique=True)
+        selection = index.selection(keys)
+        if cache_key is not None:
+            with self._db_lock:
+                self._filters[cache_key] = (version, selection)
+                self._filters.move_to_end(cache_key)
+                while len(self._filters) > FILTER_CACHE:
+                    self._filters.popitem(last=False)
+        return selection
+
+    def _matching(self, where: Filter) -> np.ndarray:
+        """Sorted keys of the documents matching a filter."""
+        check_filter(where)
+        with self._db_lock:
+            self._check_open()
+            return matching_keys(where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys())
 
     def _lookup(self, column: Literal["id", "key"], values: list, columns: str) -> list[tuple]:
         """Rows (``columns``) whose ``column`` is one of ``values``: every value is bound as a
@@ -435,22 +699,24 @@ class QuantizedStore:
         for start in range(0, len(values), _LOOKUP_CHUNK):
             part = values[start : start + _LOOKUP_CHUNK]
             marks = ", ".join("?" * len(part))
-            rows += self._db.execute(f"SELECT {columns} FROM docs WHERE {column} IN ({marks})", part).fetchall()
+            rows += self._query(f"SELECT {columns} FROM docs WHERE {column} IN ({marks})", part)
         return rows
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy of this store to ``path`` (a new or empty directory), via a
         temporary sibling and a rename, so a failure leaves nothing behind."""
         def fill(tmp: Path) -> None:
-            dst = sqlite3.connect(str(tmp / "store.sqlite"))
+            dst = sqlite3.connect(str(tmp / DB_FILE))
             try:
-                self._db.backup(dst)
+                with self._db_lock:
+                    self._db.backup(dst)
             finally:
                 dst.close()
             if self._index is not None:
-                self._index.save(tmp / "index")
+                self._index.save(tmp / INDEX_DIR)
 
-        with self._lock:
+        with self._write_lock:
+            self._check_open()
             write_directory(path, fill)
 
     def save_replacing(self, path: str | os.PathLike) -> None:
@@ -464,7 +730,7 @@ class QuantizedStore:
         if not target.exists() or (target.is_dir() and not target.is_symlink() and not any(target.iterdir())):
             self.save(target)
             return
-        if target.is_symlink() or not (target / "store.sqlite").is_file():
+        if target.is_symlink() or not (target / DB_FILE).is_file():
             raise ValueError(f"{target} exists and is not a quant_retriever store; refusing to replace it.")
         lock = DirectoryLock(target)  # raises while the store there is open for writing
         try:
@@ -481,28 +747,34 @@ class QuantizedStore:
 
     def verify(self) -> list[str]:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""
-        with self._lock:
-            problems = [f"sqlite: {row[0]}" for row in self._db.execute("PRAGMA integrity_check") if row[0] != "ok"]
-            keys = {k for (k,) in self._db.execute("SELECT key FROM docs")}
+        with self._write_lock:
+            self._check_open()
+            problems = [f"sqlite: {row[0]}" for row in self._query("PRAGMA integrity_check") if row[0] != "ok"]
+            keys = self._all_keys()
             if self._index is None:
-                return problems + ([f"{len(keys)} records but no index"] if keys else [])
+                return problems + ([f"{len(keys)} records but no index"] if len(keys) else [])
             problems += self._index.verify()
-            in_index = set(self._index.ids().tolist())
-            if keys != in_index:
-                problems.append(
-                    f"{len(keys - in_index)} records without vectors, {len(in_index - keys)} vectors without records"
-                )
+            in_index = self._index.ids()
+            if not np.array_equal(np.sort(in_index), keys):
+                missing, orphans = np.setdiff1d(keys, in_index), np.setdiff1d(in_index, keys)
+                problems.append(f"{len(missing)} records without vectors, {len(orphans)} vectors without records")
+            fields = self._query("SELECT COUNT(DISTINCT key) FROM fields WHERE key NOT IN (SELECT key FROM docs)")[0][0]
+            if fields:
+                problems.append(f"{fields} documents' metadata fields are left in the fields table")
             return problems
 
     def close(self) -> None:
-        """Close SQLite and the index and release the directory lock; the store must not be
-        used afterwards. Everything written is already durable."""
-        with self._lock:
-            self._db.close()
-            if self._index is not None:
-                self._index.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
+        """Close SQLite and the index and release the directory lock; later calls raise
+        ``ValueError``. Everything written is already durable. A store opened several times in
+        this process closes on the last ``close``."""
+        with self._write_lock, self._db_lock:
+            if self._closed:
+                return
+            self._opens -= 1
+            if self._opens > 0:
+                return
+            self._closed = True
+            self._release()
 
 
 def _replacement_temporaries(target: Path) -> list[Path]:

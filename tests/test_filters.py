@@ -26,7 +26,8 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import build_metadata_filter_fn
 
-from quant_retriever.filters import MAX_DEPTH, And, Cond, Not, Or, compile_filter
+from quant_retriever.filters import MAX_DEPTH, And, Cond, Not, Or
+from quant_retriever.filters import matches as core_matches
 from quant_retriever.langchain import QuantizedVectorStore as LangChainStore
 from quant_retriever.llama_index import QuantizedVectorStore as LlamaIndexStore
 from quant_retriever.store import QuantizedStore
@@ -245,14 +246,14 @@ def test_compiled_predicates_agree_with_the_documented_semantics(md, tree):
     """The same comparison without stores, many more times and over two keys, so most
     conditions meet a value (the test above proves the store and the adapters use these
     predicates)."""
-    assert compile_filter(to_core(tree))(md) == reference(tree, md)
+    assert core_matches(to_core(tree), md) == reference(tree, md)
 
 
 @settings(max_examples=3000, deadline=None, phases=PROPERTY.phases)
 @given(pattern=patterns, text=st.lists(st.sampled_from(["a", "B", "%", "_", "\\", "\n", "É", "é", "ß", "S", "s"]), max_size=5).map("".join))
 def test_like_agrees_with_the_reference_matcher(pattern, text):
     for op in ("like", "ilike", "substring", "isubstring"):
-        assert compile_filter(Cond("t", op, pattern))({"t": text}) == reference(("leaf", "t", op, pattern), {"t": text})
+        assert core_matches(Cond("t", op, pattern), {"t": text}) == reference(("leaf", "t", op, pattern), {"t": text})
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def test_single_conditions_agree_with_build_metadata_filter_fn(md, key, op, data
     value = data.draw(leaf_value(op))
     mf = to_llama_index(("leaf", key, op, value))
     assume(mf is not None)
-    ours = compile_filter(to_core(("leaf", key, op, value)))(md)
+    ours = core_matches(to_core(("leaf", key, op, value)), md)
     try:
         theirs = build_metadata_filter_fn(lambda _: md, mf)("x")
     except TypeError:
@@ -377,9 +378,9 @@ def test_case_insensitive_operators_fold_like_python(three_stores):
 )
 def test_like_is_sql_like(pattern, text, matches):
     md = [{"t": text}, {"t": 5}, {}]
-    assert compile_filter(Cond("t", "like", pattern))(md[0]) is matches
-    assert not any(compile_filter(Cond("t", "like", pattern))(m) for m in md[1:])
-    assert compile_filter(Cond("t", "ilike", pattern.upper() if "\\" not in pattern else pattern))(md[0]) is (matches or pattern == "ABC")
+    assert core_matches(Cond("t", "like", pattern), md[0]) is matches
+    assert not any(core_matches(Cond("t", "like", pattern), m) for m in md[1:])
+    assert core_matches(Cond("t", "ilike", pattern.upper() if "\\" not in pattern else pattern), md[0]) is (matches or pattern == "ABC")
     assert like(pattern, text) is matches  # and the test's own reference agrees
 
 

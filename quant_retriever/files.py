@@ -41,11 +41,11 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda name: False) -> "DirectoryLock":
+def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda entry: False) -> "DirectoryLock":
     """Lock ``path`` to create a new persistent ``what`` in it, and return the lock.
 
     ``path`` must not exist, be empty, or hold only what an interrupted creation leaves
-    (``.lock`` and names for which ``leftovers(name)`` is true; removed here, under the lock).
+    (``.lock`` and entries for which ``leftovers(path)`` is true; removed here, under the lock).
     Anything else raises ``ValueError`` pointing to ``reopen_hint``, before anything is written.
     """
     path = Path(path)
@@ -56,9 +56,9 @@ def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lam
         if path.is_symlink() or not path.is_dir():
             raise ValueError(f"path {path} must be a new or empty directory; it is a file or a link.")
         found = list(path.iterdir())
-        if any(p.name != ".lock" and not leftovers(p.name) for p in found):
+        if any(p.name not in (".lock", ".readers") and not leftovers(p) for p in found):
             raise ValueError(f"path {path} must be a new or empty directory; to reopen a {what}, use {reopen_hint}.")
-        return [p for p in found if p.name != ".lock"]
+        return [p for p in found if p.name not in (".lock", ".readers")]
 
     check()
     path.mkdir(parents=True, exist_ok=True)
@@ -125,14 +125,43 @@ def write_json_atomic(path: Path, obj: dict) -> None:
         raise
 
 
+def _save_prefix(target: Path) -> str:
+    return f".{target.name}.qr-save-"
+
+
+def _remove_stale_saves(target: Path) -> None:
+    """Remove the temporaries of saves to ``target`` that were interrupted (a kill, a power
+    cut): hidden siblings whose writer's lock can be taken, i.e. nobody is writing them."""
+    import fcntl
+
+    for tmp in target.parent.glob(_save_prefix(target) + "*"):
+        if tmp.is_symlink() or not tmp.is_dir():
+            continue
+        try:
+            fd = open_nofollow(tmp / ".lock", os.O_RDWR | os.O_CREAT)
+        except (OSError, ValueError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a save in progress
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 def write_directory(path, fill) -> None:
     """Create the directory ``path`` (new or empty) with ``fill(tmp_dir)``: written into a
-    temporary sibling and renamed into place, so a failure leaves nothing behind."""
+    locked temporary sibling and renamed into place, so a failure leaves nothing behind, and
+    the temporaries of interrupted earlier saves to ``path`` are removed first."""
     target = Path(path)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
         raise ValueError(f"save path {target} must be a new or empty directory.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _remove_stale_saves(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_save_prefix(target), dir=target.parent))
+    lock = DirectoryLock(tmp)  # marks the temporary as in use (see _remove_stale_saves)
     try:
         fill(tmp)
         if target.exists():
@@ -142,6 +171,8 @@ def write_directory(path, fill) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 class Field:

@@ -367,7 +367,7 @@ class QuantizedIndex:
         else:
             p = Path(path)
             self._dir_lock = prepare_new_directory(
-                p, "index", "QuantizedIndex.load", lambda n: _is_data_file(n) and not (p / MANIFEST).exists()
+                p, "index", "QuantizedIndex.load", lambda e: _is_data_file(e.name) and not (p / MANIFEST).exists()
             )
             self._workdir = self._path = p
             try:
@@ -537,6 +537,15 @@ class QuantizedIndex:
                 snap = self._without(snap, rows)
                 self._pending.append(rows)
         self._snap = snap
+
+    def _discard(self) -> None:
+        """After a staged add was not published: put the manifest back to the published state,
+        best effort (rows it still names are dropped when the owner reconciles on opening)."""
+        if self._path is not None:
+            try:
+                self._write_manifest(self._snap)
+            except OSError:
+                pass
 
     def _persist_pending(self) -> None:
         """Record published deletions on disk, then compact when worth it. Best effort: an

@@ -54,6 +54,7 @@ __all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric",
 FORMAT = "quant_retriever.store"
 VERSION = 2
 DB_FILE = "store.sqlite"
+CREATING = DB_FILE + ".creating"
 INDEX_DIR = "index"
 #: Filters whose key sets a store remembers (until its next write).
 FILTER_CACHE = 16
@@ -96,14 +97,34 @@ def _expected_schema() -> list[tuple]:
 
 
 _EXPECTED_SCHEMA = _expected_schema()
+
+
+def _create_schema(db: sqlite3.Connection, meta: list[tuple[str, str]]) -> None:
+    """The tables and the settings, in one transaction (DDL included)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.executemany("INSERT INTO meta VALUES (?, ?)", meta)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 _SETTINGS_KEYS = {"codec", "rescore", "device", "block_size", "rescore_dtype"}
 #: Persistent stores open for writing in this process (opening one again shares it).
 _OPEN = OpenObjects()
 
 
-def _is_leftover(name: str) -> bool:
-    """What an interrupted creation can leave in a store directory."""
-    return name in (DB_FILE, INDEX_DIR) or name.startswith(DB_FILE + "-")
+def _is_leftover(entry: Path) -> bool:
+    """What an interrupted creation can leave in a store directory: the database being built
+    (``store.sqlite.creating`` and its journals: a store's database only appears under its
+    name once complete) and an index directory without a manifest."""
+    if entry.name.startswith(CREATING):
+        return True
+    return entry.name == INDEX_DIR and not entry.is_symlink() and not (entry / "manifest.json").exists() and not (
+        entry.parent / DB_FILE
+    ).exists()
 
 
 def _check_unicode(s: str, what: str) -> None:
@@ -220,16 +241,22 @@ class QuantizedStore:
         if self.path is not None:
             self._dir_lock = prepare_new_directory(self.path, "store", "QuantizedStore.open", _is_leftover)
         try:
-            self._db = self._connect()
-            with self._db:  # one transaction: a store exists once this commits
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("format", FORMAT), ("version", str(VERSION)),
-                     ("settings", json.dumps({**settings, "device": None})), ("metric", metric)],
-                )
+            meta = [("format", FORMAT), ("version", str(VERSION)), ("settings", json.dumps({**settings, "device": None})),
+                    ("metric", metric)]
+            if self.path is None:
+                self._db = self._connect()
+                _create_schema(self._db, meta)
+            else:  # built under another name, renamed into place once complete
+                building = self.path / CREATING
+                db = sqlite3.connect(str(building), isolation_level=None)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    _create_schema(db, meta)
+                finally:
+                    db.close()
+                os.rename(building, self.path / DB_FILE)
+                fsync_dir(self.path)
+                self._db = self._connect()
             if dim is not None:
                 self._create_index(dim)
         except BaseException:
@@ -275,8 +302,7 @@ class QuantizedStore:
         if self.path is not None and not self._read_only:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-        db.isolation_level = "DEFERRED"
-        return db
+        return db  # autocommit: writes run in explicit transactions (see _commit)
 
     def _create_index(self, dim: int) -> None:
         index_path = None if self.path is None else self.path / INDEX_DIR
@@ -533,7 +559,9 @@ class QuantizedStore:
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise  # the staged rows stay unpublished: rows SQLite never knew
+                if staged is not None:
+                    self._index._discard()  # the staged rows stay unpublished: rows SQLite never knew
+                raise
         if self._index is not None and len(dead):
             self._index._persist_pending()
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from quant_retriever.store import QuantizedStore
+from quant_retriever.store import Cond, QuantizedStore
 
 
 def vec(i: int, dim: int = 32) -> np.ndarray:
@@ -88,3 +88,67 @@ def test_a_second_process_cannot_open_a_store_for_writing(tmp_path):
     store.close()
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_small_search_never_waits_for_a_big_batch(tmp_path, persistent):
+    """Searches take no lock for their scan: one small query beside a long batch finishes
+    while the batch is still running."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60_000, 64)).astype(np.float32)
+    store = QuantizedStore(64, "int8", tmp_path / "s" if persistent else None)
+    for start in range(0, len(x), 20_000):
+        ids = [f"d{i}" for i in range(start, start + 20_000)]
+        store.upsert(ids, x[start : start + 20_000], ["t"] * 20_000, [{"g": i % 5} for i in range(start, start + 20_000)])
+    batch = rng.standard_normal((20_000, 64)).astype(np.float32)
+    ended: list[float] = []
+
+    def big():  # one call: with a store-wide lock the small searches would wait for its end
+        store.search(batch, k=10, where=Cond("g", "eq", 1))
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    time.sleep(0.3)  # the batch is running
+    finished = []
+    for i in range(5):
+        assert store.search(x[i], k=1)[0][0][0].id == f"d{i}"
+        finished.append(time.monotonic())
+    thread.join()
+    assert max(finished) < ended[0], "a small search waited for the batch"
+
+
+def test_a_write_between_two_identical_filtered_searches_changes_the_result():
+    store = QuantizedStore(32, "int4")
+    store.upsert([f"d{i}" for i in range(100)], np.stack([vec(i) for i in range(100)]), ["t"] * 100,
+                 [{"color": "red" if i % 2 else "blue"} for i in range(100)])
+    red = Cond("color", "eq", "red")
+    first = [r.id for r, _ in store.search(vec(7), k=3, where=red)[0]]
+    assert first[0] == "d7"
+    store.upsert(["new"], vec(7)[None], ["t"], [{"color": "red"}])  # an identical vector, now red too
+    assert {r.id for r, _ in store.search(vec(7), k=2, where=red)[0]} == {"d7", "new"}
+    store.upsert(["d7"], vec(7)[None], ["t"], [{"color": "blue"}])  # d7 is no longer red
+    assert [r.id for r, _ in store.search(vec(7), k=1, where=red)[0]] == ["new"]
+    store.delete(["new"])
+    assert "new" not in {r.id for r, _ in store.search(vec(7), k=5, where=red)[0]}
+    assert [r.id for r, _ in store.search(vec(7), k=1, where=Cond("color", "eq", "blue"))[0]] == ["d7"]
+
+
+def test_a_repeated_filter_runs_no_sql_until_the_next_write():
+    store = QuantizedStore(32, "int4")
+    store.upsert([f"d{i}" for i in range(200)], np.stack([vec(i) for i in range(200)]), ["t"] * 200,
+                 [{"n": i} for i in range(200)])
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    where = Cond("n", "lt", 50)
+    store.search(vec(1), k=5, where=where)
+    first = [s for s in statements if "fields" in s]
+    assert first  # the filter ran once
+    statements.clear()
+    hits = store.search(vec(2), k=5, where=Cond("n", "lt", 50))  # an equal filter, not the same object
+    assert not [s for s in statements if "fields" in s]
+    assert all(r.metadata["n"] < 50 for r, _ in hits[0])
+    store.upsert(["x"], vec(3)[None], ["t"], [{"n": 1}])
+    statements.clear()
+    store.search(vec(2), k=5, where=where)
+    assert [s for s in statements if "fields" in s]  # the write invalidated it

@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import sys
 
 import torch
 
@@ -61,16 +60,6 @@ def _importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _interpreted() -> bool:
-    """Whether the kernels run (or, not yet imported, will run) in Triton's interpreter."""
-    common = sys.modules.get("quant_retriever.kernels.triton._common")
-    if common is not None:
-        return common.INTERPRETED
-    import triton
-
-    return bool(triton.knobs.runtime.interpret)
-
-
 def available(device: torch.device | str) -> bool:
     """Whether scans of rows on ``device`` run in these kernels: a CUDA device of compute
     capability >= 8.0, Triton importable, and ``QUANT_RETRIEVER_TRITON`` not off."""
@@ -87,8 +76,13 @@ def _check_device(*tensors: torch.Tensor) -> None:
     device = devices.pop()
     if not _importable():
         raise ImportError("the Triton kernels need triton: pip install 'quant-retriever[gpu]'.")
-    if device.type == "cuda" or (device.type == "cpu" and _interpreted()):
+    if device.type == "cuda":
         return
+    if device.type == "cpu":
+        from quant_retriever.kernels.triton import _common  # decides: compiled or interpreted
+
+        if _common.INTERPRETED:
+            return
     raise ValueError(f"the Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got {device}.")
 
 

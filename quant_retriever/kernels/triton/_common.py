@@ -11,9 +11,6 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
-#: Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when imported).
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-
 #: ``key`` of a row outside the scan (past ``n``): below every row, masked ones included.
 KEY_NONE = -(2**63)
 
@@ -33,6 +30,10 @@ def popcount64(x, NATIVE: tl.constexpr):
         x = x + (x >> 16)
         x = x + (x >> 32)
         return (x & 0x7F).to(tl.int32)
+
+
+#: Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when imported).
+INTERPRETED = not isinstance(popcount64, triton.runtime.JITFunction)
 
 
 @triton.jit

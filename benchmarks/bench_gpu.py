@@ -160,7 +160,8 @@ def scan_table(codec_name: str, n: int, dim: int, query_counts: list[int], devic
     x0 = next(corpus_batches(max(query_counts), dim, device, max(query_counts)))
     rows = []
     for nq in query_counts:
-        q = unit(x0[:nq] + 0.05 * torch.randn(nq, dim, generator=torch.Generator(device=device).manual_seed(nq), device=device))
+        noise = torch.randn(nq, dim, generator=torch.Generator(device=device).manual_seed(nq), device=device)
+        q = unit(x0[:nq] + 0.05 * noise)
         timed = [("kernel", kernel_call(first.codec, q, codes, device), True, False)]
         for label, index in (("index, 1st stage", first), ("index, end to end", full)):
             timed.append((label, lambda index=index: index.search(q, K, MULTIPLIER), False, False))

@@ -5,7 +5,7 @@ With CUDA the kernels compile (``libdevice.popc``, tensor cores) and run here, a
 ``cuda_only`` tests add full-size launches. Without CUDA they run on the CPU in Triton's
 interpreter, which must be switched on (``TRITON_INTERPRET=1``) before anything imports
 triton; other libraries of the suite import it early (sentence-transformers, bitsandbytes), so
-``test_triton_interpreter.py`` runs this module in a child process with the variable set, and
+``test_triton_cpu.py`` runs this module in a child process with the variable set, and
 nothing else in the session sees it. The interpreter is slow: shapes are small, and tiles of
 32-64 rows with several programs per query make every code path run (ragged last tiles,
 programs' lists merged, query blocks padded).
@@ -31,7 +31,7 @@ RUN_HERE = CUDA or bool(triton.knobs.runtime.interpret)
 if RUN_HERE:
     from quant_retriever.kernels.triton import _common, _hamming, _int4
 
-pytestmark = pytest.mark.skipif(not RUN_HERE, reason="no CUDA: test_triton_interpreter.py runs these in the interpreter")
+pytestmark = pytest.mark.skipif(not RUN_HERE, reason="no CUDA: test_triton_cpu.py runs these in the interpreter")
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (compiled kernels, libdevice.popc)")
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import numbers
 import os
 
 import torch
@@ -69,31 +70,21 @@ def available(device: torch.device | str) -> bool:
     return torch.cuda.get_device_capability(device) >= MIN_CAPABILITY
 
 
-def _check_device(*tensors: torch.Tensor) -> None:
-    devices = {t.device for t in tensors}
+def _check_device(*tensors: torch.Tensor | None) -> torch.device:
+    devices = {t.device for t in tensors if t is not None}
     if len(devices) > 1:
         raise ValueError(f"all tensors must be on one device; got {', '.join(sorted(map(str, devices)))}.")
     device = devices.pop()
     if not _importable():
         raise ImportError("the Triton kernels need triton: pip install 'quant-retriever[gpu]'.")
     if device.type == "cuda":
-        return
+        return device
     if device.type == "cpu":
         from quant_retriever.kernels.triton import _common  # decides: compiled or interpreted
 
         if _common.INTERPRETED:
-            return
+            return device
     raise ValueError(f"the Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); got {device}.")
-
-
-def _rows(codes: torch.Tensor, row_bytes: int, what: str) -> torch.Tensor:
-    """``codes`` as a contiguous ``[n, row_bytes]`` uint8 tensor whose start is 8-byte aligned."""
-    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2:
-        raise TypeError(f"{what} must be a 2-D uint8 tensor; got {_describe(codes)}.")
-    if codes.shape[1] != row_bytes:
-        raise ValueError(f"{what} must have {row_bytes} bytes per row; got {codes.shape[1]}.")
-    codes = codes.contiguous()
-    return codes if codes.data_ptr() % 8 == 0 else codes.clone()
 
 
 def _describe(x: object) -> str:
@@ -102,20 +93,37 @@ def _describe(x: object) -> str:
     return type(x).__name__
 
 
+def _check_rows(codes: object, row_bytes: int, what: str) -> int:
+    """The row count of ``codes``, a 2-D uint8 tensor of ``row_bytes`` bytes per row."""
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2:
+        raise TypeError(f"{what} must be a 2-D uint8 tensor; got {_describe(codes)}.")
+    if codes.shape[1] != row_bytes:
+        raise ValueError(f"{what} must have {row_bytes} bytes per row; got {codes.shape[1]}.")
+    return codes.shape[0]
+
+
+def _aligned(codes: torch.Tensor) -> torch.Tensor:
+    """``codes`` contiguous, starting on an 8-byte boundary (the kernels load 32/64-bit words)."""
+    codes = codes.contiguous()
+    return codes if codes.data_ptr() % 8 == 0 else codes.clone()
+
+
 def _check_keep(keep: object, n: int) -> int:
-    if isinstance(keep, bool) or not isinstance(keep, int):
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
         raise TypeError(f"keep must be an int; got {type(keep).__name__}.")
     if not 0 < keep <= n < 2**31:
         raise ValueError(f"keep must satisfy 0 < keep <= rows < 2**31; got keep={keep}, rows={n}.")
-    return keep
+    return int(keep)
 
 
-def _check_valid(valid: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    if valid is None:
-        return None
-    if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.shape != (n,):
+def _check_valid(valid: object, n: int) -> torch.Tensor | None:
+    if valid is not None and (not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.shape != (n,)):
         raise TypeError(f"valid must be None or a bool tensor of shape ({n},); got {_describe(valid)}.")
-    return valid.contiguous()
+    return valid
+
+
+def _empty(keep: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(0, keep, dtype=dtype, device=device), torch.zeros(0, keep, dtype=torch.int64, device=device)
 
 
 def hamming_topk(
@@ -135,15 +143,15 @@ def hamming_topk(
     row_bytes = qcodes.shape[1]
     if row_bytes == 0 or row_bytes % 8:
         raise ValueError(f"rows must be whole 64-bit words (a positive multiple of 8 bytes); got {row_bytes} bytes.")
-    codes = _rows(codes, row_bytes, "codes")
-    keep = _check_keep(keep, codes.shape[0])
-    valid = _check_valid(valid, codes.shape[0])
-    _check_device(qcodes, codes, *([] if valid is None else [valid]))
+    n = _check_rows(codes, row_bytes, "codes")
+    keep = _check_keep(keep, n)
+    device = _check_device(qcodes, codes, _check_valid(valid, n))
     if qcodes.shape[0] == 0:
-        return torch.zeros(0, keep, dtype=torch.int32, device=codes.device), torch.zeros(0, keep, dtype=torch.int64, device=codes.device)
+        return _empty(keep, torch.int32, device)
     from quant_retriever.kernels.triton import _hamming
 
-    return _hamming.topk(_rows(qcodes, row_bytes, "qcodes"), codes, valid, keep)
+    valid = None if valid is None else valid.contiguous()
+    return _hamming.topk(_aligned(qcodes), _aligned(codes), valid, keep)
 
 
 def int4_topk(
@@ -165,12 +173,12 @@ def int4_topk(
     if not isinstance(q, torch.Tensor) or not q.dtype.is_floating_point or q.dim() != 2 or q.shape[1] != dim:
         raise TypeError(f"q must be a 2-D float tensor of shape (nq, {dim}); got {_describe(q)}.")
     padded = -(-dim // block_size) * block_size
-    codes = _rows(codes, padded // 2 + 4 * (padded // block_size) + 4, "codes")
-    keep = _check_keep(keep, codes.shape[0])
-    valid = _check_valid(valid, codes.shape[0])
-    _check_device(q, codes, *([] if valid is None else [valid]))
+    n = _check_rows(codes, padded // 2 + 4 * (padded // block_size) + 4, "codes")
+    keep = _check_keep(keep, n)
+    device = _check_device(q, codes, _check_valid(valid, n))
     if q.shape[0] == 0:
-        return torch.zeros(0, keep, device=codes.device), torch.zeros(0, keep, dtype=torch.int64, device=codes.device)
+        return _empty(keep, torch.float32, device)
     from quant_retriever.kernels.triton import _int4
 
-    return _int4.topk(q.float(), codes, valid, keep, padded, block_size)
+    valid = None if valid is None else valid.contiguous()
+    return _int4.topk(q.float(), _aligned(codes), valid, keep, padded, block_size)

@@ -12,7 +12,7 @@ import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
 #: ``key`` of a row outside the scan (past ``n``): below every row, masked ones included.
-KEY_NONE = -(2**63)
+KEY_NONE = tl.constexpr(-(2**63))
 
 
 @triton.jit

@@ -29,10 +29,11 @@ from quant_retriever.kernels.triton._common import INTERPRETED, next_pow2, popco
 INT32_MAX = 2**31 - 1
 COARSE_BINS = 64
 #: Rows per tile (one load of ``[BLOCK_N, words]`` int64) and most rows per program.
-BLOCK_ROWS = 256
+BLOCK_ROWS = 128
 MAX_SPLIT_ROWS = 1 << 16
-#: Queries per program, and the budget of histogram entries (int32) per call.
-QUERY_BLOCK = 16
+#: Queries per program (more: registers spill in ``_emit`` on sm_90), and the budget of
+#: histogram entries (int32) per call.
+QUERY_BLOCK = 8
 HIST_BUDGET = 1 << 24
 #: A coarse threshold bin may add this many candidates beyond ``keep`` (else: exact mode).
 COARSE_EXTRA = 4096
@@ -108,10 +109,10 @@ def _emit(codes_ptr, q_ptr, valid_ptr, thr_ptr, cut_ptr, slot_ptr, ties_ptr, cou
                 b = d >> SHIFT
                 mine = qidx == i  # this query's entries of thr, cut, slot and ties
                 t = tl.sum(tl.where(mine, thr, 0))
-                tie = (ok & (b == t)).to(tl.int64)
-                tie_rank = tl.sum(tl.where(mine, ties, 0)) + tl.cumsum(tie, 0) - tie
-                take = ((ok & (b < t)) | ((tie != 0) & (tie_rank < tl.sum(tl.where(mine, cut, 0))))).to(tl.int64)
-                pos = tl.sum(tl.where(mine, slot, 0)) + tl.cumsum(take, 0) - take
+                tie = (ok & (b == t)).to(tl.int32)
+                tie_rank = tl.sum(tl.where(mine, ties, 0)) + (tl.cumsum(tie, 0) - tie)
+                take = ((ok & (b < t)) | ((tie != 0) & (tie_rank < tl.sum(tl.where(mine, cut, 0))))).to(tl.int32)
+                pos = tl.sum(tl.where(mine, slot, 0)) + (tl.cumsum(take, 0) - take)
                 # queries past nq have thr = cut = 0 and take nothing
                 dest = (q0 + i).to(tl.int64) * out_cols + pos
                 tl.store(out_d_ptr + dest, d, mask=take != 0)
@@ -143,36 +144,43 @@ def _plan(hist: torch.Tensor, keep: int, exact: bool):
     return thr, cut, slot.contiguous(), ties.contiguous(), count.contiguous(), width
 
 
-def topk(qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, *,
-         block_rows: int = BLOCK_ROWS, split: int | None = None, query_block: int = QUERY_BLOCK,
-         exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dist [nq, keep] int32, rows [nq, keep] int64)``, best first: see ``hamming_topk``.
-    Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``)."""
-    n, row_bytes = codes.shape
-    nq = qcodes.shape[0]
+def config(n: int, nq: int, row_bytes: int, device: torch.device, has_valid: bool, exact: bool, *,
+           block_rows: int = BLOCK_ROWS, split: int | None = None, query_block: int = QUERY_BLOCK) -> dict:
+    """The launch parameters of ``_histogram`` and ``_emit`` (their constexprs, ``NBINS``
+    ``_histogram``'s alone, and compile options) for ``nq`` queries over ``n`` rows; keywords
+    override the defaults."""
     w = row_bytes // 8
-    words, qwords = codes.view(torch.int64), qcodes.view(torch.int64)
     maxd = 64 * w
     if exact:
         shift, nbins = 0, next_pow2(maxd + 1)
     else:
-        shift = max(0, maxd.bit_length() - COARSE_BINS.bit_length() + 1)
-        nbins = COARSE_BINS
-    qb = min(query_block, next_pow2(nq))
-    n_qblocks = -(-nq // qb)
+        shift, nbins = max(0, maxd.bit_length() - COARSE_BINS.bit_length() + 1), COARSE_BINS
     if split is None:  # enough programs, and a bounded histogram
-        split = split_rows(n, codes.device, block_rows, MAX_SPLIT_ROWS)
+        split = split_rows(n, device, block_rows, MAX_SPLIT_ROWS)
         split = max(split, next_pow2(-(-n * nq * nbins // HIST_BUDGET)))
-    n_splits = -(-n // split)
+    return dict(W=w, WP=next_pow2(w), SPLIT=split, BLOCK_N=block_rows, QB=min(query_block, next_pow2(nq)),
+                NBINS=nbins, SHIFT=shift, HAS_VALID=has_valid, NATIVE=not INTERPRETED,
+                enable_fp_fusion=True)  # no float math; explicit, so Triton 3.9 does not warn
+
+
+def topk(qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, *, exact: bool = False,
+         **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dist [nq, keep] int32, rows [nq, keep] int64)``, best first: see ``hamming_topk``.
+    Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``);
+    ``overrides`` go to :func:`config`."""
+    n, nq = codes.shape[0], qcodes.shape[0]
+    meta = config(n, nq, codes.shape[1], codes.device, valid is not None, exact, **overrides)
+    nbins = meta.pop("NBINS")
+    words, qwords = codes.view(torch.int64), qcodes.view(torch.int64)
+    n_qblocks = -(-nq // meta["QB"])
+    n_splits = -(-n // meta["SPLIT"])
     mask = valid.view(torch.uint8) if valid is not None else words
-    meta = dict(W=w, WP=next_pow2(w), SPLIT=split, BLOCK_N=block_rows, QB=qb, SHIFT=shift,
-                HAS_VALID=valid is not None, NATIVE=not INTERPRETED)
     grid = (n_qblocks * n_splits,)
     hist = torch.empty(nq, n_splits, nbins, dtype=torch.int32, device=codes.device)
     _histogram[grid](words, qwords, mask, hist, n, nq, n_splits, n_qblocks, NBINS=nbins, **meta)
     thr, cut, slot, ties, count, width = _plan(hist, keep, exact)
     if not exact and width > keep + COARSE_EXTRA:
-        return topk(qcodes, codes, valid, keep, block_rows=block_rows, split=split, query_block=query_block, exact=True)
+        return topk(qcodes, codes, valid, keep, exact=True, **overrides)
     out_d = torch.full((nq, width), INT32_MAX, dtype=torch.int32, device=codes.device)
     out_r = torch.full((nq, width), n, dtype=torch.int64, device=codes.device)
     _emit[grid](words, qwords, mask, thr, cut, slot, ties, count, out_d, out_r,

@@ -67,7 +67,7 @@ def _topk_kernel(words_ptr, halves_ptr, floats_ptr, qa_ptr, qb_ptr, qsa_ptr, qsb
     split = tl.program_id(0) // n_qblocks
     q0 = qblock * QB
     qidx = tl.arange(0, QB)
-    qs_ = tl.minimum(q0 + qidx, nq - 1)  # queries past nq (last block) repeat the last one
+    qrow = tl.minimum(q0 + qidx, nq - 1)  # queries past nq (last block) repeat the last one
     wc = tl.arange(0, WC)
     phase = tl.arange(0, 8)
     best = empty_top(QB, KP)
@@ -76,7 +76,7 @@ def _topk_kernel(words_ptr, halves_ptr, floats_ptr, qa_ptr, qb_ptr, qsa_ptr, qsb
         inside = local < n
         rows = row0 + local
         acc = tl.zeros([BLOCK_N, QB], tl.float32)
-        for c in tl.static_range(0, NW, WC):  # unrolled: the loads of a whole tile can be in flight
+        for c in range(0, NW, WC):
             w_at = c + wc  # [WC] word index in the row
             w_ok = inside[:, None] & (w_at < NW)[None, :]
             w = tl.load(words_ptr + rows[:, None] * RW + w_at[None, :], mask=w_ok, other=0)
@@ -85,10 +85,10 @@ def _topk_kernel(words_ptr, halves_ptr, floats_ptr, qa_ptr, qb_ptr, qsa_ptr, qsb
             offset = tl.load(meta + NB, mask=w_ok, other=0.0)
             if DOT:
                 # query tiles: row i * WC + k is q[8 * (c + k) + i]
-                q_at = qs_[None, None, :] * (8 * NW) + phase[:, None, None] * NW + w_at[None, :, None]  # [8, WC, QB]
-                q_ok = (w_at < NW)[None, :, None] & (qidx >= 0)[None, None, :]
-                s_at = qs_[None, :] * NW + w_at[:, None]  # [WC, QB]
-                s_ok = (w_at < NW)[:, None] & (qidx >= 0)[None, :]
+                q_at = qrow[None, None, :] * (8 * NW) + phase[:, None, None] * NW + w_at[None, :, None]  # [8, WC, QB]
+                q_ok = (w_at < NW)[None, :, None]
+                s_at = qrow[None, :] * NW + w_at[:, None]  # [WC, QB]
+                s_ok = (w_at < NW)[:, None]
                 nib = _nibbles(w, True)  # [BLOCK_N, 8, WC] float16
                 hi = (scale.to(tl.int16, bitcast=True) & -16).to(tl.float16, bitcast=True)  # top 7 bits
                 a_hi = tl.reshape(nib * hi[:, None, :], [BLOCK_N, 8 * WC])
@@ -105,14 +105,15 @@ def _topk_kernel(words_ptr, halves_ptr, floats_ptr, qa_ptr, qb_ptr, qsa_ptr, qsb
                 scale = scale.to(tl.float32)
                 offset = offset.to(tl.float32)
                 for j in tl.static_range(QB):
-                    qj_ = tl.minimum(q0 + j, nq - 1)
-                    qj = tl.load(qa_ptr + qj_ * (8 * NW) + phase[:, None] * NW + w_at[None, :], mask=(w_at < NW)[None, :], other=0.0)
-                    sj = tl.load(qsa_ptr + qj_ * NW + w_at, mask=w_at < NW, other=0.0)  # [WC]
+                    qj_row = tl.minimum(q0 + j, nq - 1)
+                    qj_at = qj_row * (8 * NW) + phase[:, None] * NW + w_at[None, :]
+                    qj = tl.load(qa_ptr + qj_at, mask=(w_at < NW)[None, :], other=0.0)  # [8, WC]
+                    sj = tl.load(qsa_ptr + qj_row * NW + w_at, mask=w_at < NW, other=0.0)  # [WC]
                     per_word = tl.sum(nib * qj[None, :, :], axis=1)  # [BLOCK_N, WC]
                     part = tl.sum(per_word * scale + offset * sj[None, :], axis=1)  # [BLOCK_N]
                     acc += tl.where(qidx[None, :] == j, part[:, None], 0.0)
         norm = tl.load(floats_ptr + rows * RW + NW + NB, mask=inside, other=0.0)
-        qscale = tl.load(qscale_ptr + qs_)
+        qscale = tl.load(qscale_ptr + qrow)
         s = tl.trans(acc * norm[:, None] * qscale[None, :])  # [QB, BLOCK_N]
         ok = inside
         if HAS_VALID:
@@ -146,25 +147,40 @@ def _queries(q: torch.Tensor, padded: int, dot: bool):
     return hi, (phases - hi.float()).half(), shi, (sums - shi.float()).half(), qscale
 
 
-def topk(q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, padded: int, block_size: int, *,
-         block_rows: int = BLOCK_ROWS, split: int | None = None, words_per_chunk: int | None = None,
-         query_block: int | None = None, max_kp: int = MAX_KP) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores [nq, keep] float32, rows [nq, keep] int64)``, best first: see ``int4_topk``.
-    Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``)."""
-    n, row_bytes = codes.shape
-    nq = q.shape[0]
-    nw, nb = padded // 8, padded // block_size
+def config(n: int, nq: int, keep: int, padded: int, block_size: int, device: torch.device, has_valid: bool, *,
+           block_rows: int = BLOCK_ROWS, split: int | None = None, words_per_chunk: int | None = None,
+           query_block: int | None = None, max_kp: int = MAX_KP) -> dict:
+    """The launch parameters of ``_topk_kernel`` (its constexprs and compile options) for
+    ``nq`` queries keeping ``keep`` of ``n`` rows; the keyword arguments override the defaults."""
+    nw = padded // 8
     kp = next_pow2(keep)
     select = kp <= max_kp
     lists = MAX_LIST // kp if select else MAX_LIST  # queries per program whose lists fit
     dot = nq >= DOT_MIN_QUERIES and lists >= DOT_MIN_QUERIES
-    qb = query_block or min(64 if dot else 8, next_pow2(nq), lists)
-    wc = words_per_chunk or (16 if dot else min(8, next_pow2(nw)))  # tl.dot needs K >= 16
+    qb = query_block or min(16 if dot else 8, next_pow2(nq), lists)  # more: registers spill (sm_80)
     if select:
-        split = split or split_rows(n, codes.device, block_rows, MAX_SPLIT_ROWS)
+        split = split or split_rows(n, device, block_rows, MAX_SPLIT_ROWS)
     else:  # nothing to select in a program: each writes its tile's keys
         kp = split = block_rows
-    qa, qb_, qsa, qsb, qscale = _queries(q, padded, dot)
+    return dict(
+        # 32-bit words per row: the nibbles, one word of scale and offset per block, the norm
+        RW=nw + padded // block_size + 1, NW=nw, WPB=block_size // 8, NB=padded // block_size,
+        WC=words_per_chunk or (16 if dot else min(8, next_pow2(nw))),  # tl.dot needs K >= 16
+        SPLIT=split, BLOCK_N=block_rows, QB=qb, KP=kp, DOT=dot, SELECT=select, HAS_VALID=has_valid,
+        # multiply-adds as FMAs, explicitly: Triton 3.10 turns the default off
+        num_warps=8 if dot else 4, enable_fp_fusion=True,
+    )
+
+
+def topk(q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, padded: int, block_size: int,
+         **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores [nq, keep] float32, rows [nq, keep] int64)``, best first: see ``int4_topk``.
+    Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``);
+    ``overrides`` go to :func:`config`."""
+    n, nq = codes.shape[0], q.shape[0]
+    meta = config(n, nq, keep, padded, block_size, codes.device, valid is not None, **overrides)
+    split, kp, qb = meta["SPLIT"], meta["KP"], meta["QB"]
+    qa, qb_, qsa, qsb, qscale = _queries(q, padded, meta["DOT"])
     words, halves, floats = codes.view(torch.int32), codes.view(torch.float16), codes.view(torch.float32)
     mask = valid.view(torch.uint8) if valid is not None else words
     n_qblocks = -(-nq // qb)
@@ -176,9 +192,7 @@ def topk(q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep:
         n_splits = -(-rows // split)
         out = torch.empty(nq, n_splits * kp, dtype=torch.int64, device=codes.device)
         _topk_kernel[(n_qblocks * n_splits,)](
-            words, halves, floats, qa, qb_, qsa, qsb, qscale, mask, out, row0, rows, nq, n_splits, n_qblocks,
-            RW=row_bytes // 4, NW=nw, WPB=block_size // 8, NB=nb, WC=wc, SPLIT=split, BLOCK_N=block_rows, QB=qb, KP=kp,
-            DOT=dot, SELECT=select, HAS_VALID=valid is not None,
+            words, halves, floats, qa, qb_, qsa, qsb, qscale, mask, out, row0, rows, nq, n_splits, n_qblocks, **meta
         )
         if best is not None:
             out = torch.cat([best, out], dim=1)

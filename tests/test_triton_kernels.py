@@ -13,23 +13,22 @@ programs' lists merged, query blocks padded).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-triton = pytest.importorskip("triton", reason="the Triton kernels need triton (pip install 'quant-retriever[gpu]')")
+pytest.importorskip("triton", reason="the Triton kernels need triton (pip install 'quant-retriever[gpu]')")
 
 from quant_retriever.codecs import binary, int4  # noqa: E402
 from quant_retriever.kernels import scans  # noqa: E402
 from quant_retriever.kernels import triton as tk  # noqa: E402
+from quant_retriever.kernels.triton import _common, _hamming, _int4  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 INT32_MAX = 2**31 - 1
 #: The kernels can run in this process: compiled for CUDA, or in the interpreter.
-RUN_HERE = CUDA or bool(triton.knobs.runtime.interpret)
-
-if RUN_HERE:
-    from quant_retriever.kernels.triton import _common, _hamming, _int4
+RUN_HERE = CUDA or _common.INTERPRETED
 
 pytestmark = pytest.mark.skipif(not RUN_HERE, reason="no CUDA: test_triton_cpu.py runs these in the interpreter")
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (compiled kernels, libdevice.popc)")
@@ -67,7 +66,7 @@ def hamming_reference(qcodes, codes, valid, keep):
 def hamming_case(n, dim, nq, seed, dup=0):
     x = torch.randn(n, dim, generator=gen(seed))
     if dup:  # a block of identical rows: heavy ties at one distance
-        x[n // 3 : n // 3 + dup] = x[n // 3]
+        x[n // 3 : n // 3 + dup] = x[n // 3].clone()
     q = torch.randn(nq, dim, generator=gen(seed + 1))
     q[0] = x[n // 3]  # distance 0 to every duplicate
     return binary.encode(q), binary.encode(x)
@@ -123,6 +122,7 @@ def test_hamming_public_function_and_validation():
     dist, rows = tk.hamming_topk(qc, c, v, 5)
     want = hamming_reference(qcodes, codes, valid, 5)
     assert torch.equal(dist.cpu(), want[0]) and torch.equal(rows.cpu(), want[1])
+    assert torch.equal(tk.hamming_topk(qc, c, v, np.int64(5))[1], rows)  # any integer type
     assert tk.hamming_topk(qc[:0], c, None, 5)[0].shape == (0, 5)
     with pytest.raises(ValueError, match="0 < keep <= rows"):
         tk.hamming_topk(qc, c, None, 91)
@@ -209,8 +209,7 @@ def test_int4_matches_eager(dim, block, n, nq, keep, kind):
     q, codes = int4_case(n, dim, block, nq, seed=dim + nq)
     valid = valid_mask(n, kind, seed=n)
     qd, c, v = to(DEVICE, q, codes, valid)
-    scores, rows = _int4.topk(qd, c, v, keep, -(-dim // block) * block, block, block_rows=32, split=64,
-                              query_block=16 if nq >= 16 else None)
+    scores, rows = _int4.topk(qd, c, v, keep, -(-dim // block) * block, block, block_rows=32, split=64)
     assert scores.dtype == torch.float32 and rows.dtype == torch.int64
     assert_same_top(scores, rows, int4_reference(q, codes, valid, dim, block), keep, valid)
 
@@ -234,7 +233,7 @@ def test_int4_query_norms_far_from_one(scale):
     tiny and huge queries keep float32 accuracy."""
     q, codes = int4_case(64, 40, 8, 16, seed=11, scale=scale)
     qd, c = to(DEVICE, q, codes)
-    scores, rows = _int4.topk(qd, c, None, 5, 40, 8, block_rows=32, split=64, query_block=16)
+    scores, rows = _int4.topk(qd, c, None, 5, 40, 8, block_rows=32, split=64)
     assert_same_top(scores, rows, int4_reference(q, codes, None, 40, 8), 5, None)
 
 

@@ -62,7 +62,7 @@ def _tile(codes_ptr, valid_ptr, rows, words, n, W: tl.constexpr, HAS_VALID: tl.c
 def _histogram(codes_ptr, q_ptr, valid_ptr, hist_ptr, n, nq, n_splits, n_qblocks,
                W: tl.constexpr, WP: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, QB: tl.constexpr,
                NBINS: tl.constexpr, SHIFT: tl.constexpr, HAS_VALID: tl.constexpr, NATIVE: tl.constexpr):
-    # programs of one split are adjacent, so its rows are read from DRAM once for all query blocks
+    # the programs of one split are adjacent, so its query blocks after the first find its rows in L2
     qb = tl.program_id(0) % n_qblocks
     split = tl.program_id(0) // n_qblocks
     q0 = qb * QB

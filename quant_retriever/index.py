@@ -885,7 +885,10 @@ class QuantizedIndex:
             rows = subset_t[rows]
         if snap.rescore is not None:
             uniq, inverse = np.unique(rows.cpu().numpy(), return_inverse=True)
-            cand = snap.rescore.gather(uniq, snap.rows).to(self.device)[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
+            cand = snap.rescore.gather(uniq, snap.rows)  # read once per distinct row, for all queries
+            if self.device.type == "cuda":  # one pinned, asynchronous copy to the GPU
+                cand = cand.pin_memory().to(self.device, non_blocking=True)
+            cand = cand[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
             s = self._rescore_codec.rescore(u, cand.view(rows.shape[0], rows.shape[1], -1))
         s, pos = torch.topk(s.float(), k, dim=1)
         scores = (s.double() * qnorm.double().unsqueeze(1)).clamp(-FLOAT32_MAX, FLOAT32_MAX).float()

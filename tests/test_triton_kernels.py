@@ -317,3 +317,29 @@ def test_cuda_available_and_switch(monkeypatch):
     assert tk.available(torch.device("cuda")) == (torch.cuda.get_device_capability() >= tk.MIN_CAPABILITY)
     monkeypatch.setenv("QUANT_RETRIEVER_TRITON", "off")
     assert not tk.available("cuda")
+
+
+# ---------------------------------------------------------------------------------- dispatch
+@pytest.mark.parametrize("codec", ["int4", "binary"])
+def test_the_index_dispatches_to_the_kernels_and_gets_the_c_results(codec, monkeypatch):
+    """Through ``QuantizedIndex`` and the codec objects, as on a GPU (here: the interpreter on
+    CPU tensors), with deletions and a selection: the same ids as the C kernels."""
+    from quant_retriever import QuantizedIndex
+
+    x = torch.nn.functional.normalize(torch.randn(300, 40, generator=gen(1)), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(3, 40, generator=gen(2)), dim=1)
+    index = QuantizedIndex(40, codec=codec, block_size=8, device=DEVICE)
+    index.add(x)
+    index.remove(np.arange(0, 300, 7))
+    allowed = np.arange(0, 300, 2)
+    expected = [index.search(q, k=5), index.search(q, k=5, allowed_ids=allowed)]
+    calls = []
+    for name in ("hamming_topk", "int4_topk"):
+        real = getattr(tk, name)
+        monkeypatch.setattr(tk, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    monkeypatch.setattr(tk, "available", lambda device: True)
+    got = [index.search(q, k=5), index.search(q, k=5, allowed_ids=allowed)]
+    assert calls, "the codec did not call the Triton kernel"
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e.ids, g.ids)
+        np.testing.assert_allclose(e.scores, g.scores, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ import torch
 
 from quant_retriever.codecs.base import Codec, Scan
 from quant_retriever.kernels import scans
+from quant_retriever.kernels import triton as gpu
 
 __all__ = ["Binary", "row_bytes", "encode", "decode", "hamming", "score", "WIDEN"]
 
@@ -123,14 +124,17 @@ class Binary(Codec):
         return hamming(encode(q), rows).neg_()
 
     def scans_in_place(self, device: torch.device) -> bool:
-        return scans.available(device)
+        return scans.available(device) or gpu.available(device)
 
     def selects_in_place(self, device: torch.device) -> bool:
-        return scans.available(device)
+        return scans.available(device) or gpu.available(device)
 
     def top(
         self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if gpu.available(rows.device):  # CUDA: a Triton counting select, best first
+            dist, pos = gpu.hamming_topk(encode(q), rows, valid, n)
+            return dist.neg_(), pos
         picked = scans.hamming_select(encode(q), rows, valid, n)
         if picked is None:
             return super().top(q, rows, valid, n)

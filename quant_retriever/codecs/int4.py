@@ -30,6 +30,7 @@ import torch
 
 from quant_retriever.codecs.base import Codec, split_norm
 from quant_retriever.kernels import scans
+from quant_retriever.kernels import triton as gpu
 
 __all__ = ["Int4", "row_bytes", "encode", "decode", "score"]
 
@@ -169,4 +170,14 @@ class Int4(Codec):
         return score(q, rows, self.dim, self.block_size, valid)
 
     def scans_in_place(self, device: torch.device) -> bool:
-        return scans.available(device)
+        return scans.available(device) or gpu.available(device)
+
+    def selects_in_place(self, device: torch.device) -> bool:
+        return gpu.available(device)  # the Triton kernel keeps a running top-k, no score per row
+
+    def top(
+        self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if gpu.available(rows.device):  # CUDA: scores and top-k fused in one Triton kernel
+            return gpu.int4_topk(q, rows, valid, n, self.dim, self.block_size)
+        return super().top(q, rows, valid, n)

@@ -564,6 +564,15 @@ class QuantizedIndex:
                 stacklevel=3,
             )
 
+    def _restrict(self, ids: np.ndarray) -> np.ndarray:
+        """A read-only view: exactly the rows of ``ids`` are alive, whatever the deletions on
+        disk say (the owner's records decide); in memory only. Returns the ids it lacks."""
+        snap = self._snap
+        alive = np.zeros(len(snap.ids), dtype=bool)
+        alive[: snap.rows] = np.isin(snap.ids[: snap.rows], ids)
+        self._snap = replace(snap, alive_host=alive, alive=self._on_device(alive), n_alive=int(alive.sum()))
+        return np.setdiff1d(ids, snap.ids[: snap.rows][alive[: snap.rows]])
+
     def _without(self, snap: _Snapshot, rows: np.ndarray) -> _Snapshot:
         """``snap`` with ``rows`` dead (a copy of the alive mask: published masks never change)."""
         alive_host = np.ones(len(snap.ids), dtype=bool) if snap.alive_host is None else snap.alive_host.copy()

@@ -47,9 +47,12 @@ from quant_retriever.files import DirectoryLock, OpenObjects, fsync_dir, prepare
 from quant_retriever.filters import (
     FIELDS_SCHEMA, And, Cond, Filter, Not, Operator, Or, check_filter, field_rows, matching_keys,
 )
-from quant_retriever.index import QuantizedIndex, as_vectors, check_settings
+from quant_retriever.index import READ_RETRIES, QuantizedIndex, as_vectors, check_settings
 
-__all__ = ["Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "metadata_json"]
+__all__ = [
+    "Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "metadata_json",
+    "check_rescore_multiplier",
+]
 
 FORMAT = "quant_retriever.store"
 VERSION = 2
@@ -125,6 +128,16 @@ def _is_leftover(entry: Path) -> bool:
     return entry.name == INDEX_DIR and not entry.is_symlink() and not (entry / "manifest.json").exists() and not (
         entry.parent / DB_FILE
     ).exists()
+
+
+def check_rescore_multiplier(value: object) -> int:
+    """``value`` as a rescore multiplier (an int >= 1); ``TypeError``/``ValueError`` otherwise.
+    The one check, shared with the framework adapters that keep a default multiplier."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"rescore_multiplier must be an int; got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"rescore_multiplier must be >= 1; got {value}.")
+    return int(value)
 
 
 def _check_unicode(s: str, what: str) -> None:
@@ -296,6 +309,7 @@ class QuantizedStore:
                 db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             except sqlite3.OperationalError:  # no write permission for the WAL index: read as a snapshot
                 db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
+            self._pin(db)
         else:
             db = sqlite3.connect(str(self.path / DB_FILE), check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA trusted_schema=OFF")
@@ -303,6 +317,14 @@ class QuantizedStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
         return db  # autocommit: writes run in explicit transactions (see _commit)
+
+    @staticmethod
+    def _pin(db: sqlite3.Connection) -> None:
+        """Start a read transaction: a read-only store sees this committed state until refresh."""
+        if db.in_transaction:
+            db.execute("COMMIT")
+        db.execute("BEGIN")
+        db.execute("SELECT COUNT(*) FROM meta").fetchone()
 
     def _create_index(self, dim: int) -> None:
         index_path = None if self.path is None else self.path / INDEX_DIR
@@ -417,8 +439,17 @@ class QuantizedStore:
         """After a crash: index rows SQLite does not know (an upsert whose transaction never
         committed, or deletions not yet recorded in the index) leave the index, in memory and
         then, best effort, on disk. Records without vectors (only a damaged index has them)
-        are never returned by a search and, best effort, deleted."""
+        are never returned by a search and, best effort, deleted.
+
+        A read-only store: exactly the rows of its pinned SQLite state are alive (a writer
+        elsewhere may have recorded later deletions in the index); the index is loaded again
+        when a compaction raced the opening."""
         in_db = self._all_keys()
+        if self._read_only:
+            for _ in range(READ_RETRIES):
+                if not len(self._index._restrict(in_db)) or not self._index.refresh():
+                    return
+            return
         in_index = np.sort(self._index.ids())
         orphans = np.setdiff1d(in_index, in_db, assume_unique=True)
         if len(orphans):
@@ -438,14 +469,16 @@ class QuantizedStore:
         A writable store always is at its latest state (returns False)."""
         if not self._read_only:
             return False
-        with self._write_lock:
+        with self._write_lock, self._db_lock:
             self._check_open()
             with self._publish_lock:
-                changed = self._index is not None and self._index.refresh()
-                if changed:
-                    self._reconcile()
+                before = len(self._all_keys())
+                self._pin(self._db)
                 self._version += 1
-            return bool(changed)
+                changed = self._index is not None and self._index.refresh()
+                if self._index is not None:
+                    self._reconcile()
+                return bool(changed) or len(self._all_keys()) != before
 
     def _release(self) -> None:
         if self._db is not None:
@@ -650,10 +683,7 @@ class QuantizedStore:
             raise TypeError(f"k must be an int; got {type(k).__name__}.")
         if k < 0:
             raise ValueError(f"k must be >= 0; got {k}.")
-        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, (int, np.integer)):
-            raise TypeError(f"rescore_multiplier must be an int; got {type(rescore_multiplier).__name__}.")
-        if rescore_multiplier < 1:
-            raise ValueError(f"rescore_multiplier must be >= 1; got {rescore_multiplier}.")
+        rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
         ids = None if ids is None else _strings(ids, "ids")
         if where is not None:
             check_filter(where)

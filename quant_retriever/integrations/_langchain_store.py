@@ -17,9 +17,9 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict
 
-from quant_retriever.codecs import CodecName
+from quant_retriever.codecs import CodecName, RescoreDtype
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
-from quant_retriever.store import QuantizedStore, Record
+from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier
 
 __all__ = ["QuantizedVectorStore", "QuantizedRetriever"]
 
@@ -100,24 +100,36 @@ class QuantizedVectorStore(VectorStore):
         rescore: bool | None = None,
         device: str | None = None,
         block_size: int = 64,
+        rescore_dtype: RescoreDtype = "int8",
         store: QuantizedStore | None = None,
     ):
         if not isinstance(embedding, Embeddings):
             raise TypeError(f"embedding must be a LangChain Embeddings; got {type(embedding).__name__}.")
-        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
-            raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
+        rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
         if store is None and path is not None and (Path(path) / "store.sqlite").is_file():
             raise ValueError(f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding).")
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier
         self.store = store or QuantizedStore(
-            None, codec, path, rescore=rescore, device=device, block_size=block_size, metric="cosine"
+            None, codec, path, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype,
+            metric="cosine",
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, embedding: Embeddings, rescore_multiplier: int = 4, device: str | None = None):
-        """Reopen a persistent store written with ``path=...``."""
-        return cls(embedding, rescore_multiplier=rescore_multiplier, store=QuantizedStore.open(path, device=device))
+    def load(
+        cls,
+        path: str | os.PathLike,
+        embedding: Embeddings,
+        rescore_multiplier: int = 4,
+        device: str | None = None,
+        *,
+        read_only: bool = False,
+    ):
+        """Reopen a persistent store written with ``path=...``; ``read_only=True`` needs no
+        write permission and may sit beside a writer in another process (see
+        :meth:`QuantizedStore.open`)."""
+        store = QuantizedStore.open(path, device=device, read_only=read_only)
+        return cls(embedding, rescore_multiplier=rescore_multiplier, store=store)
 
     @property
     @override

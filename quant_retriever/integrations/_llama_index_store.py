@@ -23,7 +23,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
-from quant_retriever.store import QuantizedStore, Record, recover_replacement
+from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier, recover_replacement
 
 __all__ = ["QuantizedVectorStore"]
 
@@ -94,18 +94,22 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         rescore: Optional[bool] = None,
         device: Optional[str] = None,
         block_size: int = 64,
+        rescore_dtype: str = "int8",
+        read_only: bool = False,
         **kwargs: Any,
     ) -> None:
-        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
-            raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
+        rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
         super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
         if path is not None and (Path(path) / "store.sqlite").is_file():
-            self._store = QuantizedStore.open(path, device=device)
+            self._store = QuantizedStore.open(path, device=device, read_only=read_only)
             if dim is not None and self._store.dim not in (None, dim):
                 raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")
         else:
+            if read_only:
+                raise ValueError(f"read_only=True opens an existing store; there is none at {path}.")
             self._store = QuantizedStore(
-                dim, codec, path, rescore=rescore, device=device, block_size=block_size, metric="cosine"
+                dim, codec, path, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype,
+                metric="cosine",
             )
         self.dim = self._store.dim
 

@@ -83,6 +83,9 @@ MAX_ID = 2**63 - 1
 #: where a codec has to decode (plain-torch paths): 16 MB and 64 MB.
 SCORES_PER_CHUNK = 1 << 22
 DECODED_PER_CHUNK = 1 << 24
+#: Rescoring scores every query against every distinct candidate when those number at most
+#: this many times the candidates of one query (one native scan), else per query.
+RESCORE_ALL_PAIRS = 4
 #: A selection of fewer than 1/SUBSET_FRACTION of the rows is scanned as a gathered subset of
 #: rows; larger ones as a mask over every row.
 SUBSET_FRACTION = 16
@@ -897,8 +900,11 @@ class QuantizedIndex:
             cand = snap.rescore.gather(uniq, snap.rows)  # read once per distinct row, for all queries
             if self.device.type == "cuda":  # one pinned, asynchronous copy to the GPU
                 cand = cand.pin_memory().to(self.device, non_blocking=True)
-            cand = cand[torch.from_numpy(inverse.reshape(-1)).to(self.device)]
-            s = self._rescore_codec.rescore(u, cand.view(rows.shape[0], rows.shape[1], -1))
+            inverse = torch.from_numpy(inverse.reshape(rows.shape)).to(self.device)
+            if len(uniq) <= RESCORE_ALL_PAIRS * rows.shape[1]:  # few queries: one scan of every candidate
+                s = torch.gather(self._rescore_codec.score(u, cand), 1, inverse)
+            else:  # each query against its own candidates only
+                s = self._rescore_codec.rescore(u, cand[inverse.reshape(-1)].view(*rows.shape, -1))
         s, pos = torch.topk(s.float(), k, dim=1)
         scores = (s.double() * qnorm.double().unsqueeze(1)).clamp(-FLOAT32_MAX, FLOAT32_MAX).float()
         return scores.cpu().numpy(), torch.gather(rows, 1, pos)

@@ -9,6 +9,7 @@ import torch
 __all__ = ["Codec", "split_norm", "FLOAT32_MAX"]
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_TINY = float(torch.finfo(torch.float64).tiny)
 
 #: ``scan(n)`` -> ``(scores [q, n], rows [q, n])``: the index's chunked first-stage top-n.
 Scan = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -22,9 +23,9 @@ def split_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``u = 0`` and norm 0.
     """
     x64 = x.double()
-    norms = torch.linalg.vector_norm(x64, dim=1)
-    u = x64 / torch.where(norms > 0, norms, torch.ones_like(norms)).unsqueeze(1)
-    return u.float(), norms.clamp(max=FLOAT32_MAX).float()
+    norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True)
+    u = x64 / norms.clamp(min=_TINY)  # a zero vector stays zero
+    return u.float(), norms.squeeze(1).clamp(max=FLOAT32_MAX).float()
 
 
 class Codec:

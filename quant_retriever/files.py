@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "Field", "Int", "Bool", "OneOf", "Object",
     "write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory",
-    "open_nofollow", "write_all", "prepare_new_directory", "OpenObjects",
+    "open_nofollow", "write_all", "check_new_directory", "prepare_new_directory", "OpenObjects",
 ]
 
 MAX_HEADER_BYTES = 64 << 20
@@ -41,6 +41,24 @@ def write_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def check_new_directory(
+    path: Path, hint: str, leftovers=lambda entry: False, ignore: tuple[str, ...] = (".lock", ".readers")
+) -> list[Path]:
+    """The one "new or empty directory" check: ``path`` must not exist, or be a directory
+    (not a link) holding nothing but ``ignore`` (lock files) and entries for which
+    ``leftovers(entry)`` is true; returns those leftovers. Anything else raises
+    ``ValueError`` ending with ``hint``."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return []
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"path {path} must be a new or empty directory; it is a file or a link.")
+    found = [p for p in path.iterdir() if p.name not in ignore]
+    if not all(leftovers(p) for p in found):
+        raise ValueError(f"path {path} must be a new or empty directory; {hint}.")
+    return found
+
+
 def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda entry: False) -> "DirectoryLock":
     """Lock ``path`` to create a new persistent ``what`` in it, and return the lock.
 
@@ -49,22 +67,11 @@ def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lam
     Anything else raises ``ValueError`` pointing to ``reopen_hint``, before anything is written.
     """
     path = Path(path)
-
-    def check() -> list[Path]:
-        if not (path.exists() or path.is_symlink()):
-            return []
-        if path.is_symlink() or not path.is_dir():
-            raise ValueError(f"path {path} must be a new or empty directory; it is a file or a link.")
-        found = list(path.iterdir())
-        if any(p.name not in (".lock", ".readers") and not leftovers(p) for p in found):
-            raise ValueError(f"path {path} must be a new or empty directory; to reopen a {what}, use {reopen_hint}.")
-        return [p for p in found if p.name not in (".lock", ".readers")]
-
-    check()
+    check_new_directory(path, f"to reopen a {what}, use {reopen_hint}", leftovers)
     path.mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(path)
     try:
-        for p in check():  # again, under the lock
+        for p in check_new_directory(path, f"to reopen a {what}, use {reopen_hint}", leftovers):  # again, locked
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     except BaseException:
         lock.release()
@@ -156,8 +163,7 @@ def write_directory(path, fill) -> None:
     locked temporary sibling and renamed into place, so a failure leaves nothing behind, and
     the temporaries of interrupted earlier saves to ``path`` are removed first."""
     target = Path(path)
-    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
-        raise ValueError(f"save path {target} must be a new or empty directory.")
+    check_new_directory(target, "save into a new one", ignore=())
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_saves(target)
     tmp = Path(tempfile.mkdtemp(prefix=_save_prefix(target), dir=target.parent))

@@ -93,7 +93,7 @@ class QuantizedVectorStore(VectorStore):
             raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier
-        self.store = store or QuantizedStore(None, codec, path, rescore=rescore, device=device, block_size=block_size)
+        self.store = store if store is not None else QuantizedStore(None, codec, path, rescore=rescore, device=device, block_size=block_size)
 
     @classmethod
     def load(cls, path: str | os.PathLike, embedding: Embeddings, rescore_multiplier: int = 4, device: str | None = None):

@@ -60,7 +60,8 @@ class QuantizedVectorStore(BasePydanticVectorStore):
 
     ``dim`` is taken from the first ``add`` when not given. With a ``path``, every write is
     durable and constructing the store again with the same ``path`` (or
-    :meth:`from_persist_dir`) reopens it. Query modes: ``DEFAULT`` and ``MMR``.
+    :meth:`from_persist_dir`) reopens it. ``store=`` wraps a store made elsewhere (a
+    ``QuantizedStore`` or a sharded one) instead. Query modes: ``DEFAULT`` and ``MMR``.
     """
 
     stores_text: bool = True
@@ -82,12 +83,18 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         rescore: Optional[bool] = None,
         device: Optional[str] = None,
         block_size: int = 64,
+        store: Optional[QuantizedStore] = None,
         **kwargs: Any,
     ) -> None:
+        if store is not None and path is not None:
+            raise ValueError("pass either store= or path=, not both (a store knows its own path).")
+        path = store.path if store is not None else path
         if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, int) or rescore_multiplier < 1:
             raise ValueError(f"rescore_multiplier must be an int >= 1; got {rescore_multiplier!r}.")
         super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
-        if path is not None and (Path(path) / "store.sqlite").is_file():
+        if store is not None:
+            self._store = store
+        elif path is not None and (Path(path) / "store.sqlite").is_file():
             self._store = QuantizedStore.open(path, device=device)
             if dim is not None and self._store.dim not in (None, dim):
                 raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")

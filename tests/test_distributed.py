@@ -260,6 +260,35 @@ FILTERS = [
 ]
 
 
+def check_bad_documents_change_nothing(store) -> None:
+    """Bad input to a store: the same exception type as one QuantizedStore raises, before
+    any shard writes (each bad batch spans both shards)."""
+    x = data(4, seed=10)
+    ids = ["p", "q", "r", "s"]
+    assert set(shard_of(ids, SHARDS).tolist()) == {0, 1}
+    store.upsert(ids, x, ["t"] * 4)
+    bad = [
+        (ids, x, ["t"] * 3, None),
+        (ids, x, ["t"] * 4, [{"ok": 1}, {"ok": 2}, {"bad": object()}, {}]),
+        (ids, x, ["t"] * 4, [{"ok": 1}, {"ok": 2}, {"nan": float("nan")}, {}]),
+        (["p", "q", "r", 4], x, ["t"] * 4, None),
+        (["p", "q", "p", "s"], x, ["t"] * 4, None),
+        (ids, x[:, :40], ["t"] * 4, None),
+        (ids, x[:3], ["t"] * 4, None),
+    ]
+    for args in bad:
+        with pytest.raises((ValueError, TypeError)) as one_error:
+            QuantizedStore(DIM).upsert(*args)
+        with pytest.raises(one_error.type):
+            store.upsert(*args)
+    assert [r.text for r in store.get(ids)] == ["t"] * 4  # nothing was replaced
+    for call in (lambda: store.search(x, 0), lambda: store.search(x, 2, where="color = 'red'"),
+                 lambda: store.delete_where("color = 'red'"), lambda: store.get("p")):
+        with pytest.raises((ValueError, TypeError)):
+            call()
+    assert len(store) == 4
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_store_matches_one_store(codec):
     sharded, single = ShardedStore(codec=codec, shards=SHARDS), QuantizedStore(codec=codec)
@@ -290,36 +319,9 @@ def test_store_matches_one_store(codec):
     assert len(sharded) == len(single)
     sharded.clear()
     assert len(sharded) == 0 and sharded.search(q, 3) == [[]] * 5
+    check_bad_documents_change_nothing(sharded)
     assert sharded.verify() == []
     sharded.close()
-
-
-def test_store_rejects_bad_input_before_any_shard_writes():
-    store = ShardedStore(shards=SHARDS)
-    x = data(4, seed=10)
-    ids = ["p", "q", "r", "s"]
-    assert set(shard_of(ids, SHARDS).tolist()) == {0, 1}  # the batch spans both shards
-    store.upsert(ids, x, ["t"] * 4)
-    bad = [
-        (ids, x, ["t"] * 3, None),
-        (ids, x, ["t"] * 4, [{"ok": 1}, {"ok": 2}, {"bad": object()}, {}]),
-        (ids, x, ["t"] * 4, [{"ok": 1}, {"ok": 2}, {"nan": float("nan")}, {}]),
-        (["p", "q", "r", 4], x, ["t"] * 4, None),
-        (["p", "q", "p", "s"], x, ["t"] * 4, None),
-        (ids, x[:, :40], ["t"] * 4, None),
-        (ids, x[:3], ["t"] * 4, None),
-    ]
-    for args in bad:
-        with pytest.raises((ValueError, TypeError)) as one_error:
-            QuantizedStore(DIM).upsert(*args)
-        with pytest.raises(one_error.type):
-            store.upsert(*args)
-    assert [r.text for r in store.get(ids)] == ["t"] * 4  # nothing was replaced
-    for call in (lambda: store.search(x, 0), lambda: store.delete_where(Cond("a", "bogus")),
-                 lambda: store.search(x, 2, where="color = 'red'"), lambda: store.get("p")):
-        with pytest.raises((ValueError, TypeError)):
-            call()
-    store.close()
 
 
 def test_persistent_store_survives_a_dead_shard_and_reopens(tmp_path):

@@ -117,7 +117,10 @@ def embed_corpus(
     n_actors, resources = _pool(actors, actor_cpus, actor_gpus)
     import pyarrow as pa
 
-    block = 4 * batch_size  # several blocks per actor keep the pool busy and the bar moving
+    # blocks of whole batches, at least two per actor and at most 4 batches each: the pool stays
+    # busy and the bar moves; each actor embeds consecutive batch_size slices of a block
+    n_batches = -(-len(texts) // batch_size)
+    block = batch_size * min(4, max(1, -(-n_batches // (2 * n_actors))))
     tables = [pa.table({"row": np.arange(a, min(a + block, len(texts))), "text": texts[a : a + block]})
               for a in range(0, len(texts), block)]
     embedder = dict(model=str(model), precision=precision, device=device, document_prompt=document_prompt,

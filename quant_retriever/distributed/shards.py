@@ -215,16 +215,15 @@ def default_actor_options(shards: int) -> dict:
         ray.init()
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
-    share = cpus / (2 * shards)
-    options: dict[str, Any] = {
-        "num_cpus": float(int(share)) if share >= 1 else max(int(share * 1e4) / 1e4, 1e-4),
-        "scheduling_strategy": "SPREAD",
-    }
-    if gpus >= shards:
-        options["num_gpus"] = 1
-    elif gpus > 0:
-        options["num_gpus"] = max(int(gpus / shards * 1e4) / 1e4, 1e-4)
+    options: dict[str, Any] = {"num_cpus": _quantity(cpus / (2 * shards)), "scheduling_strategy": "SPREAD"}
+    if gpus > 0:
+        options["num_gpus"] = 1 if gpus >= shards else _quantity(gpus / shards)
     return options
+
+
+def _quantity(x: float) -> float:
+    """A Ray resource amount: at least, and a multiple of, 0.0001."""
+    return max(int(x * 1e4), 1) / 1e4
 
 
 def _is_leftover(name: str) -> bool:

@@ -4,12 +4,14 @@ the vectors written into a store as they arrive."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import ray
+from ray.exceptions import RayError
 from tqdm import tqdm
 
 from quant_retriever.distributed.shards import _positive
@@ -58,6 +60,13 @@ class _Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         vectors = self._encoder.encode_documents([str(t) for t in batch["text"]], batch_size=self._batch_size)
         return {"row": batch["row"], "vector": vectors}
+
+
+def _cause(exc: Exception) -> str:
+    """The last ``SomeError: message`` line of a Ray error's text (the original exception)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    found = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    return found[-1] if found else next((line for line in lines if line), type(exc).__name__)
 
 
 def _pool(actors: int | None, actor_cpus: float | None, actor_gpus: float | None) -> tuple[int, dict]:
@@ -115,6 +124,13 @@ def embed_corpus(
     if not ray.is_initialized():
         ray.init()
     n_actors, resources = _pool(actors, actor_cpus, actor_gpus)
+    encoder = dict(model=str(model), precision=precision, device=device, document_prompt=document_prompt)
+    _embed(store, ids, texts, metadatas, encoder, batch_size, n_actors, resources, show_progress)
+    return EmbedReport(len(texts), store.dim, n_actors, time.perf_counter() - started)
+
+
+def _embed(store, ids: list[str], texts: list[str], metadatas: list, encoder: dict, batch_size: int,
+           n_actors: int, resources: dict, show_progress: bool) -> None:
     import pyarrow as pa
 
     # blocks of whole batches, at least two per actor and at most 4 batches each: the pool stays
@@ -123,8 +139,7 @@ def embed_corpus(
     block = batch_size * min(4, max(1, -(-n_batches // (2 * n_actors))))
     tables = [pa.table({"row": np.arange(a, min(a + block, len(texts))), "text": texts[a : a + block]})
               for a in range(0, len(texts), block)]
-    embedder = dict(model=str(model), precision=precision, device=device, document_prompt=document_prompt,
-                    batch_size=batch_size, threads=max(1, int(resources["num_cpus"])))
+    embedder = dict(encoder, batch_size=batch_size, threads=max(1, int(resources["num_cpus"])))
     vectors = ray.data.from_arrow(tables).map_batches(
         _Embedder, fn_constructor_kwargs=embedder, batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors), **resources,
@@ -132,12 +147,18 @@ def embed_corpus(
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.print_on_execution_start
     context.enable_progress_bars = context.print_on_execution_start = False  # one bar: ours
+    written = 0
     try:
         with tqdm(total=len(texts), desc="embedding (ray)", unit="text", disable=not show_progress) as bar:
             for batch in vectors.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy"):
                 rows = batch["row"].tolist()
                 store.upsert([ids[r] for r in rows], batch["vector"], [texts[r] for r in rows], [metadatas[r] for r in rows])
+                written += len(rows)
                 bar.update(len(rows))
+    except RayError as exc:  # an embedding actor failed (a model that does not load, out of memory)
+        raise RuntimeError(
+            f"embedding on Ray Data failed after {written} of {len(texts)} texts were written ({_cause(exc)}); "
+            "what was written stays, and running the call again replaces it."
+        ) from exc
     finally:
         context.enable_progress_bars, context.print_on_execution_start = saved
-    return EmbedReport(len(texts), store.dim, n_actors, time.perf_counter() - started)

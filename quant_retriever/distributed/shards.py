@@ -51,7 +51,7 @@ MANIFEST = "manifest.json"
 #: The hashing scheme, recorded in every manifest (see :func:`shard_of`).
 ROUTING = "blake2b64-utf8/splitmix64"
 MAX_SHARDS = 4096
-_SHARD_DIR = re.compile(r"shard-(\d+)")
+_SHARD_DIR = re.compile(r"shard-(0|[1-9][0-9]*)")
 _MANIFEST_SCHEMA = {
     "kind": OneOf("index", "store"),
     "shards": Int(1, MAX_SHARDS),

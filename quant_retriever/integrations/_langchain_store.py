@@ -110,7 +110,7 @@ class QuantizedVectorStore(VectorStore):
             raise ValueError(f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding).")
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier
-        self.store = store or QuantizedStore(
+        self.store = store if store is not None else QuantizedStore(
             None, codec, path, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype,
             metric="cosine",
         )

@@ -72,7 +72,8 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     idiom: ``storage_context.persist(persist_dir=d)`` writes it to ``d`` (atomically replacing
     an earlier copy) and :meth:`from_persist_dir` reopens it. Similarities are cosines in
     ``[-1, 1]`` (vectors are normalised on add), as ``SimpleVectorStore``'s. Query modes:
-    ``DEFAULT`` and ``MMR``.
+    ``DEFAULT`` and ``MMR``. ``store=`` wraps a store made elsewhere (a ``QuantizedStore`` or a
+    sharded one) instead.
     """
 
     stores_text: bool = True
@@ -96,11 +97,17 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         block_size: int = 64,
         rescore_dtype: str = "int8",
         read_only: bool = False,
+        store: Optional[QuantizedStore] = None,
         **kwargs: Any,
     ) -> None:
+        if store is not None and path is not None:
+            raise ValueError("pass either store= or path=, not both (a store knows its own path).")
+        path = store.path if store is not None else path
         rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
         super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
-        if path is not None and (Path(path) / "store.sqlite").is_file():
+        if store is not None:
+            self._store = store
+        elif path is not None and (Path(path) / "store.sqlite").is_file():
             self._store = QuantizedStore.open(path, device=device, read_only=read_only)
             if dim is not None and self._store.dim not in (None, dim):
                 raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")

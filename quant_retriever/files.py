@@ -16,7 +16,8 @@ import numpy as np
 __all__ = [
     "Field", "Int", "Bool", "OneOf", "Object",
     "write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory",
-    "open_nofollow", "write_all", "check_new_directory", "prepare_new_directory", "OpenObjects",
+    "open_nofollow", "write_all", "check_new_directory", "prepare_new_directory", "OpenObjects", "replace_directory",
+    "recover_replacement",
 ]
 
 MAX_HEADER_BYTES = 64 << 20
@@ -356,3 +357,82 @@ class OpenObjects:
 
     def put(self, path: Path, obj) -> None:
         self._open[os.path.realpath(path)] = weakref.ref(obj)
+
+
+def replace_directory(target: Path, save, is_ours, what: str) -> None:
+    """``save(path)`` (which writes a new directory) to ``target``, atomically replacing what
+    is there: a copy is written to a hidden temporary sibling and swapped in with one rename
+    exchange (two renames where there is none, see :func:`recover_replacement`), so a crash at
+    any moment leaves the old or the new copy at ``target``, never a mix; temporaries an
+    interrupted call left behind are removed. ``target`` must be missing, empty, or pass
+    ``is_ours`` (a ``what``) and not be open for writing; anything else is refused."""
+    recover_replacement(target)
+    if not target.exists() or (target.is_dir() and not target.is_symlink() and not any(target.iterdir())):
+        save(target)
+        return
+    if target.is_symlink() or not is_ours(target):
+        raise ValueError(f"{target} exists and is not a {what}; refusing to replace it.")
+    lock = DirectoryLock(target)  # raises while the copy there is open for writing
+    try:
+        for leftover in _replacement_temporaries(target):
+            shutil.rmtree(leftover)
+        new = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-new-", dir=target.parent))
+        try:
+            save(new)
+            _swap(new, target)  # the commit point; ``new`` now holds the old copy
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+    finally:
+        lock.release()
+
+
+def _replacement_temporaries(target: Path) -> list[Path]:
+    """Hidden siblings :func:`replace_directory` writes (and ``save``'s own temporaries inside
+    them): ``.<name>.qr-new-*``, ``.<name>.qr-old-*``, ``..<name>.qr-*``."""
+    prefixes = (f".{target.name}.qr-", f"..{target.name}.qr-")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+
+
+def recover_replacement(target: str | os.PathLike) -> None:
+    """Finish what a crash interrupted inside :func:`replace_directory` on a
+    filesystem without rename exchange: with ``target`` missing, the old store (renamed aside
+    just before the crash) is renamed back."""
+    target = Path(target)
+    if target.exists() or target.is_symlink():
+        return
+    old = [p for p in _replacement_temporaries(target) if p.name.startswith(f".{target.name}.qr-old-")]
+    if old:
+        os.rename(old[-1], target)
+        fsync_dir(target.parent)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; ``False`` where
+    the platform or the filesystem cannot (then nothing was changed)."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Put the directory ``new`` at ``target`` and the old ``target`` at ``new``: one atomic
+    rename exchange where there is one; elsewhere two renames, with the old store aside as
+    ``.<name>.qr-old-*`` in between (:func:`recover_replacement` renames it back)."""
+    if not _rename_exchange(new, target):
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-old-", dir=target.parent))
+        os.rename(target, aside)  # replaces the empty ``aside``
+        os.rename(new, target)
+        os.rename(aside, new)
+    fsync_dir(target.parent)

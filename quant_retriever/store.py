@@ -43,7 +43,9 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
-from quant_retriever.files import DirectoryLock, OpenObjects, fsync_dir, prepare_new_directory, write_directory
+from quant_retriever.files import (
+    DirectoryLock, OpenObjects, fsync_dir, prepare_new_directory, recover_replacement, replace_directory, write_directory,
+)
 from quant_retriever.filters import (
     FIELDS_SCHEMA, And, Cond, Filter, Not, Operator, Or, check_filter, field_rows, matching_keys,
 )
@@ -51,7 +53,7 @@ from quant_retriever.index import READ_RETRIES, QuantizedIndex, as_vectors, chec
 
 __all__ = [
     "Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "metadata_json",
-    "check_rescore_multiplier",
+    "check_documents", "check_rescore_multiplier", "check_strings",
 ]
 
 FORMAT = "quant_retriever.store"
@@ -130,6 +132,26 @@ def _is_leftover(entry: Path) -> bool:
     ).exists()
 
 
+def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, texts, metadata JSON)`` of documents about to be upserted: every check an upsert
+    makes before it writes (lengths, unique ids, strings, :func:`metadata_json`), so callers
+    that split a batch (the sharded store) refuse it whole, before any part is written."""
+    ids, texts = check_strings(ids, "ids"), check_strings(texts, "texts")
+    if metadatas is None:
+        metadatas = [None] * len(ids)
+    elif isinstance(metadatas, dict):
+        raise TypeError("metadatas must be a list with one dict per document; got a single dict.")
+    metadatas = list(metadatas)
+    if not (len(ids) == len(texts) == len(metadatas)):
+        raise ValueError(
+            f"ids, texts and metadatas must have the same length. Got {len(ids)} ids, {len(texts)} texts "
+            f"and {len(metadatas)} metadatas."
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique within one call; got duplicates.")
+    return ids, texts, [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
+
+
 def check_rescore_multiplier(value: object) -> int:
     """``value`` as a rescore multiplier (an int >= 1); ``TypeError``/``ValueError`` otherwise.
     The one check, shared with the framework adapters that keep a default multiplier."""
@@ -148,7 +170,7 @@ def _check_unicode(s: str, what: str) -> None:
         raise ValueError(f"{what} is not valid Unicode (a lone surrogate at position {exc.start}): {s[:40]!r}.") from None
 
 
-def _strings(values, what: str) -> list[str]:
+def check_strings(values, what: str) -> list[str]:
     """A list of strings from a sequence of them; a bare str/bytes is refused (it is not a
     list of ids: ``delete("abc")`` must not mean ``delete(["a", "b", "c"])``)."""
     if isinstance(values, (str, bytes)):
@@ -538,20 +560,7 @@ class QuantizedStore:
         and texts are any valid Unicode strings, NUL included; metadata follows
         :func:`metadata_json`). Nothing changes if the call raises.
         """
-        ids, texts = _strings(ids, "ids"), _strings(texts, "texts")
-        if metadatas is None:
-            metadatas = [None] * len(ids)
-        elif isinstance(metadatas, dict):
-            raise TypeError("metadatas must be a list with one dict per document; got a single dict.")
-        metadatas = list(metadatas)
-        if not (len(ids) == len(texts) == len(metadatas)):
-            raise ValueError(
-                f"ids, texts and metadatas must have the same length. Got {len(ids)} ids, {len(texts)} texts "
-                f"and {len(metadatas)} metadatas."
-            )
-        if len(set(ids)) != len(ids):
-            raise ValueError("ids must be unique within one call; got duplicates.")
-        meta_json = [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
+        ids, texts, meta_json = check_documents(ids, texts, metadatas)
         if not ids:
             return []
         with self._write_lock:
@@ -608,7 +617,7 @@ class QuantizedStore:
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete documents by id; returns the ids that existed (unknown ids are ignored).
         ``ids`` is a list: a bare string is refused, never taken as a list of characters."""
-        ids = _strings(ids, "ids")
+        ids = check_strings(ids, "ids")
         with self._write_lock:
             self._check_writable()
             found = self._keys_of(ids)
@@ -647,7 +656,7 @@ class QuantizedStore:
     # ------------------------------------------------------------------ reads
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records for the ids that exist, in the order asked (a bare string is refused)."""
-        ids = _strings(ids, "ids")
+        ids = check_strings(ids, "ids")
         rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")}
         return [rows[i] for i in dict.fromkeys(ids) if i in rows]
 
@@ -684,7 +693,7 @@ class QuantizedStore:
         if k < 0:
             raise ValueError(f"k must be >= 0; got {k}.")
         rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
-        ids = None if ids is None else _strings(ids, "ids")
+        ids = None if ids is None else check_strings(ids, "ids")
         if where is not None:
             check_filter(where)
         q = self._as_metric(as_vectors(queries, self.dim, "queries"))
@@ -779,29 +788,10 @@ class QuantizedStore:
 
     def save_replacing(self, path: str | os.PathLike) -> None:
         """:meth:`save` to ``path``, which may already hold a saved store: that one is replaced
-        atomically. The copy is written to a hidden temporary sibling and swapped in with one
-        rename exchange, so a crash at any moment leaves the old or the new store at ``path``,
-        never a mix; temporaries an interrupted call left behind are removed. ``path`` holding
-        anything but a store, or a store open for writing, is refused."""
-        target = Path(path)
-        recover_replacement(target)
-        if not target.exists() or (target.is_dir() and not target.is_symlink() and not any(target.iterdir())):
-            self.save(target)
-            return
-        if target.is_symlink() or not (target / DB_FILE).is_file():
-            raise ValueError(f"{target} exists and is not a quant_retriever store; refusing to replace it.")
-        lock = DirectoryLock(target)  # raises while the store there is open for writing
-        try:
-            for leftover in _replacement_temporaries(target):
-                shutil.rmtree(leftover)
-            new = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-new-", dir=target.parent))
-            try:
-                self.save(new)
-                _swap(new, target)  # the commit point; ``new`` now holds the old store
-            finally:
-                shutil.rmtree(new, ignore_errors=True)
-        finally:
-            lock.release()
+        atomically (see :func:`quant_retriever.files.replace_directory`): a crash at any moment
+        leaves the old or the new store at ``path``, never a mix. ``path`` holding anything but
+        a store, or a store open for writing, is refused."""
+        replace_directory(Path(path), self.save, lambda p: (p / DB_FILE).is_file(), "quant_retriever store")
 
     def verify(self) -> list[str]:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""
@@ -833,55 +823,3 @@ class QuantizedStore:
                 return
             self._closed = True
             self._release()
-
-
-def _replacement_temporaries(target: Path) -> list[Path]:
-    """Hidden siblings :meth:`QuantizedStore.save_replacing` writes (and ``save``'s own
-    temporaries inside them): ``.<name>.qr-new-*``, ``.<name>.qr-old-*``, ``..<name>.qr-*``."""
-    prefixes = (f".{target.name}.qr-", f"..{target.name}.qr-")
-    if not target.parent.is_dir():
-        return []
-    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
-
-
-def recover_replacement(target: str | os.PathLike) -> None:
-    """Finish what a crash interrupted inside :meth:`QuantizedStore.save_replacing` on a
-    filesystem without rename exchange: with ``target`` missing, the old store (renamed aside
-    just before the crash) is renamed back."""
-    target = Path(target)
-    if target.exists() or target.is_symlink():
-        return
-    old = [p for p in _replacement_temporaries(target) if p.name.startswith(f".{target.name}.qr-old-")]
-    if old:
-        os.rename(old[-1], target)
-        fsync_dir(target.parent)
-
-
-def _rename_exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; ``False`` where
-    the platform or the filesystem cannot (then nothing was changed)."""
-    import ctypes
-    import errno
-
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap(new: Path, target: Path) -> None:
-    """Put the directory ``new`` at ``target`` and the old ``target`` at ``new``: one atomic
-    rename exchange where there is one; elsewhere two renames, with the old store aside as
-    ``.<name>.qr-old-*`` in between (:func:`recover_replacement` renames it back)."""
-    if not _rename_exchange(new, target):
-        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.qr-old-", dir=target.parent))
-        os.rename(target, aside)  # replaces the empty ``aside``
-        os.rename(new, target)
-        os.rename(aside, new)
-    fsync_dir(target.parent)

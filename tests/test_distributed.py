@@ -282,7 +282,8 @@ def check_bad_documents_change_nothing(store) -> None:
         with pytest.raises(one_error.type):
             store.upsert(*args)
     assert [r.text for r in store.get(ids)] == ["t"] * 4  # nothing was replaced
-    for call in (lambda: store.search(x, 0), lambda: store.search(x, 2, where="color = 'red'"),
+    assert store.search(x, 0) == [[] for _ in x]  # k=0: nothing, as QuantizedStore
+    for call in (lambda: store.search(x, 2, where="color = 'red'"),
                  lambda: store.delete_where("color = 'red'"), lambda: store.get("p")):
         with pytest.raises((ValueError, TypeError)):
             call()

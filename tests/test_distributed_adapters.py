@@ -55,7 +55,7 @@ def docs(corpus_docs):
 # ---------------------------------------------------------------------------- LangChain
 @pytest.fixture(scope="module")
 def shared_store():
-    store = ShardedStore(shards=2)
+    store = ShardedStore(shards=2, metric="cosine")  # the metric the adapters give their own stores
     yield store
     store.close()
 
@@ -78,7 +78,7 @@ def _lc_hits(store, query: str, flt) -> list[tuple[str, float]]:
 def test_langchain_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, docs):
     emb = QuantizedEmbeddings(encoder=encoder)
     documents = [Document(id=i, page_content=t, metadata=m) for i, t, m in docs]
-    sharded = LangChainStore(emb, store=ShardedStore(codec="int8", path=tmp_path / "lc", shards=2))
+    sharded = LangChainStore(emb, store=ShardedStore(codec="int8", path=tmp_path / "lc", shards=2, metric="cosine"))
     sharded.add_documents(documents[:50])
     sharded.add_documents(documents[40:])  # 40..49 again: replaced in place
     # the reference: the same adapter on one store holding the same vectors (embedded once)
@@ -91,7 +91,8 @@ def test_langchain_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, d
         for flt in filters:
             got, want = _lc_hits(sharded, query, flt), _lc_hits(single, query, flt)
             assert [i for i, _ in got] == [i for i, _ in want] and len(got) > 0
-            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+            # the reference holds the sharded store's INT8 reconstructions, quantized once more
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=2e-3)
         assert [d.id for d in sharded.max_marginal_relevance_search(query, k=3)] == \
                [d.id for d in single.max_marginal_relevance_search(query, k=3)]
     retriever = sharded.as_retriever(search_kwargs={"k": 2, "filter": {"module": "json"}})
@@ -120,7 +121,7 @@ def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder,
     Settings.llm = MockLLM()
     embed = QuantizedEmbedding(encoder=encoder)
     documents = [LlamaDocument(text=t, id_=i, metadata=m) for i, t, m in docs]
-    sharded_store = LlamaStore(store=ShardedStore(codec="int8", path=tmp_path / "li", shards=2))
+    sharded_store = LlamaStore(store=ShardedStore(codec="int8", path=tmp_path / "li", shards=2, metric="cosine"))
     assert sharded_store.path == str(tmp_path / "li")
     sharded = VectorStoreIndex.from_documents(
         documents, storage_context=StorageContext.from_defaults(vector_store=sharded_store), embed_model=embed
@@ -140,7 +141,8 @@ def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder,
         for flt in filters:
             got, want = (_li_hits(index, query, flt) for index in indexes)
             assert [i for i, _ in got] == [i for i, _ in want] and len(got) > 0
-            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+            # the reference holds the sharded store's INT8 reconstructions, quantized once more
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=2e-3)
     response = indexes[0].as_query_engine(similarity_top_k=2).query(QUERIES[0])
     assert [n.node.ref_doc_id for n in response.source_nodes] == [i for i, _ in _li_hits(indexes[1], QUERIES[0], None)[:2]]
 

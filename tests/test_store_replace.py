@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import quant_retriever.files as files_module
 import quant_retriever.store as store_module
 from quant_retriever.store import QuantizedStore, recover_replacement
 
@@ -82,7 +83,7 @@ def test_a_failure_before_the_swap_leaves_the_old_store_and_no_temporaries(tmp_p
     if fail_at == "save":
         monkeypatch.setattr(QuantizedStore, "save", boom)
     else:
-        monkeypatch.setattr(store_module, "_swap", boom)
+        monkeypatch.setattr(files_module, "_swap", boom)
     with pytest.raises(OSError, match="No space left"):
         new.save_replacing(target)
     assert content(target) == ("old", 3) and siblings(target) == []
@@ -93,8 +94,8 @@ def test_leftovers_of_an_interrupted_replace_are_removed_next_time(tmp_path, mon
     target = tmp_path / "vs"
     make(3, "old").save_replacing(target)
     if not exchange:
-        monkeypatch.setattr(store_module, "_rename_exchange", lambda a, b: False)
-    monkeypatch.setattr(store_module.shutil, "rmtree", lambda *a, **k: None)  # a crash before the clean-up
+        monkeypatch.setattr(files_module, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(files_module.shutil, "rmtree", lambda *a, **k: None)  # a crash before the clean-up
     make(4, "new").save_replacing(target)
     monkeypatch.undo()
     assert content(target) == ("new", 4) and siblings(target) != []
@@ -105,7 +106,7 @@ def test_leftovers_of_an_interrupted_replace_are_removed_next_time(tmp_path, mon
 def test_without_rename_exchange_a_crash_between_the_renames_restores_the_old_store(tmp_path, monkeypatch):
     target = tmp_path / "vs"
     make(3, "old").save_replacing(target)
-    monkeypatch.setattr(store_module, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(files_module, "_rename_exchange", lambda a, b: False)
     real_rename = os.rename
 
     def rename(src, dst):
@@ -113,7 +114,7 @@ def test_without_rename_exchange_a_crash_between_the_renames_restores_the_old_st
             raise KeyboardInterrupt("killed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(store_module.os, "rename", rename)
+    monkeypatch.setattr(files_module.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         make(4, "new").save_replacing(target)
     monkeypatch.undo()
@@ -125,7 +126,7 @@ def test_without_rename_exchange_a_crash_between_the_renames_restores_the_old_st
 
 
 def test_the_fallback_path_replaces_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module, "_rename_exchange", lambda a, b: False)
+    monkeypatch.setattr(files_module, "_rename_exchange", lambda a, b: False)
     target = tmp_path / "vs"
     for i in range(3):
         make(i + 1, f"v{i}").save_replacing(target)

@@ -15,8 +15,8 @@ from ray.exceptions import RayError
 from tqdm import tqdm
 
 from quant_retriever.distributed.shards import _positive
-from quant_retriever.distributed.store import ShardedStore, check_documents
-from quant_retriever.store import QuantizedStore
+from quant_retriever.distributed.store import ShardedStore
+from quant_retriever.store import QuantizedStore, check_documents
 
 __all__ = ["EmbedReport", "embed_corpus"]
 
@@ -112,7 +112,9 @@ def embed_corpus(
     Ids that exist are replaced, so an interrupted run can simply be repeated. Starts a local
     Ray instance when none is running.
     """
-    ids, texts, metadatas = check_documents(ids, texts, metadatas)
+    check_documents(ids, texts, metadatas)  # refused whole, before any work
+    ids, texts = list(ids), list(texts)
+    metadatas = [None] * len(ids) if metadatas is None else list(metadatas)
     if not isinstance(store, (ShardedStore, QuantizedStore)):
         raise TypeError(f"store must be a ShardedStore or QuantizedStore; got {type(store).__name__}.")
     if not isinstance(model, (str, os.PathLike)):

@@ -101,10 +101,11 @@ class ShardedIndex(Sharded):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None, *, shards: int | None = None,
-             actor_options: dict | None = None) -> "ShardedIndex":
+             actor_options: dict | None = None, read_only: bool = False) -> "ShardedIndex":
         """Open a sharded index directory (written by a persistent ``ShardedIndex`` or
-        :meth:`save`). ``shards``, when given, must match the directory's count."""
-        return cls._open(path, shards, device, actor_options)
+        :meth:`save`). ``shards``, when given, must match the directory's count;
+        ``read_only=True`` opens every shard read-only (see ``QuantizedIndex.load``)."""
+        return cls._open(path, shards, device, actor_options, read_only)
 
     # ------------------------------------------------------------------ settings
     @property

@@ -159,7 +159,7 @@ class _ShardActor:
             make = cls if how == "new" else cls.load if kind == "index" else cls.open
             self._obj = make(*args, **kwargs)
             index = self._obj if kind == "index" else self._obj.index
-            info = {"dim": self._obj.dim}
+            info = {"dim": self._obj.dim, "metric": getattr(self._obj, "metric", None)}
             if index is not None:
                 info.update(codec=index.codec_name, rescore=index.rescore, rescore_dtype=index.rescore_dtype,
                             block_size=index.block_size, device=str(index.device))
@@ -226,9 +226,9 @@ def _quantity(x: float) -> float:
     return max(int(x * 1e4), 1) / 1e4
 
 
-def _is_leftover(name: str) -> bool:
+def _is_leftover(entry: Path) -> bool:
     """What an interrupted creation leaves: shard folders and manifest temporaries."""
-    return _SHARD_DIR.fullmatch(name) is not None or name.startswith(MANIFEST + ".")
+    return _SHARD_DIR.fullmatch(entry.name) is not None or entry.name.startswith(MANIFEST + ".")
 
 
 def read_manifest(path: Path) -> dict:
@@ -275,6 +275,7 @@ class Sharded:
         self._dir_lock: DirectoryLock | None = None
         self._next_id = 0
         self._info: dict = {}
+        self._read_only = False
 
     def _shard_path(self, i: int) -> str | None:
         return None if self.path is None else str(self.path / f"shard-{i}")
@@ -305,7 +306,7 @@ class Sharded:
             raise
 
     @classmethod
-    def _open(cls, path, shards: int | None, device, actor_options: dict | None):
+    def _open(cls, path, shards: int | None, device, actor_options: dict | None, read_only: bool = False):
         path = Path(path)
         m = read_manifest(path)
         if m["kind"] != cls._KIND:
@@ -318,9 +319,10 @@ class Sharded:
         self = cls.__new__(cls)
         self._setup(m["shards"], path, device, actor_options)
         self._next_id = m["next_id"]
-        self._dir_lock = DirectoryLock(self.path)
+        self._read_only = read_only
+        self._dir_lock = DirectoryLock(self.path, shared=read_only)
         try:
-            self._start("open", lambda p: ((p,), {"device": device}))
+            self._start("open", lambda p: ((p,), {"device": device, "read_only": read_only}))
         except BaseException:
             self._shutdown()
             raise

@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 import heapq
-import json
 import os
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from quant_retriever.codecs import CodecName
 from quant_retriever.distributed.index import _host, _sum_memory
-from quant_retriever.distributed.shards import Sharded, _positive, _route_strs, split_by_shard
+from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_strs, split_by_shard
+from quant_retriever.files import replace_directory
 from quant_retriever.index import MemoryUsage, as_vectors
-from quant_retriever.store import Filter, Record, compile_filter
+from quant_retriever.filters import check_filter
+from quant_retriever.store import METRICS, Filter, Metric, Record, check_documents, check_strings, check_rescore_multiplier
 
-__all__ = ["ShardedStore", "check_documents"]
-
-
-def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[dict | None]]:
-    """The checks ``QuantizedStore.upsert`` makes before it writes, made once on the driver so
-    that no shard takes its part of a batch another shard would refuse."""
-    ids, texts = list(ids), list(texts)
-    metadatas = [None] * len(ids) if metadatas is None else list(metadatas)
-    if not (len(ids) == len(texts) == len(metadatas)):
-        raise ValueError(
-            f"ids, texts and metadatas must have the same length. Got {len(ids)} ids, {len(texts)} texts "
-            f"and {len(metadatas)} metadatas."
-        )
-    for i, (doc_id, text, metadata) in enumerate(zip(ids, texts, metadatas)):
-        if not isinstance(doc_id, str):
-            raise TypeError(f"ids must be strings; item {i} is {type(doc_id).__name__}.")
-        if not isinstance(text, str):
-            raise TypeError(f"texts must be strings; item {i} is {type(text).__name__}.")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise TypeError(f"metadata must be a dict; item {i} is {type(metadata).__name__}.")
-        try:
-            json.dumps(metadata, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"metadata must be JSON-serializable (str, numbers, bools, None, lists, dicts); item {i}: {exc}.") from None
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique within one call; got duplicates.")
-    return ids, texts, metadatas
-
-
-def _str_ids(ids: Sequence[str]) -> list[str]:
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(f"ids must be a sequence of strings; got a single {type(ids).__name__}.")
-    ids = list(ids)
-    for i, doc_id in enumerate(ids):
-        if not isinstance(doc_id, str):
-            raise TypeError(f"ids must be strings; item {i} is {type(doc_id).__name__}.")
-    return ids
+__all__ = ["ShardedStore"]
 
 
 class ShardedStore(Sharded):
@@ -84,18 +50,41 @@ class ShardedStore(Sharded):
         rescore: bool | None = None,
         device: str | None = None,
         block_size: int = 64,
+        rescore_dtype: str = "int8",
+        metric: Metric = "ip",
         shards: int = 2,
         actor_options: dict | None = None,
     ):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
         self._setup(shards, path, device, actor_options)
-        self._create(lambda p: ((dim, codec, p), {"rescore": rescore, "device": device, "block_size": block_size}))
+        self._create(lambda p: ((dim, codec, p), {"rescore": rescore, "device": device, "block_size": block_size,
+                                                   "rescore_dtype": rescore_dtype, "metric": metric}))
 
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, shards: int | None = None,
-             actor_options: dict | None = None) -> "ShardedStore":
+             actor_options: dict | None = None, read_only: bool = False) -> "ShardedStore":
         """Reopen a persistent sharded store (each shard reconciles a write a crash
-        interrupted). ``shards``, when given, must match the directory's count."""
-        return cls._open(path, shards, device, actor_options)
+        interrupted). ``shards``, when given, must match the directory's count.
+        ``read_only=True`` opens every shard read-only (see ``QuantizedStore.open``)."""
+        return cls._open(path, shards, device, actor_options, read_only)
+
+    @property
+    def metric(self) -> str:
+        return self._info["metric"]
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def refresh(self) -> bool:
+        """Read-only shards move to the latest committed state (see ``QuantizedStore.refresh``)."""
+        return any(self._read("refresh").values())
+
+    def save_replacing(self, path: str | os.PathLike) -> None:
+        """:meth:`save` to ``path``, atomically replacing a sharded store saved there before
+        (see :func:`quant_retriever.files.replace_directory`)."""
+        replace_directory(Path(path), self.save, lambda p: (p / MANIFEST).is_file(), "sharded store")
 
     @property
     def dim(self) -> int | None:
@@ -123,7 +112,9 @@ class ShardedStore(Sharded):
     def upsert(self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None) -> list[str]:
         """Add documents, replacing those whose ids exist (see ``QuantizedStore.upsert``);
         each shard takes the documents it owns. Returns the ids."""
-        ids, texts, metadatas = check_documents(ids, texts, metadatas)
+        check_documents(ids, texts, metadatas)  # the whole batch, before any shard takes its part
+        ids, texts = list(ids), list(texts)
+        metadatas = [None] * len(ids) if metadatas is None else list(metadatas)
         if not ids:
             return []
         with self._lock:
@@ -141,7 +132,7 @@ class ShardedStore(Sharded):
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete documents by id; returns the ids that existed (unknown ids are ignored)."""
-        ids = _str_ids(ids)
+        ids = check_strings(ids, "ids")
         with self._lock:
             found = self._write("delete", {s: (([ids[j] for j in rows],), {}) for s, rows in self._by_shard(ids).items()})
             existed = {i for part in found.values() for i in part}
@@ -149,7 +140,7 @@ class ShardedStore(Sharded):
 
     def delete_where(self, where: Filter) -> int:
         """Delete every document matching a filter; returns how many."""
-        compile_filter(where)  # a bad filter fails here, before any shard
+        check_filter(where)  # a bad filter fails here, before any shard
         with self._lock:
             return sum(self._write("delete_where", self._every(where)).values())
 
@@ -166,7 +157,7 @@ class ShardedStore(Sharded):
     # ------------------------------------------------------------------ reads
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records for the ids that exist, in the order asked."""
-        ids = _str_ids(ids)
+        ids = check_strings(ids, "ids")
         found = self._read("get", {s: (([ids[j] for j in rows],), {}) for s, rows in self._by_shard(ids).items()})
         by_id = {r.id: r for part in found.values() for r in part}
         return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
@@ -174,7 +165,7 @@ class ShardedStore(Sharded):
     def records(self, where: Filter | None = None) -> Iterator[Record]:
         """All records (matching ``where``): each shard's in insertion order, merged by key."""
         if where is not None:
-            compile_filter(where)
+            check_filter(where)
         parts = self._read("records", self._every(where))
         keyed = [[(r.key, s, r) for r in part] for s, part in sorted(parts.items())]
         for _, _, record in heapq.merge(*keyed, key=lambda t: t[:2]):
@@ -205,14 +196,19 @@ class ShardedStore(Sharded):
         """Top-``k`` ``(record, score)`` per query, as ``QuantizedStore.search``: every shard
         searches with the filter (``ids`` go to the shards that own them), the driver merges."""
         q = _host(as_vectors(queries, self.dim, "queries"))
-        k = _positive(k, "k")
-        mult = _positive(rescore_multiplier, "rescore_multiplier")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int; got {type(k).__name__}.")
+        if k < 0:
+            raise ValueError(f"k must be >= 0; got {k}.")
+        if k == 0:
+            return [[] for _ in range(len(q))]
+        mult = check_rescore_multiplier(rescore_multiplier)
         if where is not None:
-            compile_filter(where)
+            check_filter(where)
         if ids is None:
             calls = self._every(q, k, mult, where)
         else:
-            ids = _str_ids(ids)
+            ids = check_strings(ids, "ids")
             calls = {s: ((q, k, mult, where, [ids[j] for j in rows]), {}) for s, rows in self._by_shard(ids).items()}
         hits = self._read("search", calls)
         return [

@@ -892,7 +892,9 @@ class QuantizedIndex:
         else:
             subset_t = torch.from_numpy(subset).to(self.device)
             codes = snap.codes[subset_t]
-        s, rows = self._codec.candidates(u, codes, lambda n: self._scan(codes, u, mask, min(n, n_valid)), n_cand, k)
+        s, rows = self._codec.candidates(
+            u, codes, mask, n_valid, n_cand, k, lambda n: self._scan(codes, u, mask, min(n, n_valid))
+        )
         if subset is not None:
             rows = subset_t[rows]
         if snap.rescore is not None:

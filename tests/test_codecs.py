@@ -245,3 +245,29 @@ def test_loading_the_kernels_keeps_subnormal_floats():
 def test_unknown_codec_lists_the_choices():
     with pytest.raises(ValueError, match="'int4', 'binary', 'int8', 'fp16', 'fp32'; got 'pq'"):
         make_codec("pq", 8)
+
+
+@pytest.mark.parametrize("dim", [7, 97, 384])
+@pytest.mark.parametrize("nq", [1, 3, 9])
+@pytest.mark.parametrize("masked", [False, True])
+def test_binary_candidates_kernel_matches_the_two_torch_stages(dim, nq, masked):
+    """The CPU kernel runs Hamming selection and the +-1 re-rank in one call; here the two
+    stages run apart (the kernel's selection, then the re-rank in torch, a stable sort).
+    Same rows in the same order, same scores."""
+    if scans.LIBRARY.get() is None:
+        pytest.skip("no C compiler")
+    codec = make_codec("binary", dim)
+    x, q = unit(700, dim, 3), unit(nq, dim, 4)
+    rows = codec.encode(x)
+    valid = (torch.arange(700) % 4 != 1) if masked else None
+    n_valid = int(valid.sum()) if masked else 700
+    width = 200
+    scores, picked = codec.candidates(q, rows, valid, n_valid, 40, 10, lambda n: codec.top(q, rows, valid, n))
+    _, first = codec.top(q, rows, valid, width)  # Hamming order, ties to the lower row
+    signs = binary.decode(rows, dim)
+    second = torch.einsum("qd,qcd->qc", q, signs[first])
+    order = torch.sort(second, dim=1, descending=True, stable=True).indices[:, :40]
+    torch.testing.assert_close(scores, torch.gather(second, 1, order), atol=1e-4, rtol=1e-5)
+    assert torch.equal(picked, torch.gather(first, 1, order))
+    if masked:
+        assert valid[picked.flatten()].all()

@@ -109,11 +109,13 @@ class Codec:
         return torch.topk(s, n, dim=1)
 
     def candidates(
-        self, q: torch.Tensor, codes: torch.Tensor, scan: Scan, n_cand: int, k: int
+        self, q: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None, n_valid: int, n_cand: int, k: int,
+        scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n_cand`` candidates per query the index rescores (or returns): ``(scores,
-        rows)``, each ``[nq, n_cand]``. ``scan`` runs the first stage over ``codes``; formats
-        with a second stage (binary) override this."""
+        rows)``, each ``[nq, n_cand]``, among the ``n_valid`` rows of ``codes`` that ``mask``
+        allows. ``scan(n)`` runs the index's chunked first stage; formats with a second stage
+        (binary) override this."""
         return scan(n_cand)
 
     def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -47,18 +47,23 @@ def encode(x: torch.Tensor) -> torch.Tensor:
     return (bits.view(n, nbytes, 8) * weights).sum(dim=2, dtype=torch.uint8)
 
 
-#: byte value -> its 8 signs (+1 for a set bit), most significant bit first: [256, 8] float32
-_SIGNS = (torch.arange(256).unsqueeze(1).bitwise_and(torch.tensor(_BIT_WEIGHTS)) != 0).float() * 2 - 1
-_SIGNS_ON: dict[torch.device, torch.Tensor] = {}
+#: byte value -> its 8 bits (1 for a set bit), most significant bit first: [256, 8] float32
+_BITS = (torch.arange(256).unsqueeze(1).bitwise_and(torch.tensor(_BIT_WEIGHTS)) != 0).float()
+_SIGNS = _BITS * 2 - 1
+_ON_DEVICE: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _table(name: str, device: torch.device) -> torch.Tensor:
+    table = _ON_DEVICE.get((name, device))
+    if table is None:
+        table = _ON_DEVICE.setdefault((name, device), {"bits": _BITS, "signs": _SIGNS}[name].to(device))
+    return table
 
 
 def decode(codes: torch.Tensor, dim: int) -> torch.Tensor:
     """Packed rows ``[n, row_bytes]`` -> ``[n, dim]`` float32 of +1 (bit set) / -1 (one table
     lookup per byte)."""
-    table = _SIGNS_ON.get(codes.device)
-    if table is None:
-        table = _SIGNS_ON.setdefault(codes.device, _SIGNS.to(codes.device))
-    return table[codes.long()].view(codes.shape[0], -1)[:, :dim]
+    return _table("signs", codes.device)[codes.long()].view(codes.shape[0], -1)[:, :dim]
 
 
 def _popcount64(v: torch.Tensor) -> torch.Tensor:
@@ -142,10 +147,25 @@ class Binary(Codec):
         dist, order = torch.sort(dist, dim=1, stable=True)
         return dist.neg_(), torch.gather(pos, 1, order)
 
+    def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``<q, +-1 code>`` of each query against its own candidates ``rows [nq, c, row_bytes]``,
+        without decoding: per query a table of the partial sums over each byte value
+        (``[row_bytes, 256]``), then one lookup per candidate byte."""
+        nq, nbytes = q.shape[0], rows.shape[2]
+        padded = torch.nn.functional.pad(q.float(), (0, nbytes * 8 - self.dim))
+        sums = torch.einsum("qjb,vb->qjv", padded.view(nq, nbytes, 8), _table("bits", q.device))  # [nq, bytes, 256]
+        picked = torch.gather(sums, 2, rows.long().transpose(1, 2))  # [nq, bytes, c]
+        return picked.sum(dim=1) * 2 - q.float().sum(dim=1, keepdim=True)
+
     def candidates(
-        self, q: torch.Tensor, codes: torch.Tensor, scan: Scan, n_cand: int, k: int
+        self, q: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None, n_valid: int, n_cand: int, k: int,
+        scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _, rows = scan(max(n_cand, WIDEN * k))
+        width = min(max(n_cand, WIDEN * k), n_valid)
+        both = scans.binary_candidates(encode(q), q, codes, mask, width, n_cand)
+        if both is not None:  # the CPU kernel: both stages in one call
+            return both
+        _, rows = scan(width)
         s = self.rescore(q, codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1))
         s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)
         return s, torch.gather(rows, 1, pos)

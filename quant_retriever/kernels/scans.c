@@ -352,3 +352,68 @@ void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uin
         }
     }
 }
+
+/* Binary candidates (see codecs/binary.py): the `width` rows of smallest Hamming distance per
+   query (hamming_select), re-ranked by the float query against their +-1 codes, best
+   `n_cand` of them into score_out/rows_out [nq, n_cand], best first (equal scores keep the
+   Hamming order). qf [nq, row_words * 64]: the float queries, zero-padded. The +-1 score of a
+   row is 2 * sum(q over its set bits) - sum(q), read from a per-query table of the sums over
+   each byte value, so no row is decoded. Rows hamming_select padded with (distance INT32_MAX)
+   score -inf. */
+void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* qbits, const float* qf,
+                       int64_t nq, const uint8_t* valid, int64_t width, int64_t n_cand,
+                       float* score_out, int64_t* rows_out, int nthreads) {
+    int32_t* dist = (int32_t*)malloc((size_t)(nq * width) * sizeof(int32_t));
+    int64_t* rows = (int64_t*)malloc((size_t)(nq * width) * sizeof(int64_t));
+    hamming_select(codes, n, row_words, qbits, nq, valid, width, dist, rows, nthreads);
+    const int64_t nbytes = row_words * 8;
+    #pragma omp parallel num_threads(nq > 1 ? nthreads : 1)
+    {
+        float* lut = (float*)malloc((size_t)(nbytes * 256) * sizeof(float));
+        float* score = (float*)malloc((size_t)width * sizeof(float));
+        int64_t* order = (int64_t*)malloc((size_t)width * sizeof(int64_t));
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float* q = qf + qi * nbytes * 8;
+            float qsum = 0.f;
+            for (int64_t j = 0; j < nbytes; j++) {
+                float* t = lut + j * 256;
+                t[0] = 0.f;
+                for (int v = 1; v < 256; v++) {  /* v's lowest set bit b is element 8j + 7 - b */
+                    const int b = __builtin_ctz(v);
+                    t[v] = t[v & (v - 1)] + q[j * 8 + 7 - b];
+                }
+                for (int b = 0; b < 8; b++) qsum += q[j * 8 + b];
+            }
+            /* candidates in Hamming order: (distance, row) ascending, as hamming_select's output is unsorted */
+            int32_t* d = dist + qi * width;
+            int64_t* r = rows + qi * width;
+            for (int64_t c = 0; c < width; c++) order[c] = c;
+            for (int64_t c = 1; c < width; c++) {  /* insertion sort: width is a few hundred */
+                const int64_t o = order[c];
+                int64_t m = c - 1;
+                while (m >= 0 && (d[order[m]] > d[o] || (d[order[m]] == d[o] && r[order[m]] > r[o]))) { order[m + 1] = order[m]; m--; }
+                order[m + 1] = o;
+            }
+            for (int64_t c = 0; c < width; c++) {
+                const int64_t o = order[c];
+                if (d[o] == INT32_MAX) { score[c] = -INFINITY; continue; }
+                const uint8_t* row = (const uint8_t*)(codes + r[o] * row_words);
+                float s = 0.f;
+                for (int64_t j = 0; j < nbytes; j++) s += lut[j * 256 + row[j]];
+                score[c] = 2.f * s - qsum;
+            }
+            /* the best n_cand by score, stable (a selection pass per slot: n_cand is small) */
+            for (int64_t slot = 0; slot < n_cand; slot++) {
+                int64_t best = -1;
+                for (int64_t c = 0; c < width; c++)
+                    if (order[c] >= 0 && (best < 0 || score[c] > score[best])) best = c;
+                score_out[qi * n_cand + slot] = score[best];
+                rows_out[qi * n_cand + slot] = r[order[best]];
+                order[best] = -1;
+            }
+        }
+        free(lut); free(score); free(order);
+    }
+    free(dist); free(rows);
+}

@@ -10,7 +10,10 @@ import torch
 
 from quant_retriever.kernels.build import Library, signature
 
-__all__ = ["LIBRARY", "available", "int4_scan", "hamming_scan", "hamming_select", "dense_scan", "FUSED_MAX_QUERIES"]
+__all__ = [
+    "LIBRARY", "available", "int4_scan", "hamming_scan", "hamming_select", "binary_candidates", "dense_scan",
+    "FUSED_MAX_QUERIES",
+]
 
 _DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32")
 LIBRARY = Library(
@@ -20,6 +23,7 @@ LIBRARY = Library(
         "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
+        "binary_candidates": signature("p", "i64", "i64", "p", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "dense_scan_i8": _DENSE,
         "dense_scan_f16": _DENSE,
     },
@@ -134,6 +138,32 @@ def hamming_select(
         keep, dist.data_ptr(), rows.data_ptr(), _threads(n, nq),
     )
     return dist, rows
+
+
+def binary_candidates(
+    qbits: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, width: int, n_cand: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Binary's two stages in one call: the ``width`` rows of smallest Hamming distance to the
+    packed queries ``qbits [nq, row_bytes]``, re-ranked by the float queries ``q [nq, dim]``
+    against their +-1 codes; the best ``n_cand``: ``(scores [nq, n_cand] float32, rows
+    [nq, n_cand] int64)``, best first."""
+    lib = _usable(qbits, codes)
+    if lib is None:
+        return None
+    codes, qbits = codes.contiguous(), qbits.contiguous()
+    nq, n, words = qbits.shape[0], codes.shape[0], codes.shape[1] // 8
+    if not 0 < n_cand <= width <= n < 2**31:
+        raise ValueError(f"binary_candidates needs 0 < n_cand <= width <= rows < 2**31; got {n_cand}, {width}, {n}.")
+    keep, vp = _valid_ptr(valid, n)
+    qf = torch.zeros(nq, words * 64, dtype=torch.float32)
+    qf[:, : q.shape[1]] = q
+    scores = torch.empty(nq, n_cand, dtype=torch.float32)
+    rows = torch.empty(nq, n_cand, dtype=torch.int64)
+    lib.binary_candidates(
+        codes.data_ptr(), n, words, qbits.data_ptr(), qf.data_ptr(), nq, vp, width, n_cand, scores.data_ptr(),
+        rows.data_ptr(), _threads(n, nq),
+    )
+    return scores, rows
 
 
 def dense_scan(

@@ -91,6 +91,7 @@ def test_binary_matches_numpy_packbits(dim):
     x = torch.randn(9, dim)
     x[0, :3] = 0.0  # zero is not positive: bit 0
     codes = binary.encode(x).numpy()
+    assert np.array_equal(codes, binary._encode_torch(x).numpy())  # the device path, run here on the CPU
     ref = np.packbits(x.numpy() > 0, axis=1)
     assert codes.shape == (9, binary.row_bytes(dim))
     np.testing.assert_array_equal(codes[:, : ref.shape[1]], ref)

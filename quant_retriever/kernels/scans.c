@@ -360,6 +360,45 @@ void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uin
    row is 2 * sum(q over its set bits) - sum(q), read from a per-query table of the sums over
    each byte value, so no row is decoded. Rows hamming_select padded with (distance INT32_MAX)
    score -inf. */
+static void binary_rerank(const uint64_t* codes, int64_t row_words, const float* q, const int32_t* d,
+                          const int64_t* r, int64_t width, int64_t n_cand, float* lut, float* score,
+                          float* score_out, int64_t* rows_out) {
+    const int64_t nbytes = row_words * 8;
+    float qsum = 0.f;
+    for (int64_t j = 0; j < nbytes; j++) {
+        float* t = lut + j * 256;
+        t[0] = 0.f;
+        for (int v = 1; v < 256; v++) t[v] = t[v & (v - 1)] + q[j * 8 + 7 - __builtin_ctz(v)];  /* lowest set bit */
+        for (int b = 0; b < 8; b++) qsum += q[j * 8 + b];
+    }
+    for (int64_t c = 0; c < width; c++) {
+        if (d[c] == INT32_MAX) { score[c] = -INFINITY; continue; }
+        const uint8_t* row = (const uint8_t*)(codes + r[c] * row_words);
+        float s = 0.f;
+        for (int64_t j = 0; j < nbytes; j++) s += lut[j * 256 + row[j]];
+        score[c] = 2.f * s - qsum;
+    }
+    /* the best n_cand by (score desc, distance asc, row asc): one selection pass per slot */
+    for (int64_t slot = 0; slot < n_cand; slot++) {
+        int64_t best = -1;
+        for (int64_t c = 0; c < width; c++) {
+            if (score[c] != score[c]) continue;  /* taken (NaN marks it) */
+            if (best < 0 || score[c] > score[best] ||
+                (score[c] == score[best] && (d[c] < d[best] || (d[c] == d[best] && r[c] < r[best])))) best = c;
+        }
+        score_out[slot] = score[best];
+        rows_out[slot] = r[best];
+        score[best] = NAN;
+    }
+}
+
+/* Binary candidates (see codecs/binary.py): the `width` rows of smallest Hamming distance per
+   query (hamming_select), re-ranked by the float query against their +-1 codes, best
+   `n_cand` of them into score_out/rows_out [nq, n_cand], best first (equal scores keep the
+   Hamming order: distance, then row). qf [nq, row_words * 64]: the float queries,
+   zero-padded. The +-1 score of a row is 2 * sum(q over its set bits) - sum(q), read from a
+   per-query table of the sums over each byte value, so no row is decoded. Rows
+   hamming_select padded with (distance INT32_MAX) score -inf. */
 void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* qbits, const float* qf,
                        int64_t nq, const uint8_t* valid, int64_t width, int64_t n_cand,
                        float* score_out, int64_t* rows_out, int nthreads) {
@@ -367,53 +406,20 @@ void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, cons
     int64_t* rows = (int64_t*)malloc((size_t)(nq * width) * sizeof(int64_t));
     hamming_select(codes, n, row_words, qbits, nq, valid, width, dist, rows, nthreads);
     const int64_t nbytes = row_words * 8;
-    #pragma omp parallel num_threads(nq > 1 ? nthreads : 1)
-    {
-        float* lut = (float*)malloc((size_t)(nbytes * 256) * sizeof(float));
-        float* score = (float*)malloc((size_t)width * sizeof(float));
-        int64_t* order = (int64_t*)malloc((size_t)width * sizeof(int64_t));
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t qi = 0; qi < nq; qi++) {
-            const float* q = qf + qi * nbytes * 8;
-            float qsum = 0.f;
-            for (int64_t j = 0; j < nbytes; j++) {
-                float* t = lut + j * 256;
-                t[0] = 0.f;
-                for (int v = 1; v < 256; v++) {  /* v's lowest set bit b is element 8j + 7 - b */
-                    const int b = __builtin_ctz(v);
-                    t[v] = t[v & (v - 1)] + q[j * 8 + 7 - b];
-                }
-                for (int b = 0; b < 8; b++) qsum += q[j * 8 + b];
-            }
-            /* candidates in Hamming order: (distance, row) ascending, as hamming_select's output is unsorted */
-            int32_t* d = dist + qi * width;
-            int64_t* r = rows + qi * width;
-            for (int64_t c = 0; c < width; c++) order[c] = c;
-            for (int64_t c = 1; c < width; c++) {  /* insertion sort: width is a few hundred */
-                const int64_t o = order[c];
-                int64_t m = c - 1;
-                while (m >= 0 && (d[order[m]] > d[o] || (d[order[m]] == d[o] && r[order[m]] > r[o]))) { order[m + 1] = order[m]; m--; }
-                order[m + 1] = o;
-            }
-            for (int64_t c = 0; c < width; c++) {
-                const int64_t o = order[c];
-                if (d[o] == INT32_MAX) { score[c] = -INFINITY; continue; }
-                const uint8_t* row = (const uint8_t*)(codes + r[o] * row_words);
-                float s = 0.f;
-                for (int64_t j = 0; j < nbytes; j++) s += lut[j * 256 + row[j]];
-                score[c] = 2.f * s - qsum;
-            }
-            /* the best n_cand by score, stable (a selection pass per slot: n_cand is small) */
-            for (int64_t slot = 0; slot < n_cand; slot++) {
-                int64_t best = -1;
-                for (int64_t c = 0; c < width; c++)
-                    if (order[c] >= 0 && (best < 0 || score[c] > score[best])) best = c;
-                score_out[qi * n_cand + slot] = score[best];
-                rows_out[qi * n_cand + slot] = r[order[best]];
-                order[best] = -1;
-            }
+    if (nq == 1) {  /* no thread team for one query */
+        float* lut = (float*)malloc((size_t)(nbytes * 256 + width) * sizeof(float));
+        binary_rerank(codes, row_words, qf, dist, rows, width, n_cand, lut, lut + nbytes * 256, score_out, rows_out);
+        free(lut);
+    } else {
+        #pragma omp parallel num_threads(nthreads)
+        {
+            float* lut = (float*)malloc((size_t)(nbytes * 256 + width) * sizeof(float));
+            #pragma omp for schedule(dynamic, 1)
+            for (int64_t qi = 0; qi < nq; qi++)
+                binary_rerank(codes, row_words, qf + qi * nbytes * 8, dist + qi * width, rows + qi * width, width,
+                              n_cand, lut, lut + nbytes * 256, score_out + qi * n_cand, rows_out + qi * n_cand);
+            free(lut);
         }
-        free(lut); free(score); free(order);
     }
     free(dist); free(rows);
 }

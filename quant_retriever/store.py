@@ -263,6 +263,26 @@ class QuantizedStore:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
+    def get_info(self, name: str) -> Any:
+        """The JSON value stored under ``name`` by :meth:`set_info`, or ``None``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (f"info:{name}",)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_info(self, name: str, value: Any) -> None:
+        """Record a small JSON value (e.g. the embedding model) in the store's own metadata:
+        durable when the store has a path, kept by :meth:`save`."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"info {name!r} must be JSON-serializable: {exc}.") from None
+        with self._lock:
+            self._set_meta(f"info:{name}", text)
+
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None) -> "QuantizedStore":
         """Reopen a persistent store, reconciling a write a crash interrupted."""

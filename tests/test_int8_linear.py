@@ -1,4 +1,4 @@
-"""quant_retriever.int8_linear: oneDNN INT8 linear layers against the scheme written out in
+"""quant_retriever.models.int8: oneDNN INT8 linear layers against the scheme written out in
 torch, and on a small randomly initialised BERT."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from quant_retriever import int8_linear
+from quant_retriever.models import int8 as int8_linear
 from quant_retriever.kernels import linear as _native
-from quant_retriever.int8_linear import Int8AddNorm, Int8Linear, quantize_linear_layers
+from quant_retriever.models.int8 import Int8AddNorm, Int8Linear, quantize_linear_layers
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch build lacks oneDNN's INT8 ops")
 

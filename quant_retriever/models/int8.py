@@ -1,4 +1,5 @@
-"""Dynamic INT8 linear layers for the CPU, run by oneDNN's integer GEMM (inference only).
+"""INT8 pieces of a transformer: dynamic INT8 linear layers for the CPU, run by oneDNN's
+integer GEMM, and an INT8 token-embedding table (inference only).
 
 The scheme is torchao's ``Int8DynamicActivationInt8WeightConfig``: weights symmetric INT8
 per output channel, inputs quantized symmetric INT8 per token at every call, the integer
@@ -26,17 +27,32 @@ bias           float32, or none                                        [out]
 
 Inputs go to oneDNN as uint8 with zero point 128 (its fast path); results match a reference
 ``(round(x / sx) @ round(w / sw).T) * sx * sw + b`` to float rounding.
+
+The token-embedding table is a large share of a small encoder (all-MiniLM-L6-v2: 11.7M of its
+22.7M parameters), and the linear-layer quantizers leave it alone, so the integer precisions
+also store it as int8 rows with one float scale per row (:class:`Int8Embedding`,
+:func:`quantize_token_embeddings`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from quant_retriever.kernels import linear as _native
 
-__all__ = ["Int8Linear", "Int8AddNorm", "available", "quantize_linear_layers"]
+__all__ = [
+    "Int8Linear",
+    "Int8AddNorm",
+    "Int8Embedding",
+    "available",
+    "quantize_linear_layers",
+    "quantize_token_embeddings",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,8 +127,19 @@ class Int8Linear(torch.nn.Module):
                 self.group.put(x, *picked)
         q, scale = picked
         out = torch.ops.onednn.qlinear_pointwise(
-            q, 1.0, 128, self.packed_weight, self.weight_scale, self._zero_point, None, 1.0, 0,
-            torch.float32, "none", [], "",
+            q,
+            1.0,
+            128,
+            self.packed_weight,
+            self.weight_scale,
+            self._zero_point,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
         )
         return out, scale
 
@@ -196,7 +223,9 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     is_linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (subclasses may do more)
     modules = list(model.modules())
     gelu_blocks = [
-        m for m in modules if is_linear(getattr(m, "dense", None)) and _is_exact_gelu(getattr(m, "intermediate_act_fn", None))
+        m
+        for m in modules
+        if is_linear(getattr(m, "dense", None)) and _is_exact_gelu(getattr(m, "intermediate_act_fn", None))
     ]
     gelu_after = {id(m.dense) for m in gelu_blocks}
     groups: dict[int, _LastInput] = {}
@@ -221,3 +250,46 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     for parent, name, block in add_norms:
         setattr(parent, name, Int8AddNorm(block.dense, block.LayerNorm))
     return count
+
+
+class Int8Embedding(torch.nn.Module):
+    """``nn.Embedding`` stand-in: int8 rows, one float32 scale per row, dequantized on lookup.
+
+    Symmetric per row: ``scale = max|row| / 127`` (floored), ``q = clamp(round(row / scale),
+    -127, 127)``. Only the looked-up rows are dequantized.
+    """
+
+    # qweight: [num_embeddings, embedding_dim] int8;  scale: [num_embeddings, 1] float32
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        super().__init__()
+        weight = embedding.weight.detach().float()
+        scale = (weight.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).eps)
+        self.register_buffer("qweight", torch.clamp(torch.round(weight / scale), -127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = embedding.padding_idx
+        self.output_dtype = embedding.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # rows: [..., embedding_dim] int8 -> float32, times their scales: [..., 1]
+        rows = torch.nn.functional.embedding(input_ids, self.qweight).float()
+        return (rows * torch.nn.functional.embedding(input_ids, self.scale)).to(self.output_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+def quantize_token_embeddings(transformer: torch.nn.Module) -> bool:
+    """Swap a Hugging Face model's token-embedding table for :class:`Int8Embedding`, in place;
+    False (nothing changed) when it has none that is an ``nn.Embedding``."""
+    get, put = getattr(transformer, "get_input_embeddings", None), getattr(transformer, "set_input_embeddings", None)
+    try:
+        table = get() if callable(get) else None
+    except NotImplementedError:
+        table = None
+    if not isinstance(table, torch.nn.Embedding) or not callable(put):
+        logger.debug("Token embeddings of %s are not an nn.Embedding; left as they are.", type(transformer).__name__)
+        return False
+    put(Int8Embedding(table))
+    return True

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from quant_retriever.models import int8
+from quant_retriever.models.attention import use_per_sequence_attention
 from quant_retriever.models.memory import fp32_bytes, parameter_bytes
 from quant_retriever.models.settings import PRECISIONS, PrecisionSpec, device_setting, precision_setting
 
@@ -207,9 +208,11 @@ def _load_int8(
     model = _sentence_transformers_model(model_class, name, device, {}, st_kwargs)
     full_size = fp32_bytes(model)
     inner = transformer(model, f"precision {spec.name!r}")
+    # per-token scales round differently when padding moves a value by float noise: see attention.py
+    unpadded = ", per-sequence attention" if use_per_sequence_attention(inner) else ""
     if device.type == "cpu" and int8.available():
         int8.quantize_linear_layers(inner)
-        return model, full_size, "oneDNN dynamic INT8 linear layers"
+        return model, full_size, "oneDNN dynamic INT8 linear layers" + unpadded
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
@@ -228,10 +231,10 @@ def _load_int8(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its own deprecation notice, already covered above
             quantize_dynamic(inner, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-        return model, full_size, "torch.ao per-channel dynamic INT8 linear layers"
+        return model, full_size, "torch.ao per-channel dynamic INT8 linear layers" + unpadded
     # set_inductor_config=False: don't change torch.compile's global settings as a side effect.
     quantize_(inner, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-    return model, full_size, spec.detail
+    return model, full_size, spec.detail + unpadded
 
 
 def _load_bnb(

@@ -1,0 +1,86 @@
+"""INT8 embeddings of the real all-MiniLM-L6-v2: a text's vector does not depend on its batch
+mates. Property-based: random texts, random batch compositions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from quant_retriever import _demo_corpus as corpus
+from quant_retriever.models import load_encoder
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+DOCS = [d.text for d in corpus.stdlib_docstrings(300)]
+WORDS = sorted({w.strip(".,:;()") for d in DOCS[:100] for w in d.split()} - {""})
+BLANK = ["", " ", "   ", "\n", "\t \n  ", "\u3000", "\u00a0\u2003"]  # what the tokenizer sees as nothing
+
+texts_strategy = st.one_of(
+    st.sampled_from(DOCS),  # real docstrings, 10 to several hundred tokens (cut at 256)
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join),
+    st.sampled_from(BLANK),
+    st.text(max_size=40),  # any unicode, control characters included
+)
+
+
+@pytest.fixture(scope="module")
+def int8(minilm_path):
+    return load_encoder(minilm_path, "int8", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def solo(int8):
+    """``solo(text)``: the text's vector embedded alone, cached."""
+    cache: dict[str, np.ndarray] = {}
+
+    def get(text: str) -> np.ndarray:
+        if text not in cache:
+            cache[text] = int8.encode([text])[0]
+        return cache[text]
+
+    return get
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(texts_strategy, min_size=1, max_size=12), batch_size=st.integers(1, 16), seed=st.integers(0, 99))
+def test_a_vector_does_not_depend_on_its_batch_mates(int8, solo, texts, batch_size, seed):
+    random.Random(seed).shuffle(texts)
+    batched = int8.encode(texts, batch_size=batch_size)
+    for text, vector in zip(texts, batched):
+        np.testing.assert_allclose(vector, solo(text), rtol=0, atol=1e-5, err_msg=repr(text[:60]))
+
+
+@pytest.fixture(scope="module")
+def short_and_long(int8) -> tuple[str, str]:
+    """A docstring of about 60 tokens and the longest one."""
+    tokenizer = int8.model.tokenizer
+    lengths = {d: len(tokenizer(d)["input_ids"]) for d in DOCS}
+    return next(d for d, n in lengths.items() if 55 <= n <= 65), max(DOCS, key=lengths.get)
+
+
+def test_a_60_token_text_next_to_a_long_one(int8, solo, short_and_long):
+    """The case reported: a ~60-token text batched with a longer one moved by 9.4e-3."""
+    short, longest = short_and_long
+    for batch in ([short, longest], [longest, short], [short, longest, short]):
+        vectors = int8.encode(batch, batch_size=len(batch))
+        for text, vector in zip(batch, vectors):
+            assert np.abs(vector - solo(text)).max() <= 1e-5
+
+
+def test_the_adapters_give_a_text_the_same_vector_alone_and_in_a_batch(int8, short_and_long):
+    from quant_retriever.langchain import QuantizedEmbeddings
+    from quant_retriever.llama_index import QuantizedEmbedding
+
+    text, mates = short_and_long[0], [short_and_long[1], *DOCS[:4]]
+    langchain, llama_index = QuantizedEmbeddings(encoder=int8), QuantizedEmbedding(encoder=int8)
+    alone = np.asarray(langchain.embed_query(text))
+    for vector in (
+        langchain.embed_documents([*mates, text])[-1],
+        llama_index.get_text_embedding_batch([text, *mates])[0],
+        llama_index.get_query_embedding(text),
+    ):
+        assert np.abs(np.asarray(vector) - alone).max() <= 1e-5

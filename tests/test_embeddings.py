@@ -27,7 +27,7 @@ FLOORS = {
     "none": ("fp32", 1.0 - 1e-6),
     "bf16": ("bf16", 0.999),
     "fp16": ("fp16" if ON_CUDA else "bf16", 0.999),
-    "int8": ("int8", 0.995),
+    "int8": ("int8", 0.998),
     "bnb-int8": ("bnb-int8", 0.998),
     "bnb-nf4": ("bnb-nf4", 0.97),
     "int4": ("bnb-nf4", 0.97),

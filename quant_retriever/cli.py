@@ -126,25 +126,15 @@ def _cmd_index(args) -> dict:
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
+    memory = {
+        k: getattr(r.memory, k) for k in ("bytes_per_vector", "disk_bytes_per_vector", "device_bytes", "disk_bytes")
+    }
+    counts = {k: v for k, v in asdict(r).items() if k != "memory"}
     return {
         "store": str(args.store),
         "input": str(args.input),
-        "documents": r.documents,
-        "chunks": r.chunks,
-        "embedded": r.embedded,
-        "unchanged": r.unchanged,
-        "removed": r.removed,
-        "records": r.records,
-        "codec": r.codec,
-        "rescore": r.rescore,
-        "device": r.device,
-        "bytes_per_vector": r.memory.bytes_per_vector,
-        "disk_bytes_per_vector": r.memory.disk_bytes_per_vector,
-        "device_bytes": r.memory.device_bytes,
-        "disk_bytes": r.memory.disk_bytes,
-        "model": r.model,
-        "precision": r.precision,
-        "dim": r.dim,
+        **counts,
+        **memory,
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -368,3 +368,45 @@ def test_third_party_noise_is_dropped_only_inside_the_calls_that_cause_it(caplog
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["something else that matters", messages[-1]] and messages[-1].startswith("MatMul8bitLt")
     assert not noisy.filters
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory) -> str:
+    """A Hugging Face sequence-classification model directory: a randomly initialised 2-layer
+    BERT with one output, as a cross-encoder reranker is."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("cross_encoder")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(str(root / "vocab.txt")).save_pretrained(root / "model")
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(root / "model")
+    return str(root / "model")
+
+
+def test_load_model_serves_a_cross_encoder_with_the_same_table(tiny_cross_encoder):
+    """The loading layer is not specific to sentence embeddings: a CrossEncoder gets the same
+    precisions, INT8 layers, per-sequence attention and memory accounting."""
+    from quant_retriever.models.loading import load_model
+    from quant_retriever.models.memory import parameter_bytes
+
+    pairs = [("abc def", "abc"), ("a", "bcd efg hij klm"), ("", "x"), ("hello world", "world hello")]
+    fp32 = load_model("CrossEncoder", tiny_cross_encoder, "fp32", "cpu", compile=False, st_kwargs={})
+    int8 = load_model("CrossEncoder", tiny_cross_encoder, "int8", "cpu", compile=False, st_kwargs={})
+    assert type(int8.model).__name__ == "CrossEncoder" and int8.precision == "int8"
+    inner = int8.model[0].model
+    assert any(isinstance(m, int8_linear.Int8Linear) for m in inner.modules())
+    assert isinstance(inner.get_input_embeddings(), Int8Embedding)
+    assert inner.config._attn_implementation == "quant_retriever_per_sequence"
+    assert parameter_bytes(int8.model) < 0.6 * parameter_bytes(fp32.model)
+    want, got = fp32.model.predict(pairs), int8.model.predict(pairs)
+    np.testing.assert_allclose(got, want, atol=0.05)
+    alone = np.array([int8.model.predict([pair])[0] for pair in pairs])
+    np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6)  # batch mates change nothing
+    with pytest.raises(ValueError, match="model_class must be one of SentenceTransformer, CrossEncoder"):
+        load_model("SparseEncoder", tiny_cross_encoder, "fp32", "cpu", compile=False, st_kwargs={})

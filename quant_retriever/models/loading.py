@@ -37,6 +37,8 @@ __all__ = ["LoadedModel", "load_model", "transformer", "quiet_third_party", "imp
 logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install 'quant-retriever[{extra}]'"
+#: The sentence-transformers model classes :func:`load_model` loads (an encoder, a reranker).
+_MODEL_CLASSES = ("SentenceTransformer", "CrossEncoder")
 _MB = 1e6
 
 
@@ -133,6 +135,8 @@ def load_model(
     quantization settings). Raises ``ValueError`` for an unknown precision or unusable device,
     ``ImportError`` naming the extra to install for a missing optional dependency.
     """
+    if model_class not in _MODEL_CLASSES:
+        raise ValueError(f"model_class must be one of {', '.join(_MODEL_CLASSES)}; got {model_class!r}.")
     name = os.fspath(model)
     spec = precision_setting(precision)
     target = device_setting(device)

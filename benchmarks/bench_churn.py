@@ -49,7 +49,7 @@ def median_ms(fn, runs: int) -> float:
 
 
 def batching(args) -> None:
-    from quant_retriever import corpus
+    from quant_retriever import _demo_corpus as corpus
 
     docs = corpus.stdlib_docstrings()
     x = corpus.embed_cached([d.text for d in docs])

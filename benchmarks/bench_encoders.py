@@ -4,7 +4,7 @@
     python benchmarks/bench_encoders.py --model BAAI/bge-small-en-v1.5 --precisions fp32 int8 --compile
 
 The texts are the first 256 docstrings of at least 40 characters of the Python standard
-library (``quant_retriever.corpus.stdlib_docstrings``: read with ``ast`` from the installed
+library (``quant_retriever._demo_corpus.stdlib_docstrings``: read with ``ast`` from the installed
 sources in sorted file order, so the set is the same on every machine with the same Python).
 Every precision embeds the same texts with the same batch size. Speed is the median of
 ``--repeats`` timed passes after one warm-up, interleaved across precisions so that a change
@@ -32,10 +32,10 @@ from typing import get_args
 
 import torch
 
-from quant_retriever.corpus import minilm_path, stdlib_docstrings
-from quant_retriever.embeddings import Precision, evaluate_encoders
-
-ALL = ["fp32", "fp16", "bf16", "int8", "bnb-int8", "bnb-nf4", "bnb-fp4"]
+from quant_retriever._demo_corpus import stdlib_docstrings
+from quant_retriever.bench import encoder_table, evaluate_encoders, format_table
+from quant_retriever.models import PRECISION_NAMES, Precision
+from quant_retriever.models.settings import minilm_path
 
 
 def _cpu_name() -> str:
@@ -72,9 +72,14 @@ def _large_heap() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="name or path (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--precisions", nargs="+", default=ALL, choices=get_args(Precision))
-    parser.add_argument("--compile", nargs="*", default=["fp32", "int8"], choices=get_args(Precision),
-                        help="precisions to measure again under torch.compile (none: --compile)")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISION_NAMES), choices=get_args(Precision))
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        default=["fp32", "int8"],
+        choices=get_args(Precision),
+        help="precisions to measure again under torch.compile (none: --compile)",
+    )
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -98,21 +103,10 @@ def main() -> None:
         model, args.precisions, texts, args.batch_size, args.device, repeats=args.repeats, compiled=args.compile
     )
 
-    fp32 = next((r for r in reports if r.applied_precision == "fp32" and not r.compiled), None)
-    header = f"{'precision':<16}{'params MB':>10}{'% fp32':>8}{'texts/s':>9}{'speed-up':>9}{'mean cos':>10}{'min cos':>9}{'top-10':>8}"
-    print(header)
-    print("-" * len(header))
+    print(format_table(*encoder_table(reports)))
     for r in reports:
         if r.skipped is not None:
-            print(f"{r.label:<16}skipped: {r.skipped}")
-            continue
-        label = r.label
-        share = f"{100 * r.parameter_bytes / fp32.parameter_bytes:.1f}%" if fp32 else "-"
-        speedup = f"{r.texts_per_second / fp32.texts_per_second:.2f}x" if fp32 else "-"
-        print(
-            f"{label:<16}{r.parameter_bytes / 1e6:>10.1f}{share:>8}{r.texts_per_second:>9.1f}{speedup:>9}"
-            f"{r.mean_cosine:>10.4f}{r.min_cosine:>9.4f}{r.top10_overlap:>8.3f}"
-        )
+            print(f"skipped {r.label}: {r.skipped}")
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ def main(argv=None) -> None:
             torch.cuda.empty_cache() if device.type == "cuda" else None
 
     if not args.skip_encoders:
-        from quant_retriever.corpus import minilm_path, stdlib_docstrings
+        from quant_retriever._demo_corpus import stdlib_docstrings
+        from quant_retriever.models.settings import minilm_path
         from quant_retriever.embeddings import evaluate_encoders
 
         docs = [d.text for d in stdlib_docstrings()]

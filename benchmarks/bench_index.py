@@ -37,7 +37,7 @@ def load_data(kind: str, n: int, n_queries: int, dim: int = 384):
         q = rng.standard_normal((n_queries, dim), dtype=np.float32)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         return x, q, None
-    from quant_retriever import corpus
+    from quant_retriever import _demo_corpus as corpus
 
     docs = corpus.stdlib_docstrings()
     queries = corpus.stdlib_queries(docs, n_queries)

@@ -11,7 +11,8 @@ import numpy as np
 
 from quant_retriever import QuantizedIndex, load_encoder
 from quant_retriever.bench import median_ms
-from quant_retriever.corpus import embed_cached, minilm_path, stdlib_docstrings
+from quant_retriever._demo_corpus import embed_cached, stdlib_docstrings
+from quant_retriever.models.settings import minilm_path
 
 QUESTIONS = [
     "parse a JSON document from a string",

@@ -19,7 +19,8 @@ from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from quant_retriever.bench import median_ms
-from quant_retriever.corpus import minilm_path, stdlib_docstrings
+from quant_retriever._demo_corpus import stdlib_docstrings
+from quant_retriever.models.settings import minilm_path
 from quant_retriever.langchain import QuantizedEmbeddings, QuantizedVectorStore
 
 QUESTION = "How do I compress bytes with gzip?"

@@ -16,7 +16,8 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.vector_stores import SimpleVectorStore
 
 from quant_retriever.bench import median_ms
-from quant_retriever.corpus import minilm_path, stdlib_docstrings
+from quant_retriever._demo_corpus import stdlib_docstrings
+from quant_retriever.models.settings import minilm_path
 from quant_retriever.llama_index import QuantizedEmbedding, QuantizedVectorStore
 
 QUESTION = "How do I read rows from a CSV file?"

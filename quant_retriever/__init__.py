@@ -12,11 +12,17 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# the model side is imported on first use, so the index works without its extras
+_LAZY = {
+    "Encoder": "quant_retriever.models",
+    "load_encoder": "quant_retriever.models",
+    "evaluate_encoders": "quant_retriever.bench",
+}
+
 
 def __getattr__(name: str):
-    # the embedding side is imported on first use, so the index works without its extras
-    if name in ("Encoder", "load_encoder", "evaluate_encoders"):
-        from quant_retriever import embeddings
+    if name in _LAZY:
+        import importlib
 
-        return getattr(embeddings, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'quant_retriever' has no attribute {name!r}")

@@ -359,6 +359,26 @@ class QuantizedStore:
             raise
         self._index = index
 
+    def get_info(self, name: str) -> Any:
+        """The JSON value stored under ``name`` by :meth:`set_info`, or ``None``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (f"info:{name}",))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_info(self, name: str, value: Any) -> None:
+        """Record a small JSON value (e.g. the embedding model) in the store's own metadata:
+        durable when the store has a path, kept by :meth:`save`."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"info {name!r} must be JSON-serializable: {exc}.") from None
+        with self._write_lock, self._db_lock:
+            self._check_writable()
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"info:{name}", text))
+
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> "QuantizedStore":
         """Reopen a persistent store, reconciling a write a crash interrupted (in memory:

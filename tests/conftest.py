@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from quant_retriever import corpus
+from quant_retriever import _demo_corpus as corpus
+from quant_retriever.models.settings import minilm_path as bundled_minilm_path
 from quant_retriever.kernels import linear, scans
 
 
@@ -24,7 +25,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    return corpus.minilm_path()
+    return bundled_minilm_path()
 
 
 @pytest.fixture(scope="session")

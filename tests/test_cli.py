@@ -155,8 +155,11 @@ def test_index_folder(docs_dir, folder_store):
     readme = sorted((r for r in records.values() if r.metadata["doc_id"] == "guide/README.md"), key=lambda r: r.metadata["chunk"])
     assert [r.id for r in readme] == [f"guide/README.md#{n}" for n in range(len(readme))]
     assert len(readme) > 3 and all(len(r.text) <= 600 for r in records.values())
-    settings = json.loads((store / "embedding.json").read_text())
-    assert settings["precision"] == "fp32" and settings["dim"] == 384 and "minilm" in settings["model"].lower()
+    s = QuantizedStore.open(store)
+    recorded = s.get_info("embedding")
+    s.close()
+    assert recorded == {"model": "sentence-transformers/all-MiniLM-L6-v2", "precision": "fp32", "dim": 384}
+    assert not (store / "embedding.json").exists()  # recorded in the store itself, not beside it
 
 
 def test_query_uses_the_recorded_model(folder_store):
@@ -399,6 +402,15 @@ def test_bench_models(tmp_path, corpus_docs):
 def test_help_has_examples(command):
     text = run(command, "--help").stdout
     assert "examples:" in text and f"quant-retriever {command} " in text and "--json" in text
+
+
+def test_bench_models_defaults_to_every_precision_of_the_table():
+    from quant_retriever.cli import _build_parser
+    from quant_retriever.models.settings import PRECISIONS
+
+    args = _build_parser().parse_args(["bench-models"])
+    assert args.precisions == list(dict.fromkeys(spec.name for spec in PRECISIONS.values()))
+    assert args.precisions == ["fp32", "fp16", "bf16", "int8", "bnb-int8", "bnb-nf4", "bnb-fp4"]
 
 
 def test_top_level_help_and_python_m():

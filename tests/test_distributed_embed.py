@@ -8,7 +8,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'")
 
-from quant_retriever import corpus, load_encoder  # noqa: E402
+from quant_retriever import _demo_corpus as corpus  # noqa: E402
+from quant_retriever import load_encoder  # noqa: E402
 from quant_retriever.distributed import ShardedStore, embed_corpus  # noqa: E402
 
 

@@ -1,5 +1,6 @@
-"""quant_retriever.int8_linear: oneDNN INT8 linear layers against the scheme written out in
-torch, and on a small randomly initialised BERT."""
+"""quant_retriever.models.int8: oneDNN INT8 linear layers against the scheme written out in
+float64 here, the native quantizer against its torch twin bit for bit, and a small randomly
+initialised BERT."""
 
 from __future__ import annotations
 
@@ -8,24 +9,68 @@ import copy
 import pytest
 import torch
 
-from quant_retriever import int8_linear
+from quant_retriever.models import int8 as int8_linear
 from quant_retriever.kernels import linear as _native
-from quant_retriever.int8_linear import Int8AddNorm, Int8Linear, quantize_linear_layers
+from quant_retriever.models.int8 import SPIKE_RATIO, Int8AddNorm, Int8Linear, quantize_linear_layers, quantize_rows
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch build lacks oneDNN's INT8 ops")
 
 
+def reference_rows(x: torch.Tensor, ratio: float = SPIKE_RATIO) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Symmetric per-row INT8 of ``x [m, k]``, row by row in plain Python: (q [m, k] float64,
+    scale [m] float32, [(column, value) or None per row]). A row's largest |x| above ``ratio``
+    times the next largest is taken out and the row quantized without it."""
+    x = x.float()
+    qs, scales, spikes = [], [], []
+    for row in x:
+        mags = sorted(row.abs().tolist(), reverse=True)
+        amax, nxt = mags[0], (mags[1] if len(mags) > 1 else mags[0])
+        spike = None
+        if ratio > 0 and amax > ratio * nxt:
+            col = int(row.abs().argmax())
+            spike, amax = (col, float(row[col])), nxt
+        scale = torch.tensor(amax / 127 if amax > 0 else 1.0, dtype=torch.float32)
+        q = torch.round(row * (1.0 / scale)).double()
+        if spike is not None:
+            q[spike[0]] = 0
+        qs.append(q)
+        scales.append(scale)
+        spikes.append(spike)
+    return torch.stack(qs), torch.stack(scales), spikes
+
+
 def reference(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-    """Symmetric per-token INT8 inputs x per-channel INT8 weights, in float64 from the codes."""
-    x = x.reshape(-1, linear.in_features).float()
-    amax = x.abs().amax(dim=1)
-    sx = torch.where(amax > 0, amax / 127, 1.0)
-    qx = torch.round(x * (1.0 / sx)[:, None]).double()
+    """INT8 inputs (as above) x per-channel INT8 weights, in float64 from the codes; a taken-out
+    value meets the dequantized weights exactly."""
+    qx, sx, spikes = reference_rows(x.reshape(-1, linear.in_features))
     w = linear.weight.detach()
     sw = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).eps)
     qw = torch.clamp(torch.round(w / sw[:, None]), -127, 127).double()
     out = (qx @ qw.T) * sx.double()[:, None] * sw.double()
+    for i, spike in enumerate(spikes):
+        if spike is not None:
+            out[i] += spike[1] * qw[:, spike[0]] * sw.double()
     return out if linear.bias is None else out + linear.bias.detach().double()
+
+
+def rows_with_every_case(k: int, seed: int) -> torch.Tensor:
+    """Random rows plus the cases that matter: a massive value (positive and negative), two
+    equal largest values, one nonzero value, a zero row, and a largest value just under and
+    just over the spike ratio."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, k, generator=g)
+    x[1, k // 2] = 40.0
+    x[2, 0] = -35.0
+    x[3, :] = 0.1
+    x[3, 1] = x[3, k - 1] = 9.0  # tied largest: no spike
+    x[4, :] = 0.0
+    x[4, k - 1] = 3.0  # the only nonzero value: a spike, the rest quantizes to 0
+    x[5, :] = 0.0
+    x[6, :] = 1.0
+    x[6, 2 % k] = 1.999  # just under 2x the next largest
+    x[7, :] = 1.0
+    x[7, 2 % k] = 2.001  # just over
+    return x
 
 
 @pytest.mark.parametrize("shape", [(7, 5), (97, 33), (384, 1536)])
@@ -51,16 +96,51 @@ def test_int8_linear_computes_the_scheme(shape, bias, gelu, kernel_path):
     assert torch.nn.functional.cosine_similarity(got.flatten(), full.detach().flatten(), dim=0) > 0.999
 
 
+@pytest.mark.parametrize("k", [3, 16, 33, 384, 1536])
+def test_quantize_rows_matches_the_reference_bit_for_bit(k, kernel_path):
+    x = rows_with_every_case(k, seed=k)
+    got = quantize_rows(x)
+    q, scale, spikes = reference_rows(x)
+    assert torch.equal(got.q.double() - 128, q) and torch.equal(got.scale, scale)
+    assert got.spike_col.tolist() == [-1 if s is None else s[0] for s in spikes]
+    assert got.spike_val.tolist() == [0.0 if s is None else s[1] for s in spikes]
+    assert got.spikes == sum(s is not None for s in spikes) >= 4
+    assert spikes[1] == (k // 2, 40.0) and spikes[2] == (0, -35.0) and spikes[4] == (k - 1, 3.0)
+    assert spikes[3] is None and spikes[5] is None and spikes[6] is None and spikes[7] is not None
+    assert torch.equal(got.q[4], torch.full((k,), 128, dtype=torch.uint8))  # nothing left but the spike
+    # ratio 0 turns the decomposition off
+    plain = quantize_rows(x, spike_ratio=0.0)
+    assert plain.spikes == 0 and (plain.spike_col == -1).all()
+    assert torch.equal(plain.scale, reference_rows(x, ratio=0.0)[1])
+
+
+def test_a_massive_activation_no_longer_drowns_its_row(kernel_path):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(384, 64)
+    x = torch.randn(8, 384)
+    x[:, 99] = 40.0  # as BERT's [CLS] token carries in one hidden dimension
+    layer = Int8Linear(linear)
+    with torch.inference_mode():
+        got = layer(x)
+        full = linear(x)
+        quantized = quantize_rows(x, spike_ratio=0.0)  # the old scheme, one scale for the whole row
+        old = layer._matmul(quantized.q) * quantized.scale[:, None] + linear.bias
+    error, old_error = (got - full).norm(dim=1), (old - full).norm(dim=1)
+    assert (error < old_error / 4).all(), (error, old_error)
+
+
 def test_fused_gelu_and_quantize_match_torch(kernel_path):
     if kernel_path == "eager":
         pytest.skip("native kernels only")
     y = torch.linspace(-10, 10, 40_000).view(-1, 100).contiguous()
+    y[::7, 3] = 500.0  # massive activations in some rows
     ones = torch.ones(y.shape[0])
     fused = y.clone()
-    q, scale = _native.rescale_rows_(fused, ones, None, gelu=True, quantize=True)
+    done = _native.rescale_rows_(fused, ones, None, gelu=True, quantize=True, spike_ratio=SPIKE_RATIO)
     torch.testing.assert_close(fused, torch.nn.functional.gelu(y), rtol=0, atol=2e-6)  # erf to ~1e-7
-    q2, scale2 = _native.quantize_rows_u8(fused)
-    assert torch.equal(q, q2) and torch.equal(scale, scale2)
+    alone = quantize_rows(fused)
+    assert done.spikes == alone.spikes > 0
+    assert all(torch.equal(a, b) for a, b in zip(done[:4], alone[:4]))
     # scale and bias, then GELU
     bias = torch.randn(100)
     out = y.clone()

@@ -7,11 +7,11 @@ import pytest
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
-from quant_retriever import corpus
-from quant_retriever.embeddings import load_encoder
+from quant_retriever.models import load_encoder
+from quant_retriever.models.settings import minilm_path
 from quant_retriever.langchain import QuantizedEmbeddings
 
-MINILM = corpus.minilm_path()  # a local path, so the suites construct the model offline
+MINILM = minilm_path()  # a local path, so the suites construct the model offline
 
 
 class TestQuantizedEmbeddingsUnit(EmbeddingsUnitTests):

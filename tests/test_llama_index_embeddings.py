@@ -7,7 +7,7 @@ import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from quant_retriever.embeddings import load_encoder
+from quant_retriever.models import load_encoder
 from quant_retriever.llama_index import QuantizedEmbedding
 
 DOCS = {

@@ -1,5 +1,5 @@
 """Recall@10 of every codec against exact FP32 search, on real MiniLM embeddings of >= 5,000
-real documents (Python standard-library docstrings; see quant_retriever.corpus)."""
+real documents (Python standard-library docstrings; see quant_retriever._demo_corpus)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'quant-retriever[langchain]'"
     ) from exc
 
-from quant_retriever.embeddings import Encoder, Precision, _adapter_encoder
+from quant_retriever.models.encoder import Encoder, adapter_encoder
+from quant_retriever.models.settings import Precision
 
 __all__ = ["QuantizedEmbeddings", "QuantizedVectorStore", "QuantizedRetriever"]
 
@@ -51,7 +52,7 @@ class QuantizedEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _load_encoder(self) -> QuantizedEmbeddings:
-        encoder = _adapter_encoder(
+        encoder = adapter_encoder(
             self.encoder, self.model_name, self.precision, self.device, self.query_prompt, self.document_prompt
         )
         self.encoder = encoder

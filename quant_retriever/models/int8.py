@@ -1,4 +1,5 @@
-"""Dynamic INT8 linear layers for the CPU, run by oneDNN's integer GEMM (inference only).
+"""INT8 pieces of a transformer: dynamic INT8 linear layers for the CPU, run by oneDNN's
+integer GEMM, and an INT8 token-embedding table (inference only).
 
 The scheme is torchao's ``Int8DynamicActivationInt8WeightConfig``: weights symmetric INT8
 per output channel, inputs quantized symmetric INT8 per token at every call, the integer
@@ -26,17 +27,47 @@ bias           float32, or none                                        [out]
 
 Inputs go to oneDNN as uint8 with zero point 128 (its fast path); results match a reference
 ``(round(x / sx) @ round(w / sw).T) * sx * sw + b`` to float rounding.
+
+Massive activations: BERT-style encoders put one huge value (20-40x the row's RMS, always in
+the same hidden dimension) in the hidden states of the tokens that every text has, [CLS] and
+[SEP]. Quantized with one scale per token, such a row keeps that value and rounds the rest to
+a few steps, and in a short text those two tokens are most of the mean-pooled embedding: an
+empty string came out at cosine 0.984 to FP32 while texts of a few words reached 0.995 and
+longer ones 0.998. So a row whose largest ``|x|`` exceeds ``SPIKE_RATIO`` (2) times the next
+largest is quantized without it, at the scale of the next largest, and the taken-out value is
+multiplied by its weight column in a second, small INT8 product over just those rows (the value
+is exactly ``127 * |v| / 127``). It costs a few per cent of the rows of a batch and lifts the
+empty string to 0.994, short texts to 0.998 and long ones to 0.999 (all-MiniLM-L6-v2).
+
+The token-embedding table is a large share of a small encoder (all-MiniLM-L6-v2: 11.7M of its
+22.7M parameters), and the linear-layer quantizers leave it alone, so the integer precisions
+also store it as int8 rows with one float scale per row (:class:`Int8Embedding`,
+:func:`quantize_token_embeddings`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from quant_retriever.kernels import linear as _native
+from quant_retriever.kernels.linear import QuantizedRows
 
-__all__ = ["Int8Linear", "Int8AddNorm", "available", "quantize_linear_layers"]
+__all__ = [
+    "Int8Linear",
+    "Int8AddNorm",
+    "Int8Embedding",
+    "available",
+    "quantize_linear_layers",
+    "quantize_token_embeddings",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A row's largest |x| above this many times the next largest is quantized apart (see above).
+SPIKE_RATIO = 2.0
 
 
 def _per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +101,38 @@ class _LastInput:
     __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.entry: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.entry: tuple[torch.Tensor, QuantizedRows] | None = None
 
-    def get(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def get(self, x: torch.Tensor) -> QuantizedRows | None:
         entry = self.entry  # one read: another thread may replace it
-        return (entry[1], entry[2]) if entry is not None and entry[0] is x else None
+        return entry[1] if entry is not None and entry[0] is x else None
 
-    def put(self, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> None:
-        self.entry = (x, q, scale)
+    def put(self, x: torch.Tensor, rows: QuantizedRows) -> None:
+        self.entry = (x, rows)
+
+
+def quantize_rows(x: torch.Tensor, spike_ratio: float = SPIKE_RATIO) -> QuantizedRows:
+    """Per-row symmetric INT8 of float32 rows ``x [m, k]`` with massive activations taken out
+    (see the module docstring); the native pass, else the same steps in torch."""
+    x = x.float().contiguous()
+    done = _native.quantize_rows_u8(x, spike_ratio)
+    return done if done is not None else _quantize_rows_torch(x, spike_ratio)
+
+
+def _quantize_rows_torch(x: torch.Tensor, spike_ratio: float) -> QuantizedRows:
+    magnitude = x.abs()
+    amax, col = magnitude.max(dim=1)  # [m], [m]
+    # the next largest |x|: the largest of the rest (amax itself when amax occurs twice)
+    rest = magnitude.scatter(1, col[:, None], -1.0).amax(dim=1) if x.shape[1] > 1 else amax
+    spike = (amax > spike_ratio * rest) if spike_ratio > 0 else torch.zeros_like(amax, dtype=torch.bool)
+    kept = torch.where(spike, rest, amax)
+    scale = torch.where(kept > 0, kept / 127.0, 1.0)
+    q = torch.round(x * (1.0 / scale)[:, None]) + 128
+    rows = spike.nonzero().flatten()
+    q[rows, col[rows]] = 128
+    spike_col = torch.where(spike, col, -1).to(torch.int32)
+    spike_val = torch.where(spike, x.gather(1, col[:, None])[:, 0], 0.0)
+    return QuantizedRows(q.to(torch.uint8), scale, spike_col, spike_val, len(rows))
 
 
 class Int8Linear(torch.nn.Module):
@@ -98,31 +153,44 @@ class Int8Linear(torch.nn.Module):
 
     def product(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The INT8 matmul of ``x [..., in]``: ``(out [m, out] float32 without the input scales,
-        input scales [m])``, ``m`` the number of tokens."""
-        picked = self.group.get(x) if self.group is not None else None
-        if picked is None:
-            x2 = x.reshape(-1, self.in_features).float().contiguous()
-            picked = _native.quantize_rows_u8(x2)
-            if picked is None:  # no C compiler: the same steps in torch
-                amax = x2.abs().amax(dim=1)
-                scale = torch.where(amax > 0, amax / 127.0, 1.0)
-                picked = (torch.round(x2 * (1.0 / scale)[:, None]) + 128).to(torch.uint8), scale
-            elif self.group is not None:
-                self.group.put(x, *picked)
-        q, scale = picked
-        out = torch.ops.onednn.qlinear_pointwise(
+        input scales [m])``, ``m`` the number of tokens; massive activations included."""
+        rows = self.group.get(x) if self.group is not None else None
+        if rows is None:
+            rows = quantize_rows(x.reshape(-1, self.in_features))
+            if self.group is not None:
+                self.group.put(x, rows)
+        out = self._matmul(rows.q)
+        if rows.spikes:
+            self._add_spikes(out, rows)
+        return out, rows.scale
+
+    def _matmul(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [m, in]`` uint8 (zero point 128) times the INT8 weights: ``[m, out]`` float32,
+        the weight scales applied."""
+        return torch.ops.onednn.qlinear_pointwise(
             q, 1.0, 128, self.packed_weight, self.weight_scale, self._zero_point, None, 1.0, 0,
             torch.float32, "none", [], "",
-        )
-        return out, scale
+        )  # fmt: skip
+
+    def _add_spikes(self, out: torch.Tensor, rows: QuantizedRows) -> None:
+        """Add ``v * w[:, col]`` of each row's massive activation to ``out`` (in its units,
+        before the input scale): ``v = sign(v) * 127 * (|v| / 127)``, one INT8 product over
+        the rows that have one."""
+        picked = (rows.spike_col >= 0).nonzero().flatten()  # [r]
+        cols, values = rows.spike_col[picked].long(), rows.spike_val[picked]
+        q = torch.full((len(picked), self.in_features), 128, dtype=torch.uint8)
+        q[torch.arange(len(picked)), cols] = torch.where(values > 0, 255, 1).to(torch.uint8)
+        step = values.abs() / 127.0 / rows.scale[picked]  # [r]
+        out.index_add_(0, picked, self._matmul(q) * step[:, None])
 
     @torch.compiler.disable  # ctypes and oneDNN calls: opaque to torch.compile
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, scale = self.product(x)
         y = out.view(*x.shape[:-1], self.out_features)
-        done = _native.rescale_rows_(out, scale, self.bias, self.gelu, quantize=self.gelu and self.group is not None)
-        if isinstance(done, tuple):
-            self.group.put(y, *done)
+        quantize = self.gelu and self.group is not None
+        done = _native.rescale_rows_(out, scale, self.bias, self.gelu, quantize=quantize, spike_ratio=SPIKE_RATIO)
+        if isinstance(done, QuantizedRows):
+            self.group.put(y, done)
         elif not done:
             self.rescale_in_torch(out, scale)
             if self.gelu:
@@ -196,7 +264,9 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     is_linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (subclasses may do more)
     modules = list(model.modules())
     gelu_blocks = [
-        m for m in modules if is_linear(getattr(m, "dense", None)) and _is_exact_gelu(getattr(m, "intermediate_act_fn", None))
+        m
+        for m in modules
+        if is_linear(getattr(m, "dense", None)) and _is_exact_gelu(getattr(m, "intermediate_act_fn", None))
     ]
     gelu_after = {id(m.dense) for m in gelu_blocks}
     groups: dict[int, _LastInput] = {}
@@ -221,3 +291,46 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     for parent, name, block in add_norms:
         setattr(parent, name, Int8AddNorm(block.dense, block.LayerNorm))
     return count
+
+
+class Int8Embedding(torch.nn.Module):
+    """``nn.Embedding`` stand-in: int8 rows, one float32 scale per row, dequantized on lookup.
+
+    Symmetric per row: ``scale = max|row| / 127`` (floored), ``q = clamp(round(row / scale),
+    -127, 127)``. Only the looked-up rows are dequantized.
+    """
+
+    # qweight: [num_embeddings, embedding_dim] int8;  scale: [num_embeddings, 1] float32
+
+    def __init__(self, embedding: torch.nn.Embedding) -> None:
+        super().__init__()
+        weight = embedding.weight.detach().float()
+        scale = (weight.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).eps)
+        self.register_buffer("qweight", torch.clamp(torch.round(weight / scale), -127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = embedding.padding_idx
+        self.output_dtype = embedding.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # rows: [..., embedding_dim] int8 -> float32, times their scales: [..., 1]
+        rows = torch.nn.functional.embedding(input_ids, self.qweight).float()
+        return (rows * torch.nn.functional.embedding(input_ids, self.scale)).to(self.output_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+def quantize_token_embeddings(transformer: torch.nn.Module) -> bool:
+    """Swap a Hugging Face model's token-embedding table for :class:`Int8Embedding`, in place;
+    False (nothing changed) when it has none that is an ``nn.Embedding``."""
+    get, put = getattr(transformer, "get_input_embeddings", None), getattr(transformer, "set_input_embeddings", None)
+    try:
+        table = get() if callable(get) else None
+    except NotImplementedError:
+        table = None
+    if not isinstance(table, torch.nn.Embedding) or not callable(put):
+        logger.debug("Token embeddings of %s are not an nn.Embedding; left as they are.", type(transformer).__name__)
+        return False
+    put(Int8Embedding(table))
+    return True

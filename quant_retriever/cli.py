@@ -112,6 +112,8 @@ def _quiet_transformers() -> None:
 def _cmd_index(args) -> dict:
     from quant_retriever import ingest
 
+    if args.shards is not None and not args.ray:
+        raise ValueError("--shards needs --ray (a sharded store on Ray).")
     started = time.perf_counter()
     _quiet_transformers()
     r = ingest.index_path(
@@ -125,6 +127,7 @@ def _cmd_index(args) -> dict:
         overlap=args.overlap,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        shards=(args.shards or 2) if args.ray else None,
     )
     memory = {
         k: getattr(r.memory, k) for k in ("bytes_per_vector", "disk_bytes_per_vector", "device_bytes", "disk_bytes")
@@ -174,19 +177,18 @@ def _parse_where(items: Sequence[str] | None):
 def _cmd_query(args) -> dict:
     from quant_retriever import ingest
     from quant_retriever.models.settings import portable_model_name
-    from quant_retriever.store import QuantizedStore
-
     store_path = Path(args.store)
-    if not (store_path / "store.sqlite").is_file():
-        raise ValueError(
-            f"no store at {store_path} (no store.sqlite); build one with: {PROG} index DOCS --store {store_path}"
-        )
     where = _parse_where(args.where)
     questions = [q for q in args.question if q.strip()]
     if not questions:
         raise ValueError("the question is empty.")
     _quiet_transformers()
-    store = QuantizedStore.open(store_path)
+    try:
+        store = ingest.open_store(store_path, read_only=args.read_only)
+    except ValueError as exc:
+        if "no store at" not in str(exc):
+            raise
+        raise ValueError(f"no store at {store_path}; build one with: {PROG} index DOCS --store {store_path}") from None
     try:
         encoder = ingest.load_store_encoder(store, args.model, args.precision, args.device)
         started = time.perf_counter()
@@ -442,6 +444,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--overlap", type=_non_negative, default=100, help="characters repeated from the previous chunk (default 100)"
     )
     p.add_argument("--batch-size", type=_positive, default=32, help="texts per model batch (default 32)")
+    p.add_argument("--ray", action="store_true", help="a sharded store on Ray, embedded on a Ray Data actor pool")
+    p.add_argument("--shards", type=_positive, help="shards of a new sharded store (with --ray; default 2)")
     _common(p)
 
     p = command("query", "Search a store built by 'index' with one or more questions.", _cmd_query, _show_query)
@@ -458,6 +462,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only chunks whose metadata KEY equals VALUE (JSON or a string); repeat to AND",
     )
     p.add_argument("--preview", type=_positive, default=200, help="characters of text shown per hit (default 200)")
+    p.add_argument("--read-only", action="store_true", help="open the store read-only (beside a writer, no write access)")
     _model_options(p, "the one recorded by 'index'", "the one recorded by 'index'")
     _common(p)
 

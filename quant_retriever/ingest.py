@@ -332,10 +332,9 @@ def index_documents(
     arguments.
     """
     from quant_retriever.models.encoder import Encoder, check_batch_size
-    from quant_retriever.store import QuantizedStore
 
-    if not isinstance(store, QuantizedStore):
-        raise TypeError(f"store must be a QuantizedStore; got {type(store).__name__}.")
+    if not _is_store(store):
+        raise TypeError(f"store must be a QuantizedStore or a ShardedStore; got {type(store).__name__}.")
     if not (isinstance(encoder, Encoder) or callable(encoder)):
         raise TypeError(f"encoder must be an Encoder or a function that loads one; got {type(encoder).__name__}.")
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
@@ -374,7 +373,7 @@ def _index_documents(store, encoder, documents, chunk_size, overlap, batch_size,
         store.set_info(MODEL_INFO, recorded)
     if store.path is not None:
         (store.path / _LEGACY_SETTINGS[0]).unlink(missing_ok=True)  # now recorded in the store
-    index = store.index
+    codec, rescore, device, memory = _layout(store)
     return IndexResult(
         documents=len(documents),
         chunks=len(chunks),
@@ -385,11 +384,35 @@ def _index_documents(store, encoder, documents, chunk_size, overlap, batch_size,
         model=recorded["model"],
         precision=recorded["precision"],
         dim=store.dim,
-        codec=index.codec_name,
-        rescore=index.rescore,
-        device=str(index.device),
-        memory=index.memory(),
+        codec=codec,
+        rescore=rescore,
+        device=device,
+        memory=memory,
     )
+
+
+def _is_store(store: object) -> bool:
+    from quant_retriever.store import QuantizedStore
+
+    if isinstance(store, QuantizedStore):
+        return True
+    sharded = sys.modules.get("quant_retriever.distributed.store")  # only when ray is in use
+    return sharded is not None and isinstance(store, sharded.ShardedStore)
+
+
+def _sharded(store: object) -> bool:
+    from quant_retriever.store import QuantizedStore
+
+    return not isinstance(store, QuantizedStore)
+
+
+def _layout(store) -> tuple[str, bool, str, MemoryUsage]:
+    """(codec, rescore, device, memory) of a store or a sharded one."""
+    if _sharded(store):
+        info = store.settings
+        return info["codec"], info["rescore"], str(info["device"]), store.memory()
+    index = store.index
+    return index.codec_name, index.rescore, str(index.device), index.memory()
 
 
 def index_path(
@@ -404,11 +427,15 @@ def index_path(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 32,
     progress: bool = False,
+    shards: int | None = None,
 ) -> IndexResult:
     """Index a folder of ``.txt``/``.md`` files, one such file or a ``.jsonl`` file (see
     :func:`read_documents`) into the persistent store at ``store_path``: reopened when it is
     one (its codec must be ``codec`` when given), created (``codec``, default int4) when the
     path is new or an empty directory. See :func:`index_documents`.
+
+    ``shards=N`` makes (or reopens) a sharded store on Ray (``quant-retriever[ray]``) and
+    embeds on a Ray Data actor pool; a store opened with a different count is refused.
 
     ``model``/``precision``: default to what the store records, else all-MiniLM-L6-v2 (the
     bundled copy when installed) and fp32; a ``model`` other than the recorded one is a
@@ -416,7 +443,7 @@ def index_path(
     call created is removed again when the call fails before writing anything.
     """
     _check_sizes(chunk_size, overlap)
-    store, created = _open_or_create(Path(store_path), codec)
+    store, created = _open_or_create(Path(store_path), codec, shards)
     try:
         documents = read_documents(source)
         _store_model(store, model, precision)  # a clash with the recorded model fails before any load
@@ -460,15 +487,36 @@ def load_store_encoder(
     return encoder
 
 
-def _open_or_create(path: Path, codec: str | None) -> tuple[QuantizedStore, bool]:
-    """(store, created): a new store for a new path or an empty directory, else the store there."""
+def open_store(path: str | os.PathLike[str], *, read_only: bool = False, shards: int | None = None):
+    """The store at ``path``: a ``QuantizedStore``, or a ``ShardedStore`` (Ray) when ``path``
+    holds a sharded one (``shards``, when given, must match its count). ``ValueError`` when
+    there is neither."""
+    path = Path(path)
+    from quant_retriever.store import DB_FILE, QuantizedStore
+
+    if (path / DB_FILE).is_file() and shards is None:
+        return QuantizedStore.open(path, read_only=read_only)
+    if (path / "manifest.json").is_file() and not (path / DB_FILE).exists():
+        from quant_retriever.distributed import ShardedStore
+
+        return ShardedStore.open(path, shards=shards, read_only=read_only)
+    raise ValueError(f"no {'sharded ' if shards else ''}store at {path}.")
+
+
+def _open_or_create(path: Path, codec: str | None, shards: int | None = None):
+    """(store, created): a new store for a new path or an empty directory (sharded over
+    ``shards`` Ray actors when given), else the store there."""
     from quant_retriever.store import QuantizedStore
 
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        if shards is not None:
+            from quant_retriever.distributed import ShardedStore
+
+            return ShardedStore(codec=codec or DEFAULT_CODEC, path=path, shards=shards), True
         return QuantizedStore(codec=codec or DEFAULT_CODEC, path=path), True
-    store = QuantizedStore.open(path)  # a ValueError for anything that is not a store
-    if codec is not None and store.index is not None and store.index.codec_name != codec:
-        found = store.index.codec_name
+    store = open_store(path, shards=shards)  # a ValueError for anything that is not a store
+    found = _layout(store)[0] if store.dim is not None else None
+    if codec is not None and found is not None and found != codec:
         store.close()
         raise ValueError(f"store {path} uses codec {found!r}, not {codec!r}; leave out the codec or use a new store.")
     return store, False
@@ -540,8 +588,17 @@ def _changed_chunks(store: QuantizedStore, chunks: list[Chunk]) -> list[Chunk]:
 
 
 def _embed_chunks(store: QuantizedStore, encoder: Encoder | None, chunks: list[Chunk], batch_size: int, progress: bool):
-    """Embed and upsert ``chunks``, ``STEP`` at a time, with a progress bar on stderr."""
+    """Embed and upsert ``chunks``, ``STEP`` at a time, with a progress bar on stderr; into a
+    sharded store on a Ray Data actor pool (one copy of the model per actor)."""
     from tqdm import tqdm
+
+    if chunks and _sharded(store):
+        from quant_retriever.distributed import embed_corpus
+
+        embed_corpus(store, [c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
+                     model=encoder.model_name, precision=encoder.precision, device=str(encoder.device),
+                     batch_size=batch_size, show_progress=progress)
+        return
 
     with tqdm(
         total=len(chunks), desc="embedding", unit="chunk", file=sys.stderr, disable=not progress or not chunks

@@ -60,3 +60,28 @@ def test_ray_data_embedding_matches_single_process(minilm_path, capfd):
         embed_corpus({}, ["a"], ["x"], model=minilm_path)
     assert len(store) == 150
     store.close()
+
+
+def test_the_cli_indexes_into_a_sharded_store_and_queries_it(tmp_path, minilm_path, capsys):
+    """``quant-retriever index --ray --shards 2``, then ``query``: the same chunks and the same
+    answers as a plain store built from the same files."""
+    import json
+
+    from quant_retriever import cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for d in corpus.stdlib_docstrings(limit=40):
+        (docs / f"{d.id}.txt").write_text(d.text, encoding="utf-8")
+    runs = {}
+    for name, extra in (("sharded", ["--ray", "--shards", "2"]), ("plain", [])):
+        store = tmp_path / name
+        args = ["index", str(docs), "--store", str(store), "--model", minilm_path, "--precision", "fp32", "--json"]
+        assert cli.main(args + extra) == 0
+        indexed = json.loads(capsys.readouterr().out)
+        assert cli.main(["query", "json decoder", "--store", str(store), "-k", "3", "--json"]) == 0
+        runs[name] = (indexed, json.loads(capsys.readouterr().out))
+    sharded, plain = runs["sharded"], runs["plain"]
+    assert sharded[0]["records"] == plain[0]["records"] == sharded[0]["embedded"] >= 40
+    assert [h["id"] for h in sharded[1]["results"][0]["hits"]] == [h["id"] for h in plain[1]["results"][0]["hits"]]
+    assert cli.main(args[:-1] + ["--shards", "3", "--json"]) != 0  # --shards without --ray

@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from quant_retriever.codecs import CodecName
+from quant_retriever.codecs import CodecName, make_codec
 from quant_retriever.distributed.index import _host, _sum_memory
 from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_strs, split_by_shard
 from quant_retriever.files import replace_directory
@@ -60,6 +60,10 @@ class ShardedStore(Sharded):
         self._setup(shards, path, device, actor_options)
         self._create(lambda p: ((dim, codec, p), {"rescore": rescore, "device": device, "block_size": block_size,
                                                    "rescore_dtype": rescore_dtype, "metric": metric}))
+        # before the first vectors the shards have no index to describe: keep what they were given
+        given = dict(codec=codec, rescore=(not make_codec(codec, 8, block_size=block_size).exact) if rescore is None else rescore,
+                     rescore_dtype=rescore_dtype, block_size=block_size, device=device or "auto", metric=metric)
+        self._info.update({k: v for k, v in given.items() if self._info.get(k) is None})
 
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, shards: int | None = None,
@@ -80,6 +84,21 @@ class ShardedStore(Sharded):
     def refresh(self) -> bool:
         """Read-only shards move to the latest committed state (see ``QuantizedStore.refresh``)."""
         return any(self._read("refresh").values())
+
+    @property
+    def settings(self) -> dict:
+        """What every shard's store was made with: ``codec``, ``rescore``, ``rescore_dtype``,
+        ``block_size``, ``device``, ``metric`` and ``dim``."""
+        return dict(self._info)
+
+    def get_info(self, name: str):
+        """The JSON value recorded under ``name`` (see ``QuantizedStore.get_info``)."""
+        return self._read("get_info", {0: ((name,), {})})[0]
+
+    def set_info(self, name: str, value) -> None:
+        """Record a small JSON value in every shard (see ``QuantizedStore.set_info``)."""
+        with self._lock:
+            self._write("set_info", self._every(name, value))
 
     def save_replacing(self, path: str | os.PathLike) -> None:
         """:meth:`save` to ``path``, atomically replacing a sharded store saved there before

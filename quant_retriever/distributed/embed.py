@@ -51,7 +51,7 @@ class _Embedder:
                  batch_size: int, threads: int):
         import torch
 
-        from quant_retriever.embeddings import load_encoder
+        from quant_retriever.models import load_encoder
 
         torch.set_num_threads(threads)
         self._encoder = load_encoder(model, precision=precision, device=device, document_prompt=document_prompt)

@@ -492,11 +492,12 @@ def open_store(path: str | os.PathLike[str], *, read_only: bool = False, shards:
     holds a sharded one (``shards``, when given, must match its count). ``ValueError`` when
     there is neither."""
     path = Path(path)
-    from quant_retriever.store import DB_FILE, QuantizedStore
+    from quant_retriever.index import MANIFEST
+    from quant_retriever.store import QuantizedStore
 
-    if (path / DB_FILE).is_file() and shards is None:
+    if QuantizedStore.exists(path) and shards is None:
         return QuantizedStore.open(path, read_only=read_only)
-    if (path / "manifest.json").is_file() and not (path / DB_FILE).exists():
+    if (path / MANIFEST).is_file() and not QuantizedStore.exists(path):
         from quant_retriever.distributed import ShardedStore
 
         return ShardedStore.open(path, shards=shards, read_only=read_only)

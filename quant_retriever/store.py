@@ -49,6 +49,7 @@ from quant_retriever.files import (
 from quant_retriever.filters import (
     FIELDS_SCHEMA, And, Cond, Filter, Not, Operator, Or, check_filter, field_rows, matching_keys,
 )
+from quant_retriever.index import MANIFEST as INDEX_MANIFEST
 from quant_retriever.index import READ_RETRIES, QuantizedIndex, as_vectors, check_settings
 
 __all__ = [
@@ -127,7 +128,7 @@ def _is_leftover(entry: Path) -> bool:
     name once complete) and an index directory without a manifest."""
     if entry.name.startswith(CREATING):
         return True
-    return entry.name == INDEX_DIR and not entry.is_symlink() and not (entry / "manifest.json").exists() and not (
+    return entry.name == INDEX_DIR and not entry.is_symlink() and not (entry / INDEX_MANIFEST).exists() and not (
         entry.parent / DB_FILE
     ).exists()
 
@@ -379,6 +380,11 @@ class QuantizedStore:
             self._check_writable()
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"info:{name}", text))
 
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a store (to reopen rather than create)."""
+        return (Path(path) / DB_FILE).is_file()
+
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> "QuantizedStore":
         """Reopen a persistent store, reconciling a write a crash interrupted (in memory:
@@ -424,7 +430,7 @@ class QuantizedStore:
                 raise ValueError(f"{db_file}: the schema changed while it was being opened.")
             if "dim" in meta:
                 index_path = path / INDEX_DIR
-                if (index_path / "manifest.json").is_file() or read_only:
+                if (index_path / INDEX_MANIFEST).is_file() or read_only:
                     store._index = QuantizedIndex.load(index_path, device=device, read_only=read_only)
                 else:  # crashed between recording dim and creating the index
                     store._create_index(int(meta["dim"]))

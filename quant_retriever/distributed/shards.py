@@ -39,6 +39,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayError
 
+from quant_retriever.index import MANIFEST
 from quant_retriever.files import (
     DirectoryLock, Int, OneOf, prepare_new_directory, read_json, write_directory, write_json_atomic,
 )
@@ -47,7 +48,6 @@ __all__ = ["ROUTING", "ShardError", "shard_of"]
 
 FORMAT = "quant_retriever.sharded"
 VERSION = 1
-MANIFEST = "manifest.json"
 #: The hashing scheme, recorded in every manifest (see :func:`shard_of`).
 ROUTING = "blake2b64-utf8/splitmix64"
 MAX_SHARDS = 4096

@@ -106,7 +106,7 @@ class QuantizedVectorStore(VectorStore):
         if not isinstance(embedding, Embeddings):
             raise TypeError(f"embedding must be a LangChain Embeddings; got {type(embedding).__name__}.")
         rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
-        if store is None and path is not None and (Path(path) / "store.sqlite").is_file():
+        if store is None and path is not None and QuantizedStore.exists(path):
             raise ValueError(f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding).")
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier

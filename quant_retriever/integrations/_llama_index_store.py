@@ -107,7 +107,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
         if store is not None:
             self._store = store
-        elif path is not None and (Path(path) / "store.sqlite").is_file():
+        elif path is not None and QuantizedStore.exists(path):
             self._store = QuantizedStore.open(path, device=device, read_only=read_only)
             if dim is not None and self._store.dim not in (None, dim):
                 raise ValueError(f"the store at {path} has dim {self._store.dim}; got dim={dim}.")
@@ -130,11 +130,11 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         constructor (``device``, ``rescore_multiplier``). Local filesystems only."""
         _local_only(fs)
         directory = Path(persist_dir)
-        if (directory / "store.sqlite").is_file():
+        if QuantizedStore.exists(directory):
             return cls(path=directory, **kwargs)
         persisted = directory / _PERSIST_NAME.format(namespace=namespace)
         recover_replacement(persisted)
-        if not (persisted / "store.sqlite").is_file():
+        if not QuantizedStore.exists(persisted):
             raise ValueError(
                 f"{directory} is not a quant_retriever store: no store.sqlite in it or in {persisted.name}/ "
                 f"(write one with storage_context.persist(persist_dir=...) or QuantizedVectorStore(path=...))."

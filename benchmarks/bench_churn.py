@@ -56,7 +56,9 @@ def batching(args) -> None:
     q = corpus.embed_cached(corpus.stdlib_queries(docs, args.queries))
     truth = torch.topk(torch.from_numpy(q) @ torch.from_numpy(x).T, 10).indices.numpy()
     sizes = [len(x), 1, 16, 64]
-    print(f"\nrecall@10 against exact FP32, {len(x)} x {x.shape[1]} MiniLM vectors, {len(q)} queries, by add batch size")
+    print(
+        f"\nrecall@10 against exact FP32, {len(x)} x {x.shape[1]} MiniLM vectors, {len(q)} queries, by add batch size"
+    )
     print(f"{'codec':<28}" + "".join(f"{('one add' if s == len(x) else f'adds of {s}'):>12}" for s in sizes))
     for codec, rescore, mult, rdtype in tqdm(BATCHINGS, desc="codecs", leave=False):
         cells = []
@@ -94,8 +96,10 @@ def churn(args) -> None:
                 mem = index.memory()
                 ms = median_ms(lambda: index.search(queries, k=10), args.searches)
                 rows = mem.device_bytes // max(mem.bytes_per_vector, 1)
-                print(f"{codec:<10}{label:>8}{mem.device_bytes / 1e6:>11.2f}{mem.host_bytes / 1e3:>10.1f}"
-                      f"{directory_bytes(path) / 1e6:>9.2f}{rows:>8}{ms:>11.3f}")
+                print(
+                    f"{codec:<10}{label:>8}{mem.device_bytes / 1e6:>11.2f}{mem.host_bytes / 1e3:>10.1f}"
+                    f"{directory_bytes(path) / 1e6:>9.2f}{rows:>8}{ms:>11.3f}"
+                )
 
             row("before")
             for _ in tqdm(range(args.rounds), desc=f"{codec} rounds", leave=False):

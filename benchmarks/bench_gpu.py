@@ -40,7 +40,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -50,8 +49,18 @@ from quant_retriever.kernels import triton as gpu
 
 K, MULTIPLIER = 10, 4
 #: Memory bandwidth (TB/s) by device name, most specific first.
-PEAK_TBS = [("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35), ("GH200", 4.0),
-            ("A100 80GB PCIe", 1.935), ("A100-SXM4-80GB", 2.039), ("A100", 1.555), ("L40S", 0.864), ("L4", 0.3)]
+PEAK_TBS = [
+    ("H200", 4.8),
+    ("H100 NVL", 3.9),
+    ("H100 PCIe", 2.0),
+    ("H100", 3.35),
+    ("GH200", 4.0),
+    ("A100 80GB PCIe", 1.935),
+    ("A100-SXM4-80GB", 2.039),
+    ("A100", 1.555),
+    ("L40S", 0.864),
+    ("L4", 0.3),
+]
 ENCODER_PRECISIONS = ["fp32", "fp16", "bf16", "int8", "bnb-int8", "bnb-nf4", "bnb-fp4"]
 
 
@@ -140,12 +149,20 @@ def cuvs_rows(n: int, dim: int, q: torch.Tensor, device, repeats: int) -> list[l
     x = torch.cat(list(corpus_batches(n, dim, device, 1 << 20)))
     index = brute_force.build(x, metric="inner_product")
     ms = median_ms(lambda: brute_force.search(index, q, K * MULTIPLIER), repeats, device)
-    del index, x
+
     return [["cuVS brute_force fp32", f"{ms:.3f}", "-", "-"]]
 
 
-def scan_table(codec_name: str, n: int, dim: int, query_counts: list[int], device, repeats: int, peak: float | None,
-               baselines: bool) -> tuple[list[str], list[list[str]]]:
+def scan_table(
+    codec_name: str,
+    n: int,
+    dim: int,
+    query_counts: list[int],
+    device,
+    repeats: int,
+    peak: float | None,
+    baselines: bool,
+) -> tuple[list[str], list[list[str]]]:
     first = QuantizedIndex(dim, codec_name, rescore=False, device=device)
     full = QuantizedIndex(dim, codec_name, rescore=True, device=device)
     parts = []
@@ -170,8 +187,17 @@ def scan_table(codec_name: str, n: int, dim: int, query_counts: list[int], devic
             with eager(device) if is_eager else contextlib.nullcontext():
                 ms = median_ms(fn, repeats, device)
             gbs = n * first.codec.row_bytes / (ms / 1e3) / 1e9
-            rows.append([codec_name, f"{n:,}", str(nq), label, f"{ms:.3f}", f"{gbs:.1f}" if is_scan else "-",
-                         f"{100 * gbs / (peak * 1e3):.0f}%" if is_scan and peak else "-"])
+            rows.append(
+                [
+                    codec_name,
+                    f"{n:,}",
+                    str(nq),
+                    label,
+                    f"{ms:.3f}",
+                    f"{gbs:.1f}" if is_scan else "-",
+                    f"{100 * gbs / (peak * 1e3):.0f}%" if is_scan and peak else "-",
+                ]
+            )
         if baselines:
             for cells in faiss_rows(codec_name, n, dim, q, device, repeats) + cuvs_rows(n, dim, q, device, repeats):
                 rows.append([codec_name, f"{n:,}", str(nq), *cells])
@@ -197,9 +223,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("bench_gpu.py measures a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False);\n"
-              "nothing was measured. Run it on a machine with a CUDA GPU and a CUDA build of torch, "
-              "or pass --device cpu for a dry run of the script.", file=sys.stderr)
+        print(
+            "bench_gpu.py measures a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False);\n"
+            "nothing was measured. Run it on a machine with a CUDA GPU and a CUDA build of torch, "
+            "or pass --device cpu for a dry run of the script.",
+            file=sys.stderr,
+        )
         sys.exit(0)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -214,16 +243,17 @@ def main(argv=None) -> None:
 
     for n in args.sizes:
         for codec_name in args.codecs:
-            headers, rows = scan_table(codec_name, n, args.dim, args.queries, device, args.repeats, peak,
-                                       not args.no_baselines)
+            headers, rows = scan_table(
+                codec_name, n, args.dim, args.queries, device, args.repeats, peak, not args.no_baselines
+            )
             print()
             print(bench.format_table(headers, rows, title=f"{codec_name}: {n:,} x {args.dim} on {name}"))
             torch.cuda.empty_cache() if device.type == "cuda" else None
 
     if not args.skip_encoders:
         from quant_retriever._demo_corpus import stdlib_docstrings
-        from quant_retriever.models.settings import minilm_path
         from quant_retriever.embeddings import evaluate_encoders
+        from quant_retriever.models.settings import minilm_path
 
         docs = [d.text for d in stdlib_docstrings()]
         texts = [docs[i % len(docs)] for i in range(args.texts)]

@@ -57,8 +57,14 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     lib = _native.LIBRARY.get()
-    print(f"native CPU kernels: {'compiled in %.2f s' % (time.perf_counter() - t0) if lib else 'unavailable (eager torch)'}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        "native CPU kernels: "
+        + (f"compiled in {time.perf_counter() - t0:.2f} s" if lib else "unavailable (eager torch)")
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     x, q, qrels = load_data(args.data, args.n, args.queries)
     print(f"data: {args.data}, {x.shape[0]} x {x.shape[1]} vectors, {len(q)} queries")
     skipped: list[str] = []

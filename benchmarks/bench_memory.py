@@ -43,11 +43,17 @@ def main(argv=None) -> None:
     q = rng.standard_normal((32, 384), dtype=np.float32)
     for i in tqdm(range(64), desc="searching"):
         index.search(q[i % 32], k=10) if i % 2 else index.search(q, k=10)
-    print(f"{args.n} x 384 {args.codec}: codes {mem.device_bytes / 2**20:.1f} MiB allocated "
-          f"({mem.bytes_per_vector} B/vector), INT8 copy on disk {mem.disk_bytes / 2**20:.1f} MiB")
-    print(f"RSS before adding {start_rss:.0f} MiB; after building {built_rss:.0f} MiB (peak so far {built_peak:.0f} MiB)")
-    print(f"peak RSS over 64 searches (1 and 32 queries): {peak_mb():.0f} MiB; "
-          f"search working set above the built index: {max(0.0, peak_mb() - built_peak):.0f} MiB")
+    print(
+        f"{args.n} x 384 {args.codec}: codes {mem.device_bytes / 2**20:.1f} MiB allocated "
+        f"({mem.bytes_per_vector} B/vector), INT8 copy on disk {mem.disk_bytes / 2**20:.1f} MiB"
+    )
+    print(
+        f"RSS before adding {start_rss:.0f} MiB; after building {built_rss:.0f} MiB (peak so far {built_peak:.0f} MiB)"
+    )
+    print(
+        f"peak RSS over 64 searches (1 and 32 queries): {peak_mb():.0f} MiB; "
+        f"search working set above the built index: {max(0.0, peak_mb() - built_peak):.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

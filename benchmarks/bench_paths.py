@@ -17,7 +17,6 @@ side by side, so compare within one run.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import statistics
 import sysconfig
@@ -33,7 +32,6 @@ from tqdm import tqdm
 from quant_retriever import QuantizedIndex
 from quant_retriever._demo_corpus import embed_cached, stdlib_docstrings
 from quant_retriever.bench import median_ms
-from quant_retriever.store import Cond
 
 K = 10
 
@@ -104,8 +102,12 @@ def store_paths(args, table: list) -> None:
             search(filter=flt)
             cold.append((time.perf_counter() - start) * 1e3)
         row(table, f"{codec} store search, filter matching 1/5, repeated", warm, f"{warm / base:.2f}x unfiltered")
-        row(table, f"{codec} store search, filter matching 1/5, after a write", statistics.median(cold),
-            f"{statistics.median(cold) / base:.2f}x unfiltered")
+        row(
+            table,
+            f"{codec} store search, filter matching 1/5, after a write",
+            statistics.median(cold),
+            f"{statistics.median(cold) / base:.2f}x unfiltered",
+        )
         if codec == "int4":
             threads(store.store, q, table, args)
     peers(x, q, table, args)
@@ -117,6 +119,7 @@ def threads(store, q: np.ndarray, table: list, args) -> None:
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+
         def qps(n_threads: int, seconds: float = 3.0) -> float:
             done = [0] * n_threads
             stop = time.perf_counter() + seconds
@@ -150,8 +153,12 @@ def threads(store, q: np.ndarray, table: list, args) -> None:
     store.search(q[0], k=K)
     small = (time.perf_counter() - start) * 1e3
     worker.join()
-    row(table, "one small query beside a 3,000-query batch", small,
-        "finished before the batch" if start + small / 1e3 < ended[0] else "WAITED for the batch")
+    row(
+        table,
+        "one small query beside a 3,000-query batch",
+        small,
+        "finished before the batch" if start + small / 1e3 < ended[0] else "WAITED for the batch",
+    )
 
 
 def peers(x: np.ndarray, q: np.ndarray, table: list, args) -> None:
@@ -177,11 +184,24 @@ def peers(x: np.ndarray, q: np.ndarray, table: list, args) -> None:
             client = chromadb.PersistentClient(path=tmp)
             col = client.create_collection("bench", metadata={"hnsw:space": "ip"})
             for a in range(0, n, 5000):
-                col.add(ids=[f"p{i}" for i in range(a, min(a + 5000, n))], embeddings=x[a : a + 5000].tolist(),
-                        metadatas=[{"group": i % 5} for i in range(a, min(a + 5000, n))])
-            row(table, "Chroma (HNSW), unfiltered", median_ms(lambda: col.query(query_embeddings=[next(queries).tolist()], n_results=K), args.runs))
-            row(table, "Chroma (HNSW), filter matching 1/5", median_ms(
-                lambda: col.query(query_embeddings=[next(queries).tolist()], n_results=K, where={"group": 3}), args.runs))
+                col.add(
+                    ids=[f"p{i}" for i in range(a, min(a + 5000, n))],
+                    embeddings=x[a : a + 5000].tolist(),
+                    metadatas=[{"group": i % 5} for i in range(a, min(a + 5000, n))],
+                )
+            row(
+                table,
+                "Chroma (HNSW), unfiltered",
+                median_ms(lambda: col.query(query_embeddings=[next(queries).tolist()], n_results=K), args.runs),
+            )
+            row(
+                table,
+                "Chroma (HNSW), filter matching 1/5",
+                median_ms(
+                    lambda: col.query(query_embeddings=[next(queries).tolist()], n_results=K, where={"group": 3}),
+                    args.runs,
+                ),
+            )
     try:
         from qdrant_client import QdrantClient, models
     except ImportError:
@@ -190,13 +210,27 @@ def peers(x: np.ndarray, q: np.ndarray, table: list, args) -> None:
         client = QdrantClient(":memory:")
         client.create_collection("bench", vectors_config=models.VectorParams(size=384, distance=models.Distance.DOT))
         for a in range(0, n, 5000):
-            client.upload_points("bench", [models.PointStruct(id=i, vector=x[i].tolist(), payload={"group": i % 5})
-                                           for i in range(a, min(a + 5000, n))])
-        row(table, "Qdrant local, unfiltered", median_ms(
-            lambda: client.query_points("bench", query=next(queries).tolist(), limit=K), min(args.runs, 20)))
+            client.upload_points(
+                "bench",
+                [
+                    models.PointStruct(id=i, vector=x[i].tolist(), payload={"group": i % 5})
+                    for i in range(a, min(a + 5000, n))
+                ],
+            )
+        row(
+            table,
+            "Qdrant local, unfiltered",
+            median_ms(lambda: client.query_points("bench", query=next(queries).tolist(), limit=K), min(args.runs, 20)),
+        )
         flt = models.Filter(must=[models.FieldCondition(key="group", match=models.MatchValue(value=3))])
-        row(table, "Qdrant local, filter matching 1/5", median_ms(
-            lambda: client.query_points("bench", query=next(queries).tolist(), limit=K, query_filter=flt), min(args.runs, 20)))
+        row(
+            table,
+            "Qdrant local, filter matching 1/5",
+            median_ms(
+                lambda: client.query_points("bench", query=next(queries).tolist(), limit=K, query_filter=flt),
+                min(args.runs, 20),
+            ),
+        )
 
 
 def random_paths(args, table: list) -> None:
@@ -219,7 +253,7 @@ def random_paths(args, table: list) -> None:
         label = f"{codec}{' + INT8 x4' if rescore else ''}"
         row(table, f"{label}, 1 query", one)
         row(table, f"{label}, 32 queries (per query)", batch / 32, f"{batch:.1f} ms per batch")
-        del index
+
     sq = faiss.IndexScalarQuantizer(384, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT)
     sq.train(x[:100_000])
     sq.add(x)
@@ -234,9 +268,19 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--part", choices=["store", "random", "both"], default="both")
     args = parser.parse_args(argv)
-    flags = [f for f in ("avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bf16", "amx_tile", "f16c")
-             if f in Path("/proc/cpuinfo").read_text()] if Path("/proc/cpuinfo").exists() else []
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; CPU flags: {' '.join(flags)}")
+    flags = (
+        [
+            f
+            for f in ("avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bf16", "amx_tile", "f16c")
+            if f in Path("/proc/cpuinfo").read_text()
+        ]
+        if Path("/proc/cpuinfo").exists()
+        else []
+    )
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads; "
+        f"CPU flags: {' '.join(flags)}"
+    )
     table: list = []
     if args.part in ("store", "both"):
         store_paths(args, table)

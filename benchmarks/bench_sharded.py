@@ -66,7 +66,9 @@ def search_throughput(args, q: np.ndarray) -> list[tuple]:
     for codec in args.codecs:
         for n_shards in tqdm(args.shards, desc=f"{codec}: shards", leave=False):
             index = sharded(n_shards, args.cpus, codec, x)
-            batch_ms = median_ms(lambda i: index.search(q[(i % 4) * args.batch : (i % 4 + 1) * args.batch], K), args.batches)
+            batch_ms = median_ms(
+                lambda i: index.search(q[(i % 4) * args.batch : (i % 4 + 1) * args.batch], K), args.batches
+            )
             one_ms = median_ms(lambda i: index.search(q[i % len(q) : i % len(q) + 1], K), args.single)
             rows.append((codec, n_shards, batch_ms, args.batch / batch_ms * 1e3, one_ms))
             index.close()
@@ -106,8 +108,17 @@ def embedding_throughput(args) -> list[tuple]:
         for _ in range(args.repeats):
             store = ShardedStore(shards=2, actor_options={"num_cpus": 0})  # the CPUs go to the embedding actors
             start = time.perf_counter()
-            embed_corpus(store, ids, texts, model=model, precision=args.precision, batch_size=args.batch_size,
-                         actors=actors, actor_cpus=args.cpus / actors, show_progress=False)
+            embed_corpus(
+                store,
+                ids,
+                texts,
+                model=model,
+                precision=args.precision,
+                batch_size=args.batch_size,
+                actors=actors,
+                actor_cpus=args.cpus / actors,
+                show_progress=False,
+            )
             times.append(time.perf_counter() - start)
             store.close()
         rows.append(("Ray Data actor pool -> ShardedStore", actors, float(np.median(times))))
@@ -135,8 +146,10 @@ def main(argv=None) -> None:
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     q = unit(max(4 * args.batch, args.single), 99)
-    print(f"{args.cpus} CPUs for Ray, {torch.get_num_threads()} torch threads in this process, "
-          f"{int(ray.cluster_resources().get('GPU', 0))} GPUs\n")
+    print(
+        f"{args.cpus} CPUs for Ray, {torch.get_num_threads()} torch threads in this process, "
+        f"{int(ray.cluster_resources().get('GPU', 0))} GPUs\n"
+    )
 
     rows = search_throughput(args, q)
     print(f"1. search throughput, {args.n:,} x {DIM} random unit vectors, k={K}, INT8 rescore x4 (median)")
@@ -151,7 +164,10 @@ def main(argv=None) -> None:
         print(f"{name:<36}{ms:>8.2f}{extra:>13.2f}")
 
     rows = embedding_throughput(args)
-    print(f"\n3. embedding {args.texts:,} stdlib docstrings, MiniLM {args.precision}, model loading included (median of {args.repeats})")
+    print(
+        f"\n3. embedding {args.texts:,} stdlib docstrings, MiniLM {args.precision}, "
+        f"model loading included (median of {args.repeats})"
+    )
     print(f"{'method':<38}{'actors':>7}{'seconds':>9}{'texts/s':>9}")
     for name, actors, seconds, rate in rows:
         print(f"{name:<38}{actors:>7}{seconds:>9.1f}{rate:>9.1f}")

@@ -7,11 +7,9 @@ INT8 copy on disk, next to exact float32 search.
 
 from __future__ import annotations
 
-import numpy as np
-
 from quant_retriever import QuantizedIndex, load_encoder
-from quant_retriever.bench import median_ms
 from quant_retriever._demo_corpus import embed_cached, stdlib_docstrings
+from quant_retriever.bench import median_ms
 from quant_retriever.models.settings import minilm_path
 
 QUESTIONS = [

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.vector_stores import SimpleVectorStore
 
-from quant_retriever.bench import median_ms
 from quant_retriever._demo_corpus import stdlib_docstrings
-from quant_retriever.models.settings import minilm_path
+from quant_retriever.bench import median_ms
 from quant_retriever.llama_index import QuantizedEmbedding, QuantizedVectorStore
+from quant_retriever.models.settings import minilm_path
 
 QUESTION = "How do I read rows from a CSV file?"
 
@@ -31,10 +30,14 @@ def main(argv=None) -> None:
     Settings.llm = MockLLM(max_tokens=16)
     embed = QuantizedEmbedding(model_name=minilm_path(), precision="int8", embed_batch_size=64)
     documents = [
-        Document(text=d.text, id_=d.id, metadata={"module": d.id.split(".")[0]}) for d in stdlib_docstrings(limit=args.limit)
+        Document(text=d.text, id_=d.id, metadata={"module": d.id.split(".")[0]})
+        for d in stdlib_docstrings(limit=args.limit)
     ]
     indexes = {}
-    for name, store in (("QuantizedVectorStore (int4+int8)", QuantizedVectorStore(codec="int4")), ("SimpleVectorStore (float32)", SimpleVectorStore())):
+    for name, store in (
+        ("QuantizedVectorStore (int4+int8)", QuantizedVectorStore(codec="int4")),
+        ("SimpleVectorStore (float32)", SimpleVectorStore()),
+    ):
         start = time.perf_counter()
         indexes[name] = VectorStoreIndex.from_documents(
             documents, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed

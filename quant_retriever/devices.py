@@ -22,7 +22,9 @@ def resolve_device(device: object, source: str = "argument") -> torch.device:
     says where the value came from (for the message), e.g. ``"from $QUANT_RETRIEVER_DEVICE"``.
     """
     if not isinstance(device, (str, torch.device, type(None))):
-        raise TypeError(f"device must be a str such as 'cpu' or 'cuda:0', or a torch.device; got {type(device).__name__}.")
+        raise TypeError(
+            f"device must be a str such as 'cpu' or 'cuda:0', or a torch.device; got {type(device).__name__}."
+        )
     name = None if device is None else str(device).strip().lower()
     if name is None or name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,7 +38,9 @@ def resolve_device(device: object, source: str = "argument") -> torch.device:
     if resolved.type == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} ({source}) needs CUDA, which is not available here; usable here: {usable}.")
+        raise ValueError(
+            f"device {device!r} ({source}) needs CUDA, which is not available here; usable here: {usable}."
+        )
     index = torch.cuda.current_device() if resolved.index is None else resolved.index
     if index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r} ({source}) does not exist; usable here: {usable}.")

@@ -14,9 +14,24 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "Field", "Int", "Bool", "OneOf", "Object",
-    "write_json_atomic", "read_json", "read_raw", "append_raw", "fsync_dir", "DirectoryLock", "write_directory",
-    "open_nofollow", "write_all", "check_new_directory", "prepare_new_directory", "OpenObjects", "replace_directory",
+    "Field",
+    "Int",
+    "Bool",
+    "OneOf",
+    "Object",
+    "write_json_atomic",
+    "read_json",
+    "read_raw",
+    "append_raw",
+    "fsync_dir",
+    "DirectoryLock",
+    "write_directory",
+    "open_nofollow",
+    "write_all",
+    "check_new_directory",
+    "prepare_new_directory",
+    "OpenObjects",
+    "replace_directory",
     "recover_replacement",
 ]
 
@@ -30,7 +45,9 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         return os.open(path, flags | _NOFOLLOW, mode)
     except OSError as exc:
         if os.path.islink(path):
-            raise ValueError(f"{path} is a symbolic link; quant_retriever never follows links in its directories.") from None
+            raise ValueError(
+                f"{path} is a symbolic link; quant_retriever never follows links in its directories."
+            ) from None
         raise exc
 
 
@@ -60,7 +77,7 @@ def check_new_directory(
     return found
 
 
-def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda entry: False) -> "DirectoryLock":
+def prepare_new_directory(path: Path, what: str, reopen_hint: str, leftovers=lambda entry: False) -> DirectoryLock:
     """Lock ``path`` to create a new persistent ``what`` in it, and return the lock.
 
     ``path`` must not exist, be empty, or hold only what an interrupted creation leaves
@@ -277,7 +294,9 @@ def append_raw(path: Path, committed_bytes: int, data: np.ndarray) -> None:
     try:
         size = os.fstat(fd).st_size
         if size < committed_bytes:
-            raise ValueError(f"{path}: {size} bytes on disk but {committed_bytes} committed; it was truncated or replaced.")
+            raise ValueError(
+                f"{path}: {size} bytes on disk but {committed_bytes} committed; it was truncated or replaced."
+            )
         os.ftruncate(fd, committed_bytes)
         write_all(fd, np.ascontiguousarray(data).tobytes(), committed_bytes)
         os.fsync(fd)
@@ -392,7 +411,9 @@ def _replacement_temporaries(target: Path) -> list[Path]:
     prefixes = (f".{target.name}.qr-", f"..{target.name}.qr-")
     if not target.parent.is_dir():
         return []
-    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink())
+    return sorted(
+        p for p in target.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir() and not p.is_symlink()
+    )
 
 
 def recover_replacement(target: str | os.PathLike) -> None:

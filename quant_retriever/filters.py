@@ -32,20 +32,46 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 __all__ = [
-    "Cond", "And", "Or", "Not", "Filter", "Operator", "MAX_DEPTH", "FIELDS_SCHEMA", "check_depth", "check_filter",
+    "Cond",
+    "And",
+    "Or",
+    "Not",
+    "Filter",
+    "Operator",
+    "MAX_DEPTH",
+    "FIELDS_SCHEMA",
+    "check_depth",
+    "check_filter",
     "field_rows",
-    "matching_keys", "matches",
+    "matching_keys",
+    "matches",
 ]
 
 Operator = Literal[
-    "eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "contains", "any", "all",
-    "like", "ilike", "substring", "isubstring", "is_empty", "exists",
+    "eq",
+    "ne",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "in",
+    "nin",
+    "contains",
+    "any",
+    "all",
+    "like",
+    "ilike",
+    "substring",
+    "isubstring",
+    "is_empty",
+    "exists",
 ]
 OPERATORS: tuple[str, ...] = get_args(Operator)
 MAX_DEPTH = 64  # filter nesting; deeper trees raise ValueError (never RecursionError)
@@ -74,7 +100,9 @@ def _kind(v: Any) -> str:
 def _check_scalar(value: Any, op: str) -> Any:
     kind = _kind(value)
     if kind not in ("null", "bool", "number", "str"):
-        raise TypeError(f"operator {op!r} compares with a str, number, bool or None; got {type(value).__name__} {value!r}.")
+        raise TypeError(
+            f"operator {op!r} compares with a str, number, bool or None; got {type(value).__name__} {value!r}."
+        )
     if kind == "number" and not math.isfinite(value):
         raise ValueError(f"operator {op!r} needs a finite number; got {value!r}.")
     return value
@@ -147,7 +175,7 @@ class Not:
         _items((self.item,), "Not")
 
 
-Filter = Union[Cond, And, Or, Not]
+Filter = Cond | And | Or | Not
 
 
 def _items(items, name: str) -> tuple:
@@ -281,11 +309,13 @@ class _Keys:
             folded = value.casefold()
             return self.text(key, lambda v: folded in v.casefold())
         if op == "is_empty":
-            return self.union([
-                self.eq(key, None),
-                self.rows("name = ? AND elem = 0 AND kind = 3 AND val = ''", (key,)),
-                self.rows("name = ? AND elem = 0 AND kind = 4 AND val = 0", (key,)),
-            ])
+            return self.union(
+                [
+                    self.eq(key, None),
+                    self.rows("name = ? AND elem = 0 AND kind = 3 AND val = ''", (key,)),
+                    self.rows("name = ? AND elem = 0 AND kind = 4 AND val = 0", (key,)),
+                ]
+            )
         if op == "exists":
             return self.rows("name = ? AND elem = 0", (key,))
         raise ValueError(f"Invalid operator: {op!r}")  # unreachable: Cond checks its operator

@@ -44,7 +44,8 @@ rescore.G.<fmt>   the rescore copy (``int8`` or ``fp16`` rows), when rescoring
 
 Files are append-only within a generation; bytes past what the manifest records (a torn
 append) are ignored and overwritten by the next append, and files of other generations (left
-by an interrupted compaction) are removed when the directory is opened. Version 1 directories (per-dimension INT8 calibration) are refused with a clear error.
+by an interrupted compaction) are removed when the directory is opened. Version 1 directories
+(per-dimension INT8 calibration) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -63,16 +64,42 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import (
-    CODEC_NAMES, FLOAT32_MAX, RESCORE_DTYPES, Codec, CodecName, RescoreDtype, make_codec, split_norm,
+    CODEC_NAMES,
+    FLOAT32_MAX,
+    RESCORE_DTYPES,
+    Codec,
+    CodecName,
+    RescoreDtype,
+    make_codec,
+    split_norm,
 )
 from quant_retriever.devices import resolve_device
 from quant_retriever.files import (
-    Bool, DirectoryLock, Int, Object, OneOf, OpenObjects, append_raw, fsync_dir, prepare_new_directory, read_json,
-    read_raw, write_directory, write_json_atomic,
+    Bool,
+    DirectoryLock,
+    Int,
+    Object,
+    OneOf,
+    OpenObjects,
+    append_raw,
+    fsync_dir,
+    prepare_new_directory,
+    read_json,
+    read_raw,
+    write_directory,
+    write_json_atomic,
 )
 from quant_retriever.rescore import RescoreFile
 
-__all__ = ["QuantizedIndex", "SearchResult", "MemoryUsage", "Selection", "resolve_device", "as_vectors", "check_settings"]
+__all__ = [
+    "QuantizedIndex",
+    "SearchResult",
+    "MemoryUsage",
+    "Selection",
+    "resolve_device",
+    "as_vectors",
+    "check_settings",
+]
 
 FORMAT = "quant_retriever.index"
 VERSION = 2
@@ -116,8 +143,12 @@ _DATA_FILE = re.compile(r"(codes|ids|deleted)\.(\d+)\.(u8|i64)|rescore\.(\d+)\.(
 
 def _files(generation: int, rescore_dtype: str) -> dict[str, str]:
     g = generation
-    return {"codes": f"codes.{g}.u8", "ids": f"ids.{g}.i64", "deleted": f"deleted.{g}.i64",
-            "rescore": f"rescore.{g}.{rescore_dtype}"}
+    return {
+        "codes": f"codes.{g}.u8",
+        "ids": f"ids.{g}.i64",
+        "deleted": f"deleted.{g}.i64",
+        "rescore": f"rescore.{g}.{rescore_dtype}",
+    }
 
 
 def _is_data_file(name: str) -> bool:
@@ -361,8 +392,9 @@ class QuantizedIndex:
             raise ValueError(f"dim must be at most {MAX_DIM}; got {dim}.")
         check_settings(codec, rescore, device, block_size, rescore_dtype)
         codec_obj = make_codec(codec, dim, block_size=block_size)
-        self._setup(dim, codec_obj, (not codec_obj.exact) if rescore is None else rescore, rescore_dtype,
-                    resolve_device(device))
+        self._setup(
+            dim, codec_obj, (not codec_obj.exact) if rescore is None else rescore, rescore_dtype, resolve_device(device)
+        )
         if path is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="quant_retriever_"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, self._workdir, True)
@@ -458,7 +490,9 @@ class QuantizedIndex:
             snap = self._snap
             if ids is None:
                 if self._next_id + len(x) - 1 > MAX_ID:
-                    raise ValueError(f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly.")
+                    raise ValueError(
+                        f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly."
+                    )
                 new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             else:
                 new_ids = _as_ids(ids, len(x))
@@ -491,7 +525,7 @@ class QuantizedIndex:
         return self._snap
 
     # ---- the write protocol of a store that keeps its own commit point (see store.py) ----
-    def _stage_add(self, x: torch.Tensor, new_ids: np.ndarray | None = None) -> "_Staged":
+    def _stage_add(self, x: torch.Tensor, new_ids: np.ndarray | None = None) -> _Staged:
         """Write new rows to disk and commit them there (as rows the owner does not know yet
         if a crash follows) without publishing them in memory; automatic ids when ``new_ids``
         is None. Raises, changing nothing in memory, on any failure."""
@@ -524,7 +558,7 @@ class QuantizedIndex:
             self._write_manifest(new, next_id=next_id)
         return _Staged(new, next_id, new_ids)
 
-    def _publish(self, staged: "_Staged | None", dead: np.ndarray | None = None) -> None:
+    def _publish(self, staged: _Staged | None, dead: np.ndarray | None = None) -> None:
         """Make ``staged`` rows searchable and the ids ``dead`` (not in the index: ignored)
         unsearchable, in one snapshot. In memory only, and it cannot fail: the dead rows are
         recorded on disk by :meth:`_persist_pending` (a store reconciles them on opening)."""
@@ -597,7 +631,9 @@ class QuantizedIndex:
                 try:
                     self.compact()
                 except OSError as exc:
-                    warnings.warn(f"quant_retriever: compaction of {self._path} postponed ({exc}).", RuntimeWarning, stacklevel=4)
+                    warnings.warn(
+                        f"quant_retriever: compaction of {self._path} postponed ({exc}).", RuntimeWarning, stacklevel=4
+                    )
             else:
                 self.compact()
 
@@ -608,7 +644,11 @@ class QuantizedIndex:
             return ids
         if isinstance(ids, (str, bytes)):
             raise TypeError("allowed ids must be a sequence of integers; got a string.")
-        arr = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        arr = (
+            ids.cpu().numpy()
+            if isinstance(ids, torch.Tensor)
+            else np.asarray(ids if isinstance(ids, np.ndarray) else list(ids))
+        )
         if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"allowed ids must be integers; got dtype {arr.dtype}.")
         return Selection(np.unique(arr.astype(np.int64).reshape(-1)))
@@ -687,7 +727,10 @@ class QuantizedIndex:
                 if snap.rescore is not None:
                     snap.rescore.copy_rows(self._workdir / new_files["rescore"], live)
                     rescore = RescoreFile(
-                        self._workdir / new_files["rescore"], self._rescore_codec, len(live), durable=self._path is not None
+                        self._workdir / new_files["rescore"],
+                        self._rescore_codec,
+                        len(live),
+                        durable=self._path is not None,
                     )
                 new = _Snapshot(codes, ids, None, None, _order_of(ids), len(live), len(live), rescore)
                 if self._path is not None:
@@ -722,7 +765,7 @@ class QuantizedIndex:
     @classmethod
     def load(
         cls, path: str | os.PathLike, device: str | torch.device | None = None, *, read_only: bool = False
-    ) -> "QuantizedIndex":
+    ) -> QuantizedIndex:
         """Open an index directory written by :meth:`save` or by a persistent index.
 
         Raises ``ValueError`` for a directory that is not an index, another format version,
@@ -743,7 +786,9 @@ class QuantizedIndex:
             existing = _OPEN.get(path)
             if existing is not None:
                 if device is not None and resolve_device(device) != existing.device:
-                    raise ValueError(f"{path} is already open in this process on {existing.device}; got device={device!r}.")
+                    raise ValueError(
+                        f"{path} is already open in this process on {existing.device}; got device={device!r}."
+                    )
                 existing._opens += 1
                 return existing
             index = cls._open(path, device)
@@ -804,7 +849,9 @@ class QuantizedIndex:
                 problems.append(f"{snap.rows - snap.n_alive} dead rows but {self._n_deleted} deletions recorded")
             if self.rescore:
                 if snap.rescore is None or snap.rescore.count != snap.rows:
-                    problems.append(f"rescore copy has {snap.rescore.count if snap.rescore else 0} rows; codes have {snap.rows}")
+                    problems.append(
+                        f"rescore copy has {snap.rescore.count if snap.rescore else 0} rows; codes have {snap.rows}"
+                    )
                 else:
                     try:
                         snap.rescore.check()
@@ -952,8 +999,11 @@ class QuantizedIndex:
 
     def _verify_files(self, snap: _Snapshot) -> list[str]:
         problems = []
-        expect = {self._file("codes"): snap.rows * self._codec.row_bytes, self._file("ids"): snap.rows * 8,
-                  self._file("deleted"): self._n_deleted * 8}
+        expect = {
+            self._file("codes"): snap.rows * self._codec.row_bytes,
+            self._file("ids"): snap.rows * 8,
+            self._file("deleted"): self._n_deleted * 8,
+        }
         if snap.rescore is not None:
             expect[self._file("rescore")] = snap.rescore.nbytes
         for name, size in expect.items():
@@ -963,7 +1013,11 @@ class QuantizedIndex:
                 problems.append(f"{name}: {found} bytes on disk, {size} committed")
         try:
             on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
-            if (on_disk["count"], on_disk["n_deleted"], on_disk["generation"]) != (snap.rows, self._n_deleted, self._generation):
+            if (on_disk["count"], on_disk["n_deleted"], on_disk["generation"]) != (
+                snap.rows,
+                self._n_deleted,
+                self._generation,
+            ):
                 problems.append("manifest.json disagrees with the open index")
             deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted)
             alive = np.ones(snap.rows, dtype=bool)
@@ -979,7 +1033,7 @@ class QuantizedIndex:
         return read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
 
     @classmethod
-    def _open(cls, path: Path, device, read_only: bool = False) -> "QuantizedIndex":
+    def _open(cls, path: Path, device, read_only: bool = False) -> QuantizedIndex:
         m = cls._read_manifest(path)
         where = path / MANIFEST
         try:
@@ -989,7 +1043,9 @@ class QuantizedIndex:
         if codec.params() != m["codec_params"]:
             raise ValueError(f"{where}: field 'codec_params' must be {codec.params()!r} for codec {m['codec']!r}.")
         if codec.row_bytes != m["row_bytes"]:
-            raise ValueError(f"{where}: field 'row_bytes' is {m['row_bytes']} but codec {codec!r} has {codec.row_bytes}.")
+            raise ValueError(
+                f"{where}: field 'row_bytes' is {m['row_bytes']} but codec {codec!r} has {codec.row_bytes}."
+            )
         index = cls.__new__(cls)
         index._setup(m["dim"], codec, m["rescore"], m["rescore_dtype"], resolve_device(device))
         index._read_only = read_only

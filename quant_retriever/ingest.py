@@ -596,9 +596,17 @@ def _embed_chunks(store: QuantizedStore, encoder: Encoder | None, chunks: list[C
     if chunks and _sharded(store):
         from quant_retriever.distributed import embed_corpus
 
-        embed_corpus(store, [c.id for c in chunks], [c.text for c in chunks], [c.metadata for c in chunks],
-                     model=encoder.model_name, precision=encoder.precision, device=str(encoder.device),
-                     batch_size=batch_size, show_progress=progress)
+        embed_corpus(
+            store,
+            [c.id for c in chunks],
+            [c.text for c in chunks],
+            [c.metadata for c in chunks],
+            model=encoder.model_name,
+            precision=encoder.precision,
+            device=str(encoder.device),
+            batch_size=batch_size,
+            show_progress=progress,
+        )
         return
 
     with tqdm(

@@ -57,7 +57,8 @@ class RescoreFile:
         if size < self.nbytes:
             os.close(self._fd)
             raise ValueError(
-                f"{self.path}: expected at least {self.nbytes} bytes for {count} rows of {codec.row_bytes}; found {size}."
+                f"{self.path}: expected at least {self.nbytes} bytes for {count} rows of {codec.row_bytes}; "
+                f"found {size}."
             )
 
     @property

@@ -29,32 +29,56 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
 from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
 from quant_retriever.files import (
-    DirectoryLock, OpenObjects, fsync_dir, prepare_new_directory, recover_replacement, replace_directory, write_directory,
+    DirectoryLock,
+    OpenObjects,
+    fsync_dir,
+    prepare_new_directory,
+    replace_directory,
+    write_directory,
 )
 from quant_retriever.filters import (
-    FIELDS_SCHEMA, And, Cond, Filter, Not, Operator, Or, check_filter, field_rows, matching_keys,
+    FIELDS_SCHEMA,
+    And,
+    Cond,
+    Filter,
+    Not,
+    Operator,
+    Or,
+    check_filter,
+    field_rows,
+    matching_keys,
 )
 from quant_retriever.index import MANIFEST as INDEX_MANIFEST
 from quant_retriever.index import READ_RETRIES, QuantizedIndex, as_vectors, check_settings
 
 __all__ = [
-    "Record", "Cond", "And", "Or", "Not", "Filter", "Operator", "Metric", "QuantizedStore", "metadata_json",
-    "check_documents", "check_rescore_multiplier", "check_strings",
+    "Record",
+    "Cond",
+    "And",
+    "Or",
+    "Not",
+    "Filter",
+    "Operator",
+    "Metric",
+    "QuantizedStore",
+    "metadata_json",
+    "check_documents",
+    "check_rescore_multiplier",
+    "check_strings",
 ]
 
 FORMAT = "quant_retriever.store"
@@ -83,10 +107,13 @@ class Record:
     key: int
 
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE docs (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, metadata TEXT NOT NULL);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-""" + FIELDS_SCHEMA
+"""
+    + FIELDS_SCHEMA
+)
 
 
 def _schema_objects(db: sqlite3.Connection) -> list[tuple]:
@@ -117,6 +144,8 @@ def _create_schema(db: sqlite3.Connection, meta: list[tuple[str, str]]) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
 _SETTINGS_KEYS = {"codec", "rescore", "device", "block_size", "rescore_dtype"}
 #: Persistent stores open for writing in this process (opening one again shares it).
 _OPEN = OpenObjects()
@@ -128,9 +157,12 @@ def _is_leftover(entry: Path) -> bool:
     name once complete) and an index directory without a manifest."""
     if entry.name.startswith(CREATING):
         return True
-    return entry.name == INDEX_DIR and not entry.is_symlink() and not (entry / INDEX_MANIFEST).exists() and not (
-        entry.parent / DB_FILE
-    ).exists()
+    return (
+        entry.name == INDEX_DIR
+        and not entry.is_symlink()
+        and not (entry / INDEX_MANIFEST).exists()
+        and not (entry.parent / DB_FILE).exists()
+    )
 
 
 def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str]]:
@@ -168,15 +200,19 @@ def _check_unicode(s: str, what: str) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} is not valid Unicode (a lone surrogate at position {exc.start}): {s[:40]!r}.") from None
+        raise ValueError(
+            f"{what} is not valid Unicode (a lone surrogate at position {exc.start}): {s[:40]!r}."
+        ) from None
 
 
 def check_strings(values, what: str) -> list[str]:
     """A list of strings from a sequence of them; a bare str/bytes is refused (it is not a
     list of ids: ``delete("abc")`` must not mean ``delete(["a", "b", "c"])``)."""
     if isinstance(values, (str, bytes)):
-        raise TypeError(f"{what} must be a list of strings; got the single {type(values).__name__} {values[:40]!r} "
-                        f"(wrap one in a list: [{values[:40]!r}]).")
+        raise TypeError(
+            f"{what} must be a list of strings; got the single {type(values).__name__} {values[:40]!r} "
+            f"(wrap one in a list: [{values[:40]!r}])."
+        )
     values = list(values)
     for i, v in enumerate(values):
         if not isinstance(v, str):
@@ -225,7 +261,9 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
             if isinstance(value, dict):
                 for k, v in value.items():
                     if not isinstance(k, str):
-                        raise TypeError(f"{where} has the key {k!r} of type {type(k).__name__}; metadata keys must be str.")
+                        raise TypeError(
+                            f"{where} has the key {k!r} of type {type(k).__name__}; metadata keys must be str."
+                        )
                     _check_unicode(k, f"{where} key")
                     stack.append((v, f"{where}[{k!r}]", depth + 1))
             else:
@@ -277,8 +315,12 @@ class QuantizedStore:
         if self.path is not None:
             self._dir_lock = prepare_new_directory(self.path, "store", "QuantizedStore.open", _is_leftover)
         try:
-            meta = [("format", FORMAT), ("version", str(VERSION)), ("settings", json.dumps({**settings, "device": None})),
-                    ("metric", metric)]
+            meta = [
+                ("format", FORMAT),
+                ("version", str(VERSION)),
+                ("settings", json.dumps({**settings, "device": None})),
+                ("metric", metric),
+            ]
             if self.path is None:
                 self._db = self._connect()
                 _create_schema(self._db, meta)
@@ -331,7 +373,9 @@ class QuantizedStore:
                 db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
                 db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             except sqlite3.OperationalError:  # no write permission for the WAL index: read as a snapshot
-                db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
+                db = sqlite3.connect(
+                    f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None
+                )
             self._pin(db)
         else:
             db = sqlite3.connect(str(self.path / DB_FILE), check_same_thread=False, isolation_level=None)
@@ -386,7 +430,7 @@ class QuantizedStore:
         return (Path(path) / DB_FILE).is_file()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> "QuantizedStore":
+    def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> QuantizedStore:
         """Reopen a persistent store, reconciling a write a crash interrupted (in memory:
         opening writes nothing to SQLite and needs no free space).
 
@@ -415,7 +459,7 @@ class QuantizedStore:
             return store
 
     @classmethod
-    def _open(cls, path: Path, device, read_only: bool) -> "QuantizedStore":
+    def _open(cls, path: Path, device, read_only: bool) -> QuantizedStore:
         db_file = path / DB_FILE
         if db_file.is_symlink() or not db_file.is_file():
             raise ValueError(f"{path} is not a quant_retriever store (no {DB_FILE}).")
@@ -455,7 +499,8 @@ class QuantizedStore:
                 extra = sorted({(t, n) for t, n, _, _ in found} - {(t, n) for t, n, _, _ in _EXPECTED_SCHEMA})
                 raise ValueError(
                     f"{db_file}: not a quant_retriever store of this version (its schema differs"
-                    f"{': unexpected ' + ', '.join(f'{t} {n!r}' for t, n in extra[:5]) if extra else ''}); nothing was changed."
+                    f"{': unexpected ' + ', '.join(f'{t} {n!r}' for t, n in extra[:5]) if extra else ''}); "
+                    "nothing was changed."
                 )
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
@@ -469,7 +514,11 @@ class QuantizedStore:
             newer = version.isdigit() and int(version) > VERSION
             raise ValueError(
                 f"{db_file}: format version {version!r} is "
-                + ("written by a newer quant_retriever." if newer else "no longer read; re-create the store from your documents.")
+                + (
+                    "written by a newer quant_retriever."
+                    if newer
+                    else "no longer read; re-create the store from your documents."
+                )
             )
         try:
             settings = json.loads(meta.get("settings", ""))
@@ -509,8 +558,12 @@ class QuantizedStore:
             try:
                 self._delete_keys(missing)
             except sqlite3.Error as exc:
-                warnings.warn(f"quant_retriever: {len(missing)} records without vectors in {self.path} are kept "
-                              f"({exc}); searches never return them.", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"quant_retriever: {len(missing)} records without vectors in {self.path} are kept "
+                    f"({exc}); searches never return them.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def refresh(self) -> bool:
         """A read-only store: move to the latest committed state (returns whether it changed).
@@ -579,7 +632,9 @@ class QuantizedStore:
         return keys
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None) -> list[str]:
+    def upsert(
+        self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None
+    ) -> list[str]:
         """Add documents, replacing those whose ids already exist. Returns the ids.
 
         ``vectors``: ``[n, dim]`` floats; ``ids``/``texts``/``metadatas`` one per vector (ids
@@ -601,11 +656,17 @@ class QuantizedStore:
             keys = staged.ids.tolist()
             fields = [row for key, stored in zip(keys, meta_json) for row in field_rows(key, json.loads(stored))]
             self._commit(  # 2. the commit point
-                [("DELETE FROM docs WHERE key = ?", [(k,) for k in old.values()]),
-                 ("DELETE FROM fields WHERE key = ?", [(k,) for k in old.values()]),
-                 ("INSERT INTO docs (key, id, text, metadata) VALUES (?, ?, ?, ?)", list(zip(keys, ids, texts, meta_json))),
-                 ("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", fields)],
-                staged, np.fromiter(old.values(), dtype=np.int64, count=len(old)),
+                [
+                    ("DELETE FROM docs WHERE key = ?", [(k,) for k in old.values()]),
+                    ("DELETE FROM fields WHERE key = ?", [(k,) for k in old.values()]),
+                    (
+                        "INSERT INTO docs (key, id, text, metadata) VALUES (?, ?, ?, ?)",
+                        list(zip(keys, ids, texts, meta_json)),
+                    ),
+                    ("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", fields),
+                ],
+                staged,
+                np.fromiter(old.values(), dtype=np.int64, count=len(old)),
             )
         return ids
 
@@ -661,7 +722,9 @@ class QuantizedStore:
     def _delete_keys(self, keys: np.ndarray) -> None:
         if len(keys):
             rows = [(int(k),) for k in keys]
-            self._commit([("DELETE FROM docs WHERE key = ?", rows), ("DELETE FROM fields WHERE key = ?", rows)], None, keys)
+            self._commit(
+                [("DELETE FROM docs WHERE key = ?", rows), ("DELETE FROM fields WHERE key = ?", rows)], None, keys
+            )
 
     def compact(self) -> None:
         """Reclaim the space of deleted and replaced documents now (it also happens on its own
@@ -683,7 +746,9 @@ class QuantizedStore:
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records for the ids that exist, in the order asked (a bare string is refused)."""
         ids = check_strings(ids, "ids")
-        rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")}
+        rows = {
+            r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in self._lookup("id", ids, "id, text, metadata, key")
+        }
         return [rows[i] for i in dict.fromkeys(ids) if i in rows]
 
     def records(self, where: Filter | None = None) -> Iterator[Record]:
@@ -691,7 +756,9 @@ class QuantizedStore:
         if where is None:
             rows = self._query("SELECT id, text, metadata, key FROM docs ORDER BY key")
         else:
-            rows = sorted(self._lookup("key", self._matching(where).tolist(), "id, text, metadata, key"), key=lambda r: r[3])
+            rows = sorted(
+                self._lookup("key", self._matching(where).tolist(), "id, text, metadata, key"), key=lambda r: r[3]
+            )
         return iter([Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows])
 
     def vectors(self, records: Sequence[Record]) -> np.ndarray:
@@ -744,8 +811,10 @@ class QuantizedStore:
         selection = self._selection(where, ids, version, index)
         res = index.search(q, k=k, rescore_multiplier=mult, allowed_ids=selection, snapshot=snapshot)
         scores = np.clip(res.scores, -1.0, 1.0) if self.metric == "cosine" else res.scores
-        by_key = {r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
-                  for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")}
+        by_key = {
+            r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
+            for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")
+        }
         if self._version != version or len(by_key) != len(np.unique(res.ids)):
             return False, []
         return True, [
@@ -798,6 +867,7 @@ class QuantizedStore:
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy of this store to ``path`` (a new or empty directory), via a
         temporary sibling and a rename, so a failure leaves nothing behind."""
+
         def fill(tmp: Path) -> None:
             dst = sqlite3.connect(str(tmp / DB_FILE))
             try:

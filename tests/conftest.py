@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from quant_retriever import _demo_corpus as corpus
-from quant_retriever.models.settings import minilm_path as bundled_minilm_path
 from quant_retriever.kernels import linear, scans
+from quant_retriever.models.settings import minilm_path as bundled_minilm_path
 
 
 def pytest_addoption(parser):

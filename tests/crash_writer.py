@@ -26,9 +26,14 @@ def vector_for(text: str) -> np.ndarray:
 
 def main(path: str, log: str, seed: int) -> None:
     store_dir = Path(path)
-    store = QuantizedStore.open(store_dir) if (store_dir / "store.sqlite").exists() else QuantizedStore(DIM, "int4", store_dir)
+    store = (
+        QuantizedStore.open(store_dir)
+        if (store_dir / "store.sqlite").exists()
+        else QuantizedStore(DIM, "int4", store_dir)
+    )
     rng = np.random.default_rng(seed)
     with open(log, "a") as out:
+
         def note(line: str) -> None:
             out.write(line + "\n")
             out.flush()

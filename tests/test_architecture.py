@@ -84,6 +84,9 @@ def test_a_room_imports_only_the_rooms_below_it(path):
 
 def test_the_architecture_doc_names_every_room():
     doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
-    missing = [room for room in ALLOWED if room not in ("__init__", "__main__", "langchain", "llama_index")
-               and f"`{room}" not in doc]
+    missing = [
+        room
+        for room in ALLOWED
+        if room not in ("__init__", "__main__", "langchain", "llama_index") and f"`{room}" not in doc
+    ]
     assert not missing, f"docs/architecture.md does not describe {missing}"

@@ -152,7 +152,9 @@ def test_index_folder(docs_dir, folder_store):
     records = stored_records(store)
     assert set(records) == {c.id for c in expected}
     assert {r.metadata["source"] for r in records.values()} == files
-    readme = sorted((r for r in records.values() if r.metadata["doc_id"] == "guide/README.md"), key=lambda r: r.metadata["chunk"])
+    readme = sorted(
+        (r for r in records.values() if r.metadata["doc_id"] == "guide/README.md"), key=lambda r: r.metadata["chunk"]
+    )
     assert [r.id for r in readme] == [f"guide/README.md#{n}" for n in range(len(readme))]
     assert len(readme) > 3 and all(len(r.text) <= 600 for r in records.values())
     s = QuantizedStore.open(store)
@@ -164,9 +166,15 @@ def test_index_folder(docs_dir, folder_store):
 
 def test_query_uses_the_recorded_model(folder_store):
     store, _ = folder_store
-    out = run_json("query", "--store", store, "-k", "3",
-                   "JSON encoder and decoder: serialize Python objects to JSON text",
-                   "heap queue algorithm, a priority queue")
+    out = run_json(
+        "query",
+        "--store",
+        store,
+        "-k",
+        "3",
+        "JSON encoder and decoder: serialize Python objects to JSON text",
+        "heap queue algorithm, a priority queue",
+    )
     assert out["precision"] == "fp32" and "minilm" in out["model"].lower()
     (json_hits, heap_hits) = [block["hits"] for block in out["results"]]
     assert len(json_hits) == len(heap_hits) == 3
@@ -176,8 +184,9 @@ def test_query_uses_the_recorded_model(folder_store):
     assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] <= 1.0001
 
     # plain output, filtered to one source: "  1. 0.4321  guide/README.md#3" then a preview line
-    text = run("query", "--store", store, "-k", "2", "--preview", "60", "--where", "source=guide/README.md",
-               "JSON encoder").stdout
+    text = run(
+        "query", "--store", store, "-k", "2", "--preview", "60", "--where", "source=guide/README.md", "JSON encoder"
+    ).stdout
     lines = text.splitlines()
     assert lines[0] == "query: JSON encoder"
     hits = [line.split() for line in lines if line.startswith("  ") and line.strip()[:2] in ("1.", "2.")]
@@ -274,8 +283,10 @@ def bad_inputs(tmp_path_factory) -> Path:
         (["bench-index", "{bad}/not_npy.npy"], ["not a .npy array file"]),
         (["bench-index", "{bad}/ints.npy"], ["2-D float array"]),
         (["bench-index", "{bad}/vectors.npy", "--qrels", "{bad}/qrels.tsv"], ["--qrels needs --queries"]),
-        (["bench-index", "{bad}/vectors.npy", "--queries", "{bad}/vectors.npy", "--qrels", "{bad}/qrels.tsv"],
-         ["qrels.tsv line 2"]),
+        (
+            ["bench-index", "{bad}/vectors.npy", "--queries", "{bad}/vectors.npy", "--qrels", "{bad}/qrels.tsv"],
+            ["qrels.tsv line 2"],
+        ),
         (["bench-models", "--texts", "{bad}/missing.txt"], ["does not exist"]),
         (["bench-models", "--texts", "{bad}/one_text.txt"], ["need at least 2"]),
         (["bench-models", "--precisions", "fp3"], ["invalid choice: 'fp3'"]),
@@ -328,14 +339,40 @@ def bench_inputs(corpus_docs, corpus_vectors, tmp_path_factory) -> Path:
 
 def test_bench_index_with_queries_and_qrels(bench_inputs, tmp_path):
     out = run_json(
-        "bench-index", bench_inputs / "docs.npy", "--queries", bench_inputs / "queries.npy",
-        "--qrels", bench_inputs / "qrels.tsv", "--k", "10", "--multipliers", "1", "4",
-        "--single", "3", "--batches", "1", "--batch-size", "8", "--out", tmp_path / "out", "-q",
+        "bench-index",
+        bench_inputs / "docs.npy",
+        "--queries",
+        bench_inputs / "queries.npy",
+        "--qrels",
+        bench_inputs / "qrels.tsv",
+        "--k",
+        "10",
+        "--multipliers",
+        "1",
+        "4",
+        "--single",
+        "3",
+        "--batches",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "out",
+        "-q",
     )
     assert out["n_vectors"] == 600 and out["dim"] == 384 and out["k"] == 10 and not out["held_out"]
     rows = {r["method"]: r for r in out["rows"]}
-    ours = ["qr fp32", "qr fp16", "qr int8", "qr int4", "qr int4 +int8 x1", "qr int4 +int8 x4",
-            "qr binary", "qr binary +int8 x1", "qr binary +int8 x4"]
+    ours = [
+        "qr fp32",
+        "qr fp16",
+        "qr int8",
+        "qr int4",
+        "qr int4 +int8 x1",
+        "qr int4 +int8 x4",
+        "qr binary",
+        "qr binary +int8 x1",
+        "qr binary +int8 x4",
+    ]
     assert list(rows)[: len(ours)] == ours
     assert rows["qr fp32"]["recall"] == pytest.approx(1.0) and rows["qr fp32"]["mrr_kept"] == pytest.approx(1.0)
     assert rows["qr int4 +int8 x4"]["recall"] >= 0.9 and rows["qr binary +int8 x4"]["recall"] >= 0.8
@@ -360,9 +397,24 @@ def test_bench_index_with_queries_and_qrels(bench_inputs, tmp_path):
 
 def test_bench_index_held_out_queries_plain_table(bench_inputs, tmp_path):
     proc = run(
-        "bench-index", bench_inputs / "docs.npy", "--n-queries", "30", "--codecs", "int4", "fp32",
-        "--multipliers", "2", "--no-baselines", "--single", "2", "--batches", "0", "--no-plot",
-        "--out", tmp_path, "-q",
+        "bench-index",
+        bench_inputs / "docs.npy",
+        "--n-queries",
+        "30",
+        "--codecs",
+        "int4",
+        "fp32",
+        "--multipliers",
+        "2",
+        "--no-baselines",
+        "--single",
+        "2",
+        "--batches",
+        "0",
+        "--no-plot",
+        "--out",
+        tmp_path,
+        "-q",
     )
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("570 x 384 vectors, 30 queries (held-out sample")
@@ -381,8 +433,23 @@ def test_bench_index_held_out_queries_plain_table(bench_inputs, tmp_path):
 def test_bench_models(tmp_path, corpus_docs):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(d.text for d in corpus_docs[:24]) + "\n", encoding="utf-8")
-    out = run_json("bench-models", "--texts", texts, "--limit", "16", "--precisions", "fp32", "bf16",
-                   "--repeats", "1", "--batch-size", "8", "--out", tmp_path / "out", "-q")
+    out = run_json(
+        "bench-models",
+        "--texts",
+        texts,
+        "--limit",
+        "16",
+        "--precisions",
+        "fp32",
+        "bf16",
+        "--repeats",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "out",
+        "-q",
+    )
     assert out["texts"] == 16
     rows = {r["label"]: r for r in out["rows"]}
     assert set(rows) == {"fp32", "bf16"}
@@ -415,6 +482,8 @@ def test_bench_models_defaults_to_every_precision_of_the_table():
 
 def test_top_level_help_and_python_m():
     assert "bench-models" in run("--help").stdout
-    proc = subprocess.run([sys.executable, "-m", "quant_retriever", "--version"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "quant_retriever", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("quant-retriever ")
     assert_one_line_error(run("index", ok=False), "required")

@@ -145,4 +145,6 @@ def test_codecs_on_cuda_match_cpu(name):
     codes = codec.encode(x.cuda())
     assert codes.device.type == "cuda"
     assert torch.equal(codes.cpu(), codec.encode(x))
-    torch.testing.assert_close(codec.score(q.cuda(), codes).cpu(), codec.score(q, codec.encode(x)), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        codec.score(q.cuda(), codes).cpu(), codec.score(q, codec.encode(x)), atol=1e-3, rtol=1e-3
+    )

@@ -96,7 +96,9 @@ def test_binary_matches_numpy_packbits(dim):
     assert codes.shape == (9, binary.row_bytes(dim))
     np.testing.assert_array_equal(codes[:, : ref.shape[1]], ref)
     assert not codes[:, ref.shape[1] :].any()
-    np.testing.assert_array_equal(binary.decode(torch.from_numpy(codes), dim).numpy(), np.where(x.numpy() > 0, 1.0, -1.0))
+    np.testing.assert_array_equal(
+        binary.decode(torch.from_numpy(codes), dim).numpy(), np.where(x.numpy() > 0, 1.0, -1.0)
+    )
 
 
 @pytest.mark.parametrize("dim", DIMS)

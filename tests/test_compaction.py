@@ -4,7 +4,6 @@ plain dict model under random operations."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -238,4 +237,6 @@ def test_id_map_agrees_with_a_dict_model(ops, codec):
         keys = np.array(sorted(model))
         got = index.get_vectors(keys)
         want = np.stack([model[k] for k in keys.tolist()])
-        assert float(np.min(np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1))) > (0.5 if codec == "binary" else 0.95)
+        assert float(np.min(np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1))) > (
+            0.5 if codec == "binary" else 0.95
+        )

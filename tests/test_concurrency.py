@@ -21,8 +21,12 @@ def vec(i: int, dim: int = 32) -> np.ndarray:
 @pytest.mark.parametrize("codec", ["int4", "binary"])
 def test_readers_and_one_writer(tmp_path, persistent, codec):
     store = QuantizedStore(32, codec, tmp_path / "s" if persistent else None)
-    store.upsert([f"d{i}" for i in range(200)], np.stack([vec(i) for i in range(200)]), [f"text {i}" for i in range(200)],
-                 [{"i": i} for i in range(200)])
+    store.upsert(
+        [f"d{i}" for i in range(200)],
+        np.stack([vec(i) for i in range(200)]),
+        [f"text {i}" for i in range(200)],
+        [{"i": i} for i in range(200)],
+    )
     deleted_at: dict[str, float] = {}
     errors: list[BaseException] = []
     observations: list[tuple[float, list]] = []
@@ -83,10 +87,14 @@ def test_a_second_process_cannot_open_a_store_for_writing(tmp_path):
         "    print(exc)\n"
         "    sys.exit(3)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 3 and "already open for writing" in proc.stdout, proc.stderr[-2000:]
     store.close()
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
@@ -99,7 +107,9 @@ def test_a_small_search_never_waits_for_a_big_batch(tmp_path, persistent):
     store = QuantizedStore(64, "int8", tmp_path / "s" if persistent else None)
     for start in range(0, len(x), 20_000):
         ids = [f"d{i}" for i in range(start, start + 20_000)]
-        store.upsert(ids, x[start : start + 20_000], ["t"] * 20_000, [{"g": i % 5} for i in range(start, start + 20_000)])
+        store.upsert(
+            ids, x[start : start + 20_000], ["t"] * 20_000, [{"g": i % 5} for i in range(start, start + 20_000)]
+        )
     batch = rng.standard_normal((20_000, 64)).astype(np.float32)
     ended: list[float] = []
 
@@ -120,8 +130,12 @@ def test_a_small_search_never_waits_for_a_big_batch(tmp_path, persistent):
 
 def test_a_write_between_two_identical_filtered_searches_changes_the_result():
     store = QuantizedStore(32, "int4")
-    store.upsert([f"d{i}" for i in range(100)], np.stack([vec(i) for i in range(100)]), ["t"] * 100,
-                 [{"color": "red" if i % 2 else "blue"} for i in range(100)])
+    store.upsert(
+        [f"d{i}" for i in range(100)],
+        np.stack([vec(i) for i in range(100)]),
+        ["t"] * 100,
+        [{"color": "red" if i % 2 else "blue"} for i in range(100)],
+    )
     red = Cond("color", "eq", "red")
     first = [r.id for r, _ in store.search(vec(7), k=3, where=red)[0]]
     assert first[0] == "d7"
@@ -136,8 +150,12 @@ def test_a_write_between_two_identical_filtered_searches_changes_the_result():
 
 def test_a_repeated_filter_runs_no_sql_until_the_next_write():
     store = QuantizedStore(32, "int4")
-    store.upsert([f"d{i}" for i in range(200)], np.stack([vec(i) for i in range(200)]), ["t"] * 200,
-                 [{"n": i} for i in range(200)])
+    store.upsert(
+        [f"d{i}" for i in range(200)],
+        np.stack([vec(i) for i in range(200)]),
+        ["t"] * 200,
+        [{"n": i} for i in range(200)],
+    )
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
     where = Cond("n", "lt", 50)

@@ -8,7 +8,6 @@ The trial count is ``--crash-trials`` (default 12 in the suite; 50+ for the full
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from quant_retriever.store import QuantizedStore
 
@@ -72,7 +70,8 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path, request):
         log = tmp_path / f"log{trial}.txt"
         proc = subprocess.Popen(
             [sys.executable, str(WRITER), str(path), str(log), str(trial)],
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         wait_for_ready(log, proc)
         time.sleep(float(rng.uniform(0.0, 0.4)))

@@ -12,7 +12,9 @@ import signal
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'")
+ray = pytest.importorskip(
+    "ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'"
+)
 
 from quant_retriever.distributed import ShardedIndex, ShardedStore, ShardError, shard_of  # noqa: E402
 from quant_retriever.index import QuantizedIndex  # noqa: E402
@@ -47,7 +49,9 @@ def reference_merge(results, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per query, the best ``k`` of all shards' (id, score) pairs: score descending, id ascending."""
     ids, scores = [], []
     for i in range(results[0].ids.shape[0]):
-        pairs = sorted(((s, j) for r in results for j, s in zip(r.ids[i], r.scores[i])), key=lambda p: (-p[0], p[1]))[:k]
+        pairs = sorted(((s, j) for r in results for j, s in zip(r.ids[i], r.scores[i])), key=lambda p: (-p[0], p[1]))[
+            :k
+        ]
         ids.append([j for _, j in pairs])
         scores.append([s for s, _ in pairs])
     return np.array(ids, dtype=np.int64), np.array(scores, dtype=np.float32)
@@ -149,7 +153,10 @@ def test_index_matches_one_index(codec):
     live = single.ids()[::37]
     np.testing.assert_array_equal(sharded.get_vectors(live), single.get_vectors(live))
     m_sharded, m_single = sharded.memory(), single.memory()
-    assert (m_sharded.bytes_per_vector, m_sharded.disk_bytes_per_vector) == (m_single.bytes_per_vector, m_single.disk_bytes_per_vector)
+    assert (m_sharded.bytes_per_vector, m_sharded.disk_bytes_per_vector) == (
+        m_single.bytes_per_vector,
+        m_single.disk_bytes_per_vector,
+    )
     assert m_sharded.disk_bytes == sum(p.memory().disk_bytes for p in parts)
 
     rng = np.random.default_rng(3)
@@ -162,8 +169,10 @@ def test_index_matches_one_index(codec):
         assert_same(got, type(got)(ids, scores))
         # 2. one index over all the data, with a candidate budget that covers every vector
         everything = len(single)
-        assert_same(sharded.search(q, k, rescore_multiplier=everything, **kw),
-                    single.search(q, k, rescore_multiplier=everything, **kw))
+        assert_same(
+            sharded.search(q, k, rescore_multiplier=everything, **kw),
+            single.search(q, k, rescore_multiplier=everything, **kw),
+        )
         # 3. at the default budget: exact codecs equal; int4 rescores a superset of the candidates
         one = single.search(q, k, **kw)
         assert got.ids.shape == one.ids.shape
@@ -246,7 +255,12 @@ def fill(store, n: int = 300, seed: int = 6) -> None:
     for a, b in ((0, 120), (120, n)):
         store.upsert(ids[a:b], x[a:b], [f"text {i}" for i in range(a, b)], metas[a:b])
     again = slice(10, 60)
-    store.upsert(ids[again], data(50, seed + 1), [f"new text {i}" for i in range(10, 60)], [{"color": "green", "i": i} for i in range(10, 60)])
+    store.upsert(
+        ids[again],
+        data(50, seed + 1),
+        [f"new text {i}" for i in range(10, 60)],
+        [{"color": "green", "i": i} for i in range(10, 60)],
+    )
     store.delete(ids[::11] + ["never-there"])
     store.delete_where(Cond("i", "gte", n - 20))
 
@@ -283,8 +297,11 @@ def check_bad_documents_change_nothing(store) -> None:
             store.upsert(*args)
     assert [r.text for r in store.get(ids)] == ["t"] * 4  # nothing was replaced
     assert store.search(x, 0) == [[] for _ in x]  # k=0: nothing, as QuantizedStore
-    for call in (lambda: store.search(x, 2, where="color = 'red'"),
-                 lambda: store.delete_where("color = 'red'"), lambda: store.get("p")):
+    for call in (
+        lambda: store.search(x, 2, where="color = 'red'"),
+        lambda: store.delete_where("color = 'red'"),
+        lambda: store.get("p"),
+    ):
         with pytest.raises((ValueError, TypeError)):
             call()
     assert len(store) == 4
@@ -300,7 +317,9 @@ def test_store_matches_one_store(codec):
     every = {r.id: (r.text, r.metadata) for r in single.records()}
     assert {r.id: (r.text, r.metadata) for r in sharded.records()} == every
     wanted = ["doc-12", "doc-0", "missing", "doc-299", "doc-12"]
-    assert [(r.id, r.text, r.metadata) for r in sharded.get(wanted)] == [(r.id, r.text, r.metadata) for r in single.get(wanted)]
+    assert [(r.id, r.text, r.metadata) for r in sharded.get(wanted)] == [
+        (r.id, r.text, r.metadata) for r in single.get(wanted)
+    ]
     recs = single.get(["doc-3", "doc-40"])
     np.testing.assert_array_equal(sharded.vectors(sharded.get(["doc-3", "doc-40"])), single.vectors(recs))
 
@@ -314,7 +333,9 @@ def test_store_matches_one_store(codec):
                 got = sharded.search(q, 7, mult, where=where, ids=ids)
                 want = single.search(q, 7, mult, where=where, ids=ids)
                 assert [[r.id for r, _ in row] for row in got] == [[r.id for r, _ in row] for row in want], (where, ids)
-                np.testing.assert_allclose([[s for _, s in row] for row in got], [[s for _, s in row] for row in want], rtol=1e-5, atol=1e-4)
+                np.testing.assert_allclose(
+                    [[s for _, s in row] for row in got], [[s for _, s in row] for row in want], rtol=1e-5, atol=1e-4
+                )
                 assert all(r.text == every[r.id][0] and r.metadata == every[r.id][1] for row in got for r, _ in row)
     assert sharded.delete_where(Cond("color", "eq", "green")) == single.delete_where(Cond("color", "eq", "green"))
     assert len(sharded) == len(single)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'")
+ray = pytest.importorskip(
+    "ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'"
+)
 
 from langchain_core.documents import Document  # noqa: E402
 from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noqa: E402
@@ -93,8 +95,9 @@ def test_langchain_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, d
             assert [i for i, _ in got] == [i for i, _ in want] and len(got) > 0
             # the reference holds the sharded store's INT8 reconstructions, quantized once more
             np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=2e-3)
-        assert [d.id for d in sharded.max_marginal_relevance_search(query, k=3)] == \
-               [d.id for d in single.max_marginal_relevance_search(query, k=3)]
+        assert [d.id for d in sharded.max_marginal_relevance_search(query, k=3)] == [
+            d.id for d in single.max_marginal_relevance_search(query, k=3)
+        ]
     retriever = sharded.as_retriever(search_kwargs={"k": 2, "filter": {"module": "json"}})
     assert {d.metadata["module"] for d in retriever.invoke(QUERIES[0])} == {"json"}
 
@@ -114,7 +117,9 @@ def test_langchain_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, d
 
 # ---------------------------------------------------------------------------- LlamaIndex
 def _li_hits(index, query: str, filters) -> list[tuple[str, float]]:
-    return [(h.node.ref_doc_id, h.score) for h in index.as_retriever(similarity_top_k=5, filters=filters).retrieve(query)]
+    return [
+        (h.node.ref_doc_id, h.score) for h in index.as_retriever(similarity_top_k=5, filters=filters).retrieve(query)
+    ]
 
 
 def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, docs):
@@ -130,7 +135,9 @@ def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder,
     nodes = sharded_store.get_nodes()
     for node, vector in zip(nodes, sharded_store.client.vectors(sharded_store.client.get([n.node_id for n in nodes]))):
         node.embedding = vector.tolist()
-    single = VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=LlamaStore(codec="int8")), embed_model=embed)
+    single = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=LlamaStore(codec="int8")), embed_model=embed
+    )
     indexes = [sharded, single]
     filters = [
         None,
@@ -144,7 +151,9 @@ def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder,
             # the reference holds the sharded store's INT8 reconstructions, quantized once more
             np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=2e-3)
     response = indexes[0].as_query_engine(similarity_top_k=2).query(QUERIES[0])
-    assert [n.node.ref_doc_id for n in response.source_nodes] == [i for i, _ in _li_hits(indexes[1], QUERIES[0], None)[:2]]
+    assert [n.node.ref_doc_id for n in response.source_nodes] == [
+        i for i, _ in _li_hits(indexes[1], QUERIES[0], None)[:2]
+    ]
 
     gone = docs[3][0]
     for index in indexes:
@@ -154,7 +163,9 @@ def test_llama_index_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder,
     indexes[0].storage_context.persist(str(tmp_path / "li-storage"))  # the store itself is already on disk
     sharded_store.close()
 
-    reopened = VectorStoreIndex.from_vector_store(LlamaStore(store=ShardedStore.open(tmp_path / "li")), embed_model=embed)
+    reopened = VectorStoreIndex.from_vector_store(
+        LlamaStore(store=ShardedStore.open(tmp_path / "li")), embed_model=embed
+    )
     assert _li_hits(reopened, QUERIES[2], None) == before
     reopened.vector_store.close()
     with pytest.raises(ValueError, match="either store= or path="):

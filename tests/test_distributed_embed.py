@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'")
+ray = pytest.importorskip(
+    "ray", reason="the distributed tests need the 'ray' extra: pip install 'quant-retriever[ray]'"
+)
 
 from quant_retriever import _demo_corpus as corpus  # noqa: E402
 from quant_retriever import load_encoder  # noqa: E402
@@ -27,8 +29,9 @@ def test_ray_data_embedding_matches_single_process(minilm_path, capfd):
     metadatas = [{"source": d.source, "n": i} for i, d in enumerate(docs)]
     store = ShardedStore(codec="fp32", shards=2)  # fp32 codes: the stored vectors are the embeddings
     # the two shard actors reserve one of the two CPUs; two embedding actors share the other
-    report = embed_corpus(store, ids, texts, metadatas, model=minilm_path, precision="int8", batch_size=16,
-                          actors=2, actor_cpus=0.5)
+    report = embed_corpus(
+        store, ids, texts, metadatas, model=minilm_path, precision="int8", batch_size=16, actors=2, actor_cpus=0.5
+    )
     assert (report.texts, report.dim, report.actors) == (150, 384, 2) and report.texts_per_second > 0
     assert "embedding (ray): 100%" in capfd.readouterr().err  # one progress bar, ours
 
@@ -38,7 +41,9 @@ def test_ray_data_embedding_matches_single_process(minilm_path, capfd):
     stored = store.vectors(records)
     encoder = load_encoder(minilm_path, precision="int8")
     # the actors embed consecutive batches of 16 (blocks of 4 batches): the same here, equal
-    same_batches = np.concatenate([encoder.encode_documents(texts[a : a + 16], batch_size=16) for a in range(0, 150, 16)])
+    same_batches = np.concatenate(
+        [encoder.encode_documents(texts[a : a + 16], batch_size=16) for a in range(0, 150, 16)]
+    )
     np.testing.assert_allclose(stored, same_batches, atol=1e-5)
     # INT8 activations depend on the padding within a batch, so other batches differ a little
     one_call = encoder.encode_documents(texts, batch_size=16)

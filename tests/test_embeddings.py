@@ -154,7 +154,11 @@ def test_fp16_on_cpu_falls_back_to_bf16_and_says_so(minilm_path, caplog):
 def test_load_logs_one_info_line(minilm_path, caplog):
     with caplog.at_level(logging.INFO, logger="quant_retriever.models"):
         encoder = load_encoder(minilm_path, "int8", device="cpu")
-    infos = [r.getMessage() for r in caplog.records if r.name.startswith("quant_retriever.models") and r.levelno == logging.INFO]
+    infos = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("quant_retriever.models") and r.levelno == logging.INFO
+    ]
     assert len(infos) == 1
     message = infos[0]
     assert message.startswith("Using int8 quantization for embeddings (oneDNN dynamic INT8 linear layers")
@@ -208,7 +212,9 @@ def test_bad_environment_values_raise_clear_errors(minilm_path, monkeypatch):
 
 
 def test_unknown_precision_lists_the_valid_ones(minilm_path):
-    with pytest.raises(ValueError, match="Unknown precision 'int3'.*fp32, fp16, bf16, int8, bnb-int8, bnb-nf4, bnb-fp4"):
+    with pytest.raises(
+        ValueError, match="Unknown precision 'int3'.*fp32, fp16, bf16, int8, bnb-int8, bnb-nf4, bnb-fp4"
+    ):
         load_encoder(minilm_path, "int3")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import resource
 import signal
 import sqlite3
 import subprocess
@@ -73,7 +72,8 @@ class FailingConnection:
 
 UPSERT_STEPS = ["rescore", "codes", "ids", "manifest", "BEGIN", "COMMIT"]
 CASES = [(op, step) for op in ("upsert-new", "upsert-replace") for step in UPSERT_STEPS] + [
-    ("delete", "BEGIN"), ("delete", "COMMIT"),  # a delete writes nothing before its transaction
+    ("delete", "BEGIN"),
+    ("delete", "COMMIT"),  # a delete writes nothing before its transaction
 ]
 
 
@@ -89,7 +89,9 @@ def test_a_write_that_fails_at_any_step_changes_nothing(tmp_path, monkeypatch, o
         monkeypatch.setattr(index_mod, "write_json_atomic", enospc)
     else:
         real = index_mod.append_raw
-        monkeypatch.setattr(index_mod, "append_raw", lambda p, c, d: enospc() if Path(p).name.startswith(step) else real(p, c, d))
+        monkeypatch.setattr(
+            index_mod, "append_raw", lambda p, c, d: enospc() if Path(p).name.startswith(step) else real(p, c, d)
+        )
     call = {
         "upsert-new": lambda: store.upsert(["n1", "n2"], vecs(2, 5), ["new", "new"], [{"i": 100}, {"i": 101}]),
         "upsert-replace": lambda: store.upsert(["d1", "n1"], vecs(2, 6), ["repl", "new"], [{"i": -1}, {}]),
@@ -115,7 +117,9 @@ def test_failing_to_record_deletions_after_the_commit_does_not_fail_the_call(tmp
     """The SQLite commit is the commit point: what follows is best effort and reconciled."""
     store = make_store(tmp_path / "s")
     real = index_mod.append_raw
-    monkeypatch.setattr(index_mod, "append_raw", lambda p, c, d: enospc() if Path(p).name.startswith("deleted") else real(p, c, d))
+    monkeypatch.setattr(
+        index_mod, "append_raw", lambda p, c, d: enospc() if Path(p).name.startswith("deleted") else real(p, c, d)
+    )
     with pytest.warns(RuntimeWarning, match="could not record deletions"):
         store.upsert(["d1"], vecs(1, 7), ["replaced"], [{"i": -1}])
     monkeypatch.undo()
@@ -214,8 +218,9 @@ def test_a_file_size_limit_in_another_process_loses_nothing(tmp_path):
     store = make_store(tmp_path / "s")
     store.close()
     limit = max(p.stat().st_size for p in (tmp_path / "s").rglob("*") if p.is_file()) + 40_000
-    out = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "s"), str(limit)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", WRITER, str(tmp_path / "s"), str(limit)], capture_output=True, text=True, timeout=600
+    )
     done = [line for line in out.stdout.splitlines() if line.startswith("OK")]
     assert "FAILED" in out.stdout, (out.stdout[-500:], out.stderr[-2000:])
     reopened = QuantizedStore.open(tmp_path / "s")
@@ -258,7 +263,11 @@ def test_creation_killed_at_random_moments_leaves_a_directory_that_opens_or_is_c
             opened = opener(path)
         except ValueError as exc:  # not created yet: it must be possible to create it now
             assert "not a quant_retriever" in str(exc), exc
-            opened = QuantizedStore(16, "int4", path, block_size=8) if kind == "store" else QuantizedIndex(16, path=path, block_size=8)
+            opened = (
+                QuantizedStore(16, "int4", path, block_size=8)
+                if kind == "store"
+                else QuantizedIndex(16, path=path, block_size=8)
+            )
         assert opened.verify() == []
         opened.close()
 

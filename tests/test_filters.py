@@ -32,7 +32,19 @@ from quant_retriever.langchain import QuantizedVectorStore as LangChainStore
 from quant_retriever.llama_index import QuantizedVectorStore as LlamaIndexStore
 from quant_retriever.store import QuantizedStore
 
-ODD_KEYS = ['q"uote', "back\\slash", "new\nline", "nul\0byte", "dot.ted", "$dollar", "école", "", "it's", "%_", "a' OR '1'='1"]
+ODD_KEYS = [
+    'q"uote',
+    "back\\slash",
+    "new\nline",
+    "nul\0byte",
+    "dot.ted",
+    "$dollar",
+    "école",
+    "",
+    "it's",
+    "%_",
+    "a' OR '1'='1",
+]
 KEYS = ["a", 'q"uote', "nul\0byte", "dot.ted", "$dollar", "école"]
 DIM = 8
 
@@ -42,7 +54,9 @@ DIM = 8
 
 def kind(v) -> str:
     """JSON kinds; metadata read back from JSON holds exactly these types."""
-    return {type(None): "null", bool: "bool", int: "number", float: "number", str: "str", list: "list", dict: "object"}[type(v)]
+    return {type(None): "null", bool: "bool", int: "number", float: "number", str: "str", list: "list", dict: "object"}[
+        type(v)
+    ]
 
 
 def same(a, b) -> bool:
@@ -115,10 +129,14 @@ def reference(node, md: dict) -> bool:
 
 chars = st.sampled_from(["a", "B", "%", "_", "\\", "\0", "\n", "É", "é", "ß", "ss", "S", "école", "ÉCOLE"])
 texts = st.one_of(st.just(""), st.lists(chars, min_size=1, max_size=3).map("".join))
-patterns = st.lists(st.sampled_from(["a", "B", "%", "_", "\\%", "\\_", "\\\\", "\n", "É", "ß", "S"]), max_size=4).map("".join)
+patterns = st.lists(st.sampled_from(["a", "B", "%", "_", "\\%", "\\_", "\\\\", "\n", "É", "ß", "S"]), max_size=4).map(
+    "".join
+)
 numbers = st.sampled_from([0, 1, 2, -3, 0.0, 1.0, 1.5, -2.5, 2**53 + 1])
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
-values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["x", "y"]), scalars, max_size=2))
+values = st.one_of(
+    scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["x", "y"]), scalars, max_size=2)
+)
 metadata = st.dictionaries(st.sampled_from(KEYS), values, min_size=1, max_size=4)
 
 
@@ -136,8 +154,25 @@ def leaf_value(op: str):
     return st.none()
 
 
-OPS = ["eq", "ne", "in", "nin", "lt", "lte", "gt", "gte", "contains", "any", "all",
-       "like", "ilike", "substring", "isubstring", "is_empty", "exists"]
+OPS = [
+    "eq",
+    "ne",
+    "in",
+    "nin",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "contains",
+    "any",
+    "all",
+    "like",
+    "ilike",
+    "substring",
+    "isubstring",
+    "is_empty",
+    "exists",
+]
 
 
 def make_trees(keys: list[str]):
@@ -146,7 +181,9 @@ def make_trees(keys: list[str]):
     )
     return st.recursive(
         leaves,
-        lambda kids: st.tuples(st.sampled_from(["and", "or"]), st.lists(kids, max_size=3)) | kids.map(lambda k: ("not", k)),
+        lambda kids: (
+            st.tuples(st.sampled_from(["and", "or"]), st.lists(kids, max_size=3)) | kids.map(lambda k: ("not", k))
+        ),
         max_leaves=6,
     )
 
@@ -175,9 +212,22 @@ def to_langchain(node, plain_eq: bool):
     return {key: {f"${op}": value}}
 
 
-LI_OPS = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in", "nin": "nin",
-          "contains": "contains", "any": "any", "all": "all", "substring": "text_match",
-          "isubstring": "text_match_insensitive", "is_empty": "is_empty"}
+LI_OPS = {
+    "eq": "==",
+    "ne": "!=",
+    "lt": "<",
+    "lte": "<=",
+    "gt": ">",
+    "gte": ">=",
+    "in": "in",
+    "nin": "nin",
+    "contains": "contains",
+    "any": "any",
+    "all": "all",
+    "substring": "text_match",
+    "isubstring": "text_match_insensitive",
+    "is_empty": "is_empty",
+}
 
 
 def to_llama_index(node):
@@ -191,14 +241,20 @@ def to_llama_index(node):
         parts = [p.filters[0] if isinstance(p, MetadataFilters) and p.condition is None else p for p in parts]
         return MetadataFilters(filters=parts, condition=FilterCondition(node[0]))
     _, key, op, value = node
-    if op not in LI_OPS or isinstance(value, bool) or (isinstance(value, list) and any(isinstance(x, bool) or x is None for x in value)):
+    if (
+        op not in LI_OPS
+        or isinstance(value, bool)
+        or (isinstance(value, list) and any(isinstance(x, bool) or x is None for x in value))
+    ):
         return None
     try:
         f = MetadataFilter(key=key, value=value, operator=FilterOperator(LI_OPS[op]))
     except ValueError:  # pydantic: a mixed list, say
         return None
     kept = [f.value] if not isinstance(value, list) else [*f.value, f.value]
-    if f.value != value or [type(x) for x in kept] != [type(x) for x in ([value] if not isinstance(value, list) else [*value, value])]:
+    if f.value != value or [type(x) for x in kept] != [
+        type(x) for x in ([value] if not isinstance(value, list) else [*value, value])
+    ]:
         return None  # pydantic changed the value
     return MetadataFilters(filters=[f], condition=None)
 
@@ -209,13 +265,18 @@ def vec(i: int) -> list[float]:
 
 
 PROPERTY = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
 )
 
 
 @PROPERTY
-@given(docs=st.lists(metadata, min_size=2, max_size=8), specs=st.lists(st.tuples(trees, st.booleans()), min_size=1, max_size=6))
+@given(
+    docs=st.lists(metadata, min_size=2, max_size=8),
+    specs=st.lists(st.tuples(trees, st.booleans()), min_size=1, max_size=6),
+)
 def test_store_and_both_adapters_agree_with_the_documented_semantics(docs, specs):
     ids = [f"d{i}" for i in range(len(docs))]
     store = QuantizedStore(codec="int8")
@@ -231,7 +292,9 @@ def test_store_and_both_adapters_agree_with_the_documented_semantics(docs, specs
         core = to_core(tree)
         assert {r.id for r in store.records(core)} == expected
         assert {r.id for r, _ in store.search(vec(99), k=n, where=core)[0]} == expected
-        assert {d.id for d in lc.similarity_search_by_vector(vec(99), k=n, filter=to_langchain(tree, plain_eq))} == expected
+        assert {
+            d.id for d in lc.similarity_search_by_vector(vec(99), k=n, filter=to_langchain(tree, plain_eq))
+        } == expected
         mf = to_llama_index(tree)
         if mf is not None:
             event("expressible in LlamaIndex")
@@ -241,7 +304,9 @@ def test_store_and_both_adapters_agree_with_the_documented_semantics(docs, specs
 
 
 @settings(max_examples=3000, deadline=None, phases=PROPERTY.phases)
-@given(md=st.dictionaries(st.sampled_from(["a", "b"]), st.one_of(texts, values), max_size=2), tree=make_trees(["a", "b"]))
+@given(
+    md=st.dictionaries(st.sampled_from(["a", "b"]), st.one_of(texts, values), max_size=2), tree=make_trees(["a", "b"])
+)
 def test_compiled_predicates_agree_with_the_documented_semantics(md, tree):
     """The same comparison without stores, many more times and over two keys, so most
     conditions meet a value (the test above proves the store and the adapters use these
@@ -250,7 +315,10 @@ def test_compiled_predicates_agree_with_the_documented_semantics(md, tree):
 
 
 @settings(max_examples=3000, deadline=None, phases=PROPERTY.phases)
-@given(pattern=patterns, text=st.lists(st.sampled_from(["a", "B", "%", "_", "\\", "\n", "É", "é", "ß", "S", "s"]), max_size=5).map("".join))
+@given(
+    pattern=patterns,
+    text=st.lists(st.sampled_from(["a", "B", "%", "_", "\\", "\n", "É", "é", "ß", "S", "s"]), max_size=5).map("".join),
+)
 def test_like_agrees_with_the_reference_matcher(pattern, text):
     for op in ("like", "ilike", "substring", "isubstring"):
         assert core_matches(Cond("t", op, pattern), {"t": text}) == reference(("leaf", "t", op, pattern), {"t": text})
@@ -304,6 +372,7 @@ def test_single_conditions_agree_with_build_metadata_filter_fn(md, key, op, data
 @pytest.fixture
 def three_stores():
     """The same three documents in the store, the LangChain store and the LlamaIndex store."""
+
     def build(metadatas: list[dict]):
         ids = [f"d{i}" for i in range(len(metadatas))]
         vectors = np.array([vec(i) for i in range(len(ids))], np.float32)
@@ -326,7 +395,9 @@ def select(stores, core=None, lc_filter=None, li_filters=None) -> list[set[str]]
     if lc_filter is not None:
         found.append({d.id for d in lc.similarity_search_by_vector(vec(0), k=10, filter=lc_filter)})
     if li_filters is not None:
-        found.append(set(li.query(VectorStoreQuery(query_embedding=vec(0), similarity_top_k=10, filters=li_filters)).ids))
+        found.append(
+            set(li.query(VectorStoreQuery(query_embedding=vec(0), similarity_top_k=10, filters=li_filters)).ids)
+        )
     return found
 
 
@@ -338,9 +409,16 @@ def li_filter(key, value, op="==") -> MetadataFilters:
 def test_odd_keys_behave_like_any_other_key(three_stores, key):
     stores = three_stores([{key: "x", "other": 1}, {key: "y"}, {"other": 2}])
     for op, value, expected in [
-        ("eq", "x", {"d0"}), ("ne", "x", {"d1", "d2"}), ("in", ["x", "y"], {"d0", "d1"}), ("nin", ["x"], {"d1", "d2"}),
-        ("eq", None, {"d2"}), ("ne", None, {"d0", "d1"}), ("is_empty", None, {"d2"}), ("exists", None, {"d0", "d1"}),
-        ("like", "_", {"d0", "d1"}), ("substring", "y", {"d1"}),
+        ("eq", "x", {"d0"}),
+        ("ne", "x", {"d1", "d2"}),
+        ("in", ["x", "y"], {"d0", "d1"}),
+        ("nin", ["x"], {"d1", "d2"}),
+        ("eq", None, {"d2"}),
+        ("ne", None, {"d0", "d1"}),
+        ("is_empty", None, {"d2"}),
+        ("exists", None, {"d0", "d1"}),
+        ("like", "_", {"d0", "d1"}),
+        ("substring", "y", {"d1"}),
     ]:
         lc = {key: {f"${op}": True if op in ("is_empty", "exists") else value}}
         li = None
@@ -356,23 +434,53 @@ def test_odd_keys_behave_like_any_other_key(three_stores, key):
 
 def test_case_insensitive_operators_fold_like_python(three_stores):
     stores = three_stores([{"t": "ÉCOLE normale"}, {"t": "Straße"}, {"t": "ecole"}])
-    for needle, expected in [("école", {"d0"}), ("ÉCOLE", {"d0"}), ("STRASSE", {"d1"}), ("straße", {"d1"}), ("ECOLE", {"d2"})]:  # folding keeps accents
+    for needle, expected in [
+        ("école", {"d0"}),
+        ("ÉCOLE", {"d0"}),
+        ("STRASSE", {"d1"}),
+        ("straße", {"d1"}),
+        ("ECOLE", {"d2"}),
+    ]:  # folding keeps accents
         li = li_filter("t", needle, "text_match_insensitive")
-        assert select(stores, Cond("t", "isubstring", needle), {"t": {"$isubstring": needle}}, li) == [expected] * 3, needle
+        assert select(stores, Cond("t", "isubstring", needle), {"t": {"$isubstring": needle}}, li) == [expected] * 3, (
+            needle
+        )
         assert select(stores, lc_filter={"t": {"$ilike": f"%{needle}%"}}) == [expected]
     # the case-sensitive ones do not fold
-    assert select(stores, Cond("t", "substring", "école"), {"t": {"$like": "%école%"}}, li_filter("t", "école", "text_match")) == [set()] * 3
+    assert (
+        select(
+            stores, Cond("t", "substring", "école"), {"t": {"$like": "%école%"}}, li_filter("t", "école", "text_match")
+        )
+        == [set()] * 3
+    )
 
 
 @pytest.mark.parametrize(
     "pattern, text, matches",
     [
-        ("abc", "abc", True), ("abc", "abcd", False), ("ab", "abc", False),  # the whole string must match
-        ("a%", "abc", True), ("%c", "abc", True), ("%b%", "abc", True), ("%", "", True), ("%%", "x", True),
-        ("a_c", "abc", True), ("a_c", "ac", False), ("a_c", "abbc", False), ("___", "héé", True),
-        ("a\\%", "a%", True), ("a\\%", "ab", False), ("a\\_", "a_", True), ("a\\_", "ab", False), ("a\\\\b", "a\\b", True),
-        ("a%", "a\nb", True), ("a_b", "a\nb", True),  # wildcards match newlines too
-        ("a.c", "abc", False), ("a*", "aaa", False), ("(x)", "(x)", True), ("[ab]", "a", False),  # no regex syntax
+        ("abc", "abc", True),
+        ("abc", "abcd", False),
+        ("ab", "abc", False),  # the whole string must match
+        ("a%", "abc", True),
+        ("%c", "abc", True),
+        ("%b%", "abc", True),
+        ("%", "", True),
+        ("%%", "x", True),
+        ("a_c", "abc", True),
+        ("a_c", "ac", False),
+        ("a_c", "abbc", False),
+        ("___", "héé", True),
+        ("a\\%", "a%", True),
+        ("a\\%", "ab", False),
+        ("a\\_", "a_", True),
+        ("a\\_", "ab", False),
+        ("a\\\\b", "a\\b", True),
+        ("a%", "a\nb", True),
+        ("a_b", "a\nb", True),  # wildcards match newlines too
+        ("a.c", "abc", False),
+        ("a*", "aaa", False),
+        ("(x)", "(x)", True),
+        ("[ab]", "a", False),  # no regex syntax
         ("ABC", "abc", False),
     ],
 )
@@ -380,7 +488,9 @@ def test_like_is_sql_like(pattern, text, matches):
     md = [{"t": text}, {"t": 5}, {}]
     assert core_matches(Cond("t", "like", pattern), md[0]) is matches
     assert not any(core_matches(Cond("t", "like", pattern), m) for m in md[1:])
-    assert core_matches(Cond("t", "ilike", pattern.upper() if "\\" not in pattern else pattern), md[0]) is (matches or pattern == "ABC")
+    assert core_matches(Cond("t", "ilike", pattern.upper() if "\\" not in pattern else pattern), md[0]) is (
+        matches or pattern == "ABC"
+    )
     assert like(pattern, text) is matches  # and the test's own reference agrees
 
 
@@ -409,7 +519,10 @@ def test_none_and_missing_keys_follow_metadata_get(three_stores):
 
 def test_empty_all_matches_every_list_and_nothing_else(three_stores):
     stores = three_stores([{"tags": ["a"]}, {"tags": []}, {"tags": "a"}, {}][:3])
-    assert select(stores, Cond("tags", "all", []), {"tags": {"$all": []}}, li_filter("tags", [], "all")) == [{"d0", "d1"}] * 3
+    assert (
+        select(stores, Cond("tags", "all", []), {"tags": {"$all": []}}, li_filter("tags", [], "all"))
+        == [{"d0", "d1"}] * 3
+    )
     assert select(stores, Cond("tags", "any", []), {"tags": {"$any": []}}, li_filter("tags", [], "any")) == [set()] * 3
 
 
@@ -492,7 +605,7 @@ def test_the_one_filter_table_is_the_same_in_readme_and_docs_and_names_every_ope
 
     def table(path: str) -> str:
         text = (root / path).read_text()
-        return text[text.index("<!-- filter-table: start -->"):text.index("<!-- filter-table: end -->")]
+        return text[text.index("<!-- filter-table: start -->") : text.index("<!-- filter-table: end -->")]
 
     readme = table("README.md")
     assert readme == table("docs/filters.md")

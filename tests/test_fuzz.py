@@ -12,7 +12,9 @@ from hypothesis.extra import numpy as hnp
 from quant_retriever import QuantizedIndex
 from quant_retriever.store import And, Cond, Not, Or, QuantizedStore
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 dtypes = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.bool_])
 codecs = st.sampled_from(["int4", "binary", "int8", "fp16", "fp32"])
@@ -55,7 +57,9 @@ def test_index_random_calls(data, dim, codec):
                 model.update(added.tolist())
                 event("index add succeeded")
             elif action == "remove":
-                victims = data.draw(st.lists(st.one_of(st.sampled_from(sorted(model) or [0]), st.integers(-3, 100)), max_size=4))
+                victims = data.draw(
+                    st.lists(st.one_of(st.sampled_from(sorted(model) or [0]), st.integers(-3, 100)), max_size=4)
+                )
                 index.remove(victims)
                 model.difference_update(victims)
             else:
@@ -78,19 +82,44 @@ def test_index_random_calls(data, dim, codec):
 
 
 json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=5)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-10, 10),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=5),
+    ),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
     max_leaves=5,
 )
 keys = st.sampled_from(["a", "b", "missing", "ü", ""])
-ops = st.sampled_from(["eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "contains", "any", "all", "text_match",
-                       "text_match_insensitive", "is_empty", "bogus"])
+ops = st.sampled_from(
+    [
+        "eq",
+        "ne",
+        "lt",
+        "lte",
+        "gt",
+        "gte",
+        "in",
+        "nin",
+        "contains",
+        "any",
+        "all",
+        "text_match",
+        "text_match_insensitive",
+        "is_empty",
+        "bogus",
+    ]
+)
 conds = st.tuples(keys, ops, json_values)
 filters = st.recursive(
     conds,
-    lambda children: st.lists(children, max_size=3).map(lambda xs: ("and", xs))
-    | st.lists(children, max_size=3).map(lambda xs: ("or", xs))
-    | children.map(lambda x: ("not", x)),
+    lambda children: (
+        st.lists(children, max_size=3).map(lambda xs: ("and", xs))
+        | st.lists(children, max_size=3).map(lambda xs: ("or", xs))
+        | children.map(lambda x: ("not", x))
+    ),
     max_leaves=5,
 )
 
@@ -118,13 +147,19 @@ def test_store_random_calls(data, codec):
                 n = data.draw(st.integers(0, 5))
                 ids = data.draw(st.lists(st.one_of(st.text(max_size=4), st.integers()), min_size=n, max_size=n))
                 texts = data.draw(st.lists(st.one_of(st.text(max_size=20), st.none()), min_size=n, max_size=n + 1))
-                metas = data.draw(st.lists(st.one_of(st.dictionaries(keys, json_values, max_size=3), st.none()), min_size=n, max_size=n))
+                metas = data.draw(
+                    st.lists(
+                        st.one_of(st.dictionaries(keys, json_values, max_size=3), st.none()), min_size=n, max_size=n
+                    )
+                )
                 vectors = data.draw(arrays(store.dim or 6))
                 store.upsert(ids, vectors, texts, metas)
                 model.update(zip(ids, texts))
                 event("store upsert succeeded" + (" (non-empty)" if ids else ""))
             elif action == "delete":
-                victims = data.draw(st.lists(st.one_of(st.sampled_from(sorted(model) or ["x"]), st.text(max_size=2)), max_size=3))
+                victims = data.draw(
+                    st.lists(st.one_of(st.sampled_from(sorted(model) or ["x"]), st.text(max_size=2)), max_size=3)
+                )
                 store.delete(victims)
                 for v in victims:
                     model.pop(v, None)
@@ -172,7 +207,12 @@ def test_framework_stores_take_unicode_and_empty_texts(framework, texts, data):
         from quant_retriever.llama_index import QuantizedVectorStore
 
         store = QuantizedVectorStore(codec="int4")
-        store.add([TextNode(id_=f"n{i}", text=t, metadata={"t": t}, embedding=emb.embed_query(t)) for i, t in enumerate(texts)])
+        store.add(
+            [
+                TextNode(id_=f"n{i}", text=t, metadata={"t": t}, embedding=emb.embed_query(t))
+                for i, t in enumerate(texts)
+            ]
+        )
         flt = MetadataFilters(filters=[MetadataFilter(key=data.draw(keys), value=data.draw(st.text(max_size=3)))])
         res = store.query(VectorStoreQuery(query_embedding=emb.embed_query(texts[0]), similarity_top_k=k, filters=flt))
         assert len(res.ids) <= min(k, len(texts))

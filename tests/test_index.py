@@ -290,7 +290,7 @@ def test_paths_that_are_not_indexes_are_refused(tmp_path):
 def test_a_pickle_payload_is_never_executed(tmp_path):
     class Boom:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+            return (exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').write('pwned')",))
 
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "manifest.json").write_bytes(pickle.dumps(Boom()))
@@ -320,7 +320,9 @@ def test_cuda_index_matches_cpu_index(codec):
 # ---------------------------------------------------------------------------- index core v2
 
 
-@pytest.mark.parametrize("codec, rescore", [("int4", True), ("binary", True), ("int8", False), ("fp16", False), ("fp32", False)])
+@pytest.mark.parametrize(
+    "codec, rescore", [("int4", True), ("binary", True), ("int8", False), ("fp16", False), ("fp32", False)]
+)
 @pytest.mark.parametrize("norm", [1e-38, 1e-20, 1e-9, 1.0, 7e4, 1e15, 1e30])
 def test_any_finite_norm_finds_itself(codec, rescore, norm):
     """The FP16 norm of index v1 overflowed above 65504 and vanished near 1e-9."""
@@ -425,7 +427,9 @@ def test_manifest_values_of_the_wrong_kind_name_the_file_and_field(tmp_path, fie
 def test_manifest_that_is_not_plain_json_is_refused(tmp_path, text):
     index = QuantizedIndex(8, path=tmp_path / "idx")
     index.close()
-    (tmp_path / "idx" / "manifest.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe")
+    (tmp_path / "idx" / "manifest.json").write_bytes(
+        text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe"
+    )
     with pytest.raises(ValueError, match="manifest.json"):
         QuantizedIndex.load(tmp_path / "idx")
 
@@ -538,7 +542,9 @@ def test_another_process_gets_the_lock_error_but_may_read(tmp_path):
         "try:\n    QuantizedIndex.load(sys.argv[1])\nexcept RuntimeError as e:\n    print('locked:', e)\n"
         "r = QuantizedIndex.load(sys.argv[1], read_only=True); print('read', len(r))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=120
+    )
     assert "locked:" in out.stdout and "read_only=True" in out.stdout and "read 10" in out.stdout, out.stderr
 
 
@@ -577,5 +583,7 @@ def test_read_only_needs_no_write_permission_and_writes_nothing(tmp_path):
         reader.close()
     finally:
         os.chmod(tmp_path / "idx", 0o755)
-    after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "idx").iterdir() if p.name != ".readers"}
+    after = {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (tmp_path / "idx").iterdir() if p.name != ".readers"
+    }
     assert after == before

@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from quant_retriever.models import int8 as int8_linear
 from quant_retriever.kernels import linear as _native
+from quant_retriever.models import int8 as int8_linear
 from quant_retriever.models.int8 import SPIKE_RATIO, Int8AddNorm, Int8Linear, quantize_linear_layers, quantize_rows
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch build lacks oneDNN's INT8 ops")
@@ -151,7 +151,11 @@ def test_fused_gelu_and_quantize_match_torch(kernel_path):
 def tiny_bert(act: str = "gelu"):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
         hidden_act=act,
     )
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ import pytest
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
+from quant_retriever.langchain import QuantizedEmbeddings
 from quant_retriever.models import load_encoder
 from quant_retriever.models.settings import minilm_path
-from quant_retriever.langchain import QuantizedEmbeddings
 
 MINILM = minilm_path()  # a local path, so the suites construct the model offline
 
@@ -69,7 +69,9 @@ def test_query_finds_the_matching_document(int8_encoder):
         "Photosynthesis turns light, water and carbon dioxide into sugar.",
         "The TCP handshake opens a connection with SYN, SYN-ACK and ACK.",
     ]
-    scores = np.asarray(embeddings.embed_documents(docs)) @ np.asarray(embeddings.embed_query("How do plants make sugar from light?"))
+    scores = np.asarray(embeddings.embed_documents(docs)) @ np.asarray(
+        embeddings.embed_query("How do plants make sugar from light?")
+    )
     assert int(np.argmax(scores)) == 1
 
 

@@ -29,7 +29,9 @@ def embeddings(minilm_path):
 
 def guide_docs(changes: dict[int, str] | None = None) -> list[Document]:
     changes = changes or {}
-    return [Document(page_content=changes.get(i, text), metadata={"source": src}) for i, (src, text) in enumerate(GUIDE)]
+    return [
+        Document(page_content=changes.get(i, text), metadata={"source": src}) for i, (src, text) in enumerate(GUIDE)
+    ]
 
 
 def top(store: QuantizedVectorStore, query: str, **kwargs) -> str:
@@ -45,18 +47,26 @@ def test_indexing_api_incremental_and_full_cleanup(embeddings, tmp_path, persist
     store = QuantizedVectorStore(embeddings, codec="int4", path=tmp_path / "s" if persistent else None)
     records = InMemoryRecordManager(namespace="guide")
     records.create_schema()
-    assert counts(index(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")) == (5, 0, 0, 0)
-    assert counts(index(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")) == (0, 0, 5, 0)
+    assert counts(
+        index(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    ) == (5, 0, 0, 0)
+    assert counts(
+        index(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    ) == (0, 0, 5, 0)
     assert len(store.store) == 5
     # one chunk of retry.md changes: the new one is added and the stale one deleted
     changed = guide_docs({3: "The retry budget resets after five minutes without errors."})
-    assert counts(index(changed, records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")) == (1, 0, 4, 1)
+    assert counts(
+        index(changed, records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    ) == (1, 0, 4, 1)
     assert len(store.store) == 5
     assert top(store, "when does the retry budget reset?") == changed[3].page_content
     assert "one minute" not in " ".join(d.page_content for d in store.similarity_search("retry budget", k=5))
     # full cleanup with only install.md left: everything else goes
     only_install = [d for d in changed if d.metadata["source"] == "install.md"]
-    assert counts(index(only_install, records, store, cleanup="full", source_id_key="source", key_encoder="sha256")) == (0, 0, 2, 3)
+    assert counts(
+        index(only_install, records, store, cleanup="full", source_id_key="source", key_encoder="sha256")
+    ) == (0, 0, 2, 3)
     assert sorted(d.metadata["source"] for d in store.similarity_search("anything", k=10)) == ["install.md"] * 2
     assert store.store.verify() == []
     if persistent:  # what the record manager knows is what a reopened store holds
@@ -70,9 +80,15 @@ async def test_aindex_and_async_methods(embeddings):
     store = QuantizedVectorStore(embeddings, codec="binary")
     records = InMemoryRecordManager(namespace="guide")
     await records.acreate_schema()
-    assert counts(await aindex(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")) == (5, 0, 0, 0)
-    assert counts(await aindex(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")) == (0, 0, 5, 0)
-    assert counts(await aindex(guide_docs()[:2], records, store, cleanup="full", source_id_key="source", key_encoder="sha256")) == (0, 0, 2, 3)
+    assert counts(
+        await aindex(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    ) == (5, 0, 0, 0)
+    assert counts(
+        await aindex(guide_docs(), records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    ) == (0, 0, 5, 0)
+    assert counts(
+        await aindex(guide_docs()[:2], records, store, cleanup="full", source_id_key="source", key_encoder="sha256")
+    ) == (0, 0, 2, 3)
     [doc] = await store.asimilarity_search("Windows runtime", k=1)
     assert "Visual C++" in doc.page_content
     ids = await store.aadd_documents([Document(page_content="Logs rotate daily at midnight.", id="logs")])
@@ -91,8 +107,11 @@ def test_lcel_chain_retrieves_the_right_context(embeddings):
     prompt = ChatPromptTemplate.from_messages([("system", "Context:\n{context}"), ("human", "{question}")])
     echo_llm = RunnableLambda(lambda value: value.to_string())  # shows what the model would be given
     chain = (
-        {"context": store.as_retriever(search_kwargs={"k": 1}) | (lambda docs: "\n".join(d.page_content for d in docs)),
-         "question": RunnablePassthrough()}
+        {
+            "context": store.as_retriever(search_kwargs={"k": 1})
+            | (lambda docs: "\n".join(d.page_content for d in docs)),
+            "question": RunnablePassthrough(),
+        }
         | prompt
         | echo_llm
         | StrOutputParser()
@@ -101,6 +120,8 @@ def test_lcel_chain_retrieves_the_right_context(embeddings):
     assert "cached on disk for ten minutes" in out and "Human: How long are responses cached?" in out
     batch = chain.batch(["How many times is a request retried?", "What does the Windows installer need?"])
     assert "retried three times" in batch[0] and "Visual C++" in batch[1]
-    threshold = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.6, "k": 5})
+    threshold = store.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.6, "k": 5}
+    )
     hits = threshold.invoke("How many times are failed HTTP requests retried?")
     assert hits and hits[0].metadata["source"] == "retry.md" and len(hits) < 5

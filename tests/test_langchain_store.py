@@ -54,7 +54,9 @@ def fruit_store():
     store = QuantizedVectorStore(emb, codec="int4")
     docs = [
         Document(id="apple", page_content="apple", metadata={"kind": "fruit", "price": 1.0, "tags": ["red", "sweet"]}),
-        Document(id="lemon", page_content="lemon", metadata={"kind": "fruit", "price": 0.5, "tags": ["yellow", "sour"]}),
+        Document(
+            id="lemon", page_content="lemon", metadata={"kind": "fruit", "price": 0.5, "tags": ["yellow", "sour"]}
+        ),
         Document(id="leek", page_content="leek", metadata={"kind": "vegetable", "price": 2.0, "tags": []}),
         Document(id="kale", page_content="kale", metadata={"kind": "vegetable", "price": 3.0, "name": "Curly Kale"}),
     ]
@@ -97,7 +99,9 @@ def test_dict_filters_give_exact_ids(fruit_store, flt, expected):
 
 def test_callable_filter_and_filter_before_top_k(fruit_store):
     store, _ = fruit_store
-    assert [d.id for d in store.similarity_search("apple", k=1, filter=lambda d: d.metadata["kind"] == "vegetable")] in (
+    assert [
+        d.id for d in store.similarity_search("apple", k=1, filter=lambda d: d.metadata["kind"] == "vegetable")
+    ] in (
         ["leek"],
         ["kale"],
     )
@@ -131,7 +135,9 @@ def test_scores_are_cosines_as_in_memory_vector_store():
     assert all(0.0 < s < 1.0 for s in relevance) and max(relevance) - min(relevance) > 0.3
     [(doc, score)] = ours.similarity_search_with_score("document 7", k=1)
     assert doc.id == "document 7" and score == pytest.approx(1.0, abs=0.01) and score <= 1.0  # clamped cosine
-    retriever = ours.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 5})
+    retriever = ours.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 5}
+    )
     assert [d.id for d in retriever.invoke("document 7")] == ["document 7"]
     top_k = QuantizedRetriever(vectorstore=ours, k=5, search_type="similarity_score_threshold", score_threshold=0.99)
     assert [d.id for d in top_k.invoke("document 7")] == ["document 7"]
@@ -199,8 +205,12 @@ def test_documents_are_not_mutated_and_upsert_by_document_id(fruit_store):
 def test_persistent_store_reopens(tmp_path):
     emb = DeterministicFakeEmbedding(size=12)
     store = QuantizedVectorStore.from_texts(
-        ["alpha", "beta", "gamma"], emb, metadatas=[{"n": 1}, {"n": 2}, {"n": 3}], ids=["a", "b", "c"],
-        codec="binary", path=tmp_path / "lc",
+        ["alpha", "beta", "gamma"],
+        emb,
+        metadatas=[{"n": 1}, {"n": 2}, {"n": 3}],
+        ids=["a", "b", "c"],
+        codec="binary",
+        path=tmp_path / "lc",
     )
     store.delete(["b"])
     before = store.similarity_search("gamma", k=5)

@@ -7,8 +7,8 @@ import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from quant_retriever.models import load_encoder
 from quant_retriever.llama_index import QuantizedEmbedding
+from quant_retriever.models import load_encoder
 
 DOCS = {
     "france": "Paris is the capital and largest city of France, on the river Seine.",

@@ -23,8 +23,10 @@ import quant_retriever
 from quant_retriever.llama_index import QuantizedEmbedding, QuantizedVectorStore
 
 TEXTS = {
-    "install": "Install the package with pip inside a virtual environment. On Windows the installer needs the Visual C++ runtime.",
-    "retry": "Failed HTTP requests are retried three times with exponential backoff. The retry budget resets after one minute.",
+    "install": "Install the package with pip inside a virtual environment. "
+    "On Windows the installer needs the Visual C++ runtime.",
+    "retry": "Failed HTTP requests are retried three times with exponential backoff. "
+    "The retry budget resets after one minute.",
     "cache": "Responses are cached on disk for ten minutes, keyed by the request URL.",
     "logs": "Log files rotate daily at midnight and are kept for two weeks.",
 }
@@ -54,7 +56,9 @@ def test_ingestion_pipeline_upserts_into_docstore_and_vector_store(embed):
     store, docstore = QuantizedVectorStore(codec="int4"), SimpleDocumentStore()
     pipeline = IngestionPipeline(
         transformations=[SentenceSplitter(chunk_size=20, chunk_overlap=0), embed],
-        docstore=docstore, vector_store=store, docstore_strategy=DocstoreStrategy.UPSERTS,
+        docstore=docstore,
+        vector_store=store,
+        docstore_strategy=DocstoreStrategy.UPSERTS,
     )
     first = pipeline.run(documents=documents())
     assert len(first) == len(store.client) > len(TEXTS)  # several chunks per document
@@ -73,7 +77,9 @@ def test_ingestion_pipeline_upserts_into_docstore_and_vector_store(embed):
 async def test_insert_delete_refresh_and_aquery(embed):
     store = QuantizedVectorStore(codec="int8")
     docs = documents()
-    index = VectorStoreIndex.from_documents(docs[:3], storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed)
+    index = VectorStoreIndex.from_documents(
+        docs[:3], storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
     index.insert(docs[3])
     assert all(best(index, q) == topic for q, topic in QUESTIONS.items())
     index.delete_ref_doc("cache", delete_from_docstore=True)
@@ -83,7 +89,9 @@ async def test_insert_delete_refresh_and_aquery(embed):
     assert refreshed == [True, False, True]  # changed, unchanged, new
     assert best(index, "Which Python version is needed to install?") == "install"
     assert best(index, "Where do I send questions?") == "faq"
-    assert [n.get_content() for n in store.get_nodes() if n.ref_doc_id == "install"] == ["Installing needs Python 3.10 or newer."]
+    assert [n.get_content() for n in store.get_nodes() if n.ref_doc_id == "install"] == [
+        "Installing needs Python 3.10 or newer."
+    ]
     index.insert(docs[2])
     response = await index.as_query_engine(similarity_top_k=1).aquery("How long are responses cached?")
     assert response.source_nodes[0].node.ref_doc_id == "cache"
@@ -119,16 +127,20 @@ READER = textwrap.dedent(
     Settings.llm = MockLLM()
     store = QuantizedVectorStore.from_persist_dir(persist_dir)
     ctx = StorageContext.from_defaults(persist_dir=persist_dir, vector_store=store)
-    index = load_index_from_storage(ctx, embed_model=QuantizedEmbedding(model_name=model, precision="fp32", device="cpu"))
+    embed_model = QuantizedEmbedding(model_name=model, precision="fp32", device="cpu")
+    index = load_index_from_storage(ctx, embed_model=embed_model)
     engine = index.as_query_engine(similarity_top_k=2)
-    print(json.dumps({q: [(n.node.ref_doc_id, round(n.score, 4)) for n in engine.query(q).source_nodes] for q in questions}))
+    answers = {q: [(n.node.ref_doc_id, round(n.score, 4)) for n in engine.query(q).source_nodes] for q in questions}
+    print(json.dumps(answers))
     """
 )
 
 
 def test_persistence_idiom_round_trips_in_a_fresh_process(embed, tmp_path, minilm_path):
     store = QuantizedVectorStore(codec="int4")  # in memory: persist() writes a copy
-    index = VectorStoreIndex.from_documents(documents()[:3], storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed)
+    index = VectorStoreIndex.from_documents(
+        documents()[:3], storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
     index.storage_context.persist(persist_dir=str(tmp_path))
     index.insert(documents()[3])  # then persist to the same directory again: replaced atomically
     index.storage_context.persist(persist_dir=str(tmp_path))
@@ -137,7 +149,10 @@ def test_persistence_idiom_round_trips_in_a_fresh_process(embed, tmp_path, minil
     env = {**os.environ, "PYTHONPATH": str(Path(quant_retriever.__file__).parents[1]), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
         [sys.executable, "-c", READER, str(tmp_path), minilm_path, json.dumps(list(QUESTIONS))],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     there = {q: [tuple(hit) for hit in hits] for q, hits in json.loads(out.stdout.strip().splitlines()[-1]).items()}

@@ -63,12 +63,14 @@ def node(node_id: str, seed: int, ref: str, **metadata) -> TextNode:
 @pytest.fixture(params=["int4", "binary", "int8"])
 def store(request):
     s = QuantizedVectorStore(codec=request.param)
-    s.add([
-        node("n1", 1, "docA", color="red", n=1, tags=["x", "y"], title="Quantized Retrieval"),
-        node("n2", 2, "docA", color="blue", n=2, tags=["y"], title="binary codes"),
-        node("n3", 3, "docB", color="red", n=3.5, tags=[], title=""),
-        node("n4", 4, "docC", n=7),
-    ])
+    s.add(
+        [
+            node("n1", 1, "docA", color="red", n=1, tags=["x", "y"], title="Quantized Retrieval"),
+            node("n2", 2, "docA", color="blue", n=2, tags=["y"], title="binary codes"),
+            node("n3", 3, "docB", color="red", n=3.5, tags=[], title=""),
+            node("n4", 4, "docC", n=7),
+        ]
+    )
     return s
 
 
@@ -94,7 +96,11 @@ CASES = [
     ([MetadataFilter(key="title", value="codes", operator=F.TEXT_MATCH)], None, {"n2"}),
     ([MetadataFilter(key="title", value="quantized", operator=F.TEXT_MATCH_INSENSITIVE)], None, {"n1"}),
     ([MetadataFilter(key="title", value=None, operator=F.IS_EMPTY)], None, {"n3", "n4"}),
-    ([MetadataFilter(key="color", value="red"), MetadataFilter(key="n", value=2, operator=F.GT)], FilterCondition.AND, {"n3"}),
+    (
+        [MetadataFilter(key="color", value="red"), MetadataFilter(key="n", value=2, operator=F.GT)],
+        FilterCondition.AND,
+        {"n3"},
+    ),
     ([MetadataFilter(key="color", value="blue"), MetadataFilter(key="n", value=7)], FilterCondition.OR, {"n2", "n4"}),
     ([MetadataFilter(key="color", value="red"), MetadataFilter(key="n", value=7)], FilterCondition.NOT, {"n2"}),
     (
@@ -235,7 +241,9 @@ def test_similarities_are_cosines_as_in_simple_vector_store():
         expected = dict(zip(reference.query(query).ids, reference.query(query).similarities))
         got = ours.query(query)
         assert set(got.ids) == set(expected)
-        assert all(s == pytest.approx(expected[i], abs=0.01) and -1 <= s <= 1 for i, s in zip(got.ids, got.similarities))
+        assert all(
+            s == pytest.approx(expected[i], abs=0.01) and -1 <= s <= 1 for i, s in zip(got.ids, got.similarities)
+        )
     assert ours.query(VectorStoreQuery(query_embedding=nodes[5].embedding, similarity_top_k=1)).similarities[0] <= 1.0
     assert ours.query(VectorStoreQuery(query_embedding=nodes[5].embedding, similarity_top_k=0)).ids == []
 
@@ -254,7 +262,9 @@ def in_memory_index(embed, texts):
     Settings.llm = MockLLM()
     store = QuantizedVectorStore(codec="int4")
     docs = [Document(text=t, id_=f"doc{i}") for i, t in enumerate(texts)]
-    index = VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed)
+    index = VectorStoreIndex.from_documents(
+        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed
+    )
     return index, store
 
 
@@ -280,7 +290,10 @@ def test_storage_context_persist_idiom_round_trips_and_overwrites(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     loaded, vs = reload()
     assert {n.ref_doc_id for n in vs.get_nodes()} == {"doc0", "doc1", "doc2", "doc3"}
-    assert loaded.as_retriever(similarity_top_k=1).retrieve("SQLite stores texts and metadata")[0].node.ref_doc_id == "doc3"
+    assert (
+        loaded.as_retriever(similarity_top_k=1).retrieve("SQLite stores texts and metadata")[0].node.ref_doc_id
+        == "doc3"
+    )
     # a path-backed store is its own persistence: persist() leaves it where it is
     vs.persist(str(tmp_path / "elsewhere" / "default__vector_store.json"))
     assert not (tmp_path / "elsewhere").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,11 @@ def fingerprint(path: Path) -> dict:
     """Every file's digest, except the reader lock and SQLite's own coordination files (which
     a reader of a WAL database may create when the directory is writable)."""
     skip = (".readers", "store.sqlite-wal", "store.sqlite-shm")
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 WRITER = """
@@ -54,8 +56,9 @@ def test_a_reader_beside_a_writer_in_another_process(tmp_path):
     store = QuantizedStore(DIM, "int4", tmp_path / "s", block_size=8)
     store.upsert([f"d{i}" for i in range(50)], vecs(50), ["t"] * 50, [{"i": i} for i in range(50)])
     store.close()
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path / "s")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "OPEN"
         reader = QuantizedStore.open(tmp_path / "s", read_only=True)
@@ -63,13 +66,20 @@ def test_a_reader_beside_a_writer_in_another_process(tmp_path):
         writer.stdin.write("2\n")
         writer.stdin.flush()
         assert writer.stdout.readline().strip() == "DONE"
-        assert len(reader) == 50 and {r.id for r, _ in reader.search(vecs(1)[0], k=50)[0]} >= {"d0"}  # its state at open
+        assert len(reader) == 50 and {r.id for r, _ in reader.search(vecs(1)[0], k=50)[0]} >= {
+            "d0"
+        }  # its state at open
         assert reader.refresh() is True
         assert len(reader) == 51 and not reader.get(["d0"]) and len(reader.get(["w2-0", "w2-1"])) == 2
         assert [r.id for r, _ in reader.search(vecs(1)[0], k=60, where=Cond("w", "eq", True))[0]] != []
         assert reader.verify() == []
-        for call in (lambda: reader.upsert(["x"], vecs(1), ["x"]), lambda: reader.delete(["d1"]), reader.clear,
-                     reader.compact, lambda: reader.delete_where(Cond("i", "eq", 1))):
+        for call in (
+            lambda: reader.upsert(["x"], vecs(1), ["x"]),
+            lambda: reader.delete(["d1"]),
+            reader.clear,
+            reader.compact,
+            lambda: reader.delete_where(Cond("i", "eq", 1)),
+        ):
             with pytest.raises(ValueError, match="read-only"):
                 call()
         second = QuantizedStore.open(tmp_path / "s", read_only=True)  # any number of readers

@@ -59,7 +59,9 @@ BATCHINGS = [
 
 
 @pytest.mark.parametrize("codec, rescore, mult, rescore_dtype", BATCHINGS)
-def test_recall_does_not_depend_on_how_the_corpus_was_batched(corpus_vectors, exact, codec, rescore, mult, rescore_dtype):
+def test_recall_does_not_depend_on_how_the_corpus_was_batched(
+    corpus_vectors, exact, codec, rescore, mult, rescore_dtype
+):
     """LangChain's indexing API adds 100 documents at a time; nothing may be learned from the
     first batch. Batches of 1, 16, 64 and all at once give the same codes, so the same results."""
     docs, queries = corpus_vectors

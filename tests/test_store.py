@@ -179,7 +179,9 @@ def test_persistent_store_reopens_with_everything(tmp_path):
     r = QuantizedStore.open(tmp_path / "st")
     assert len(r) == 49 and len(r.index) == 49 and r.dim == 16
     after = r.search(x[:5], k=5, where=Cond("i", "gte", 0))
-    assert [[(a.id, a.metadata) for a, _ in row] for row in before] == [[(a.id, a.metadata) for a, _ in row] for row in after]
+    assert [[(a.id, a.metadata) for a, _ in row] for row in before] == [
+        [(a.id, a.metadata) for a, _ in row] for row in after
+    ]
     assert r.get(["doc-4"])[0].text == "replaced"
     assert r.get(["doc-3"]) == []
 
@@ -216,7 +218,9 @@ from hypothesis import strategies as st  # noqa: E402
 from quant_retriever.store import MAX_METADATA_DEPTH  # noqa: E402
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-any_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)  # every code point SQLite can store, NUL too
+any_text = st.text(
+    st.characters(blacklist_categories=("Cs",)), max_size=8
+)  # every code point SQLite can store, NUL too
 
 
 def snapshot(s: QuantizedStore) -> list:
@@ -246,7 +250,12 @@ def test_any_string_id_round_trips_and_never_replaces_another(ids, data):
 @pytest.mark.parametrize("bad", ["\ud800", "a\udfffb"])
 def test_strings_sqlite_cannot_store_are_refused_and_change_nothing(store, bad):
     before = snapshot(store)
-    for ids, texts, metas in [([bad], ["t"], None), (["x"], [bad], None), (["x"], ["t"], [{"k": bad}]), (["x"], ["t"], [{bad: 1}])]:
+    for ids, texts, metas in [
+        ([bad], ["t"], None),
+        (["x"], [bad], None),
+        (["x"], ["t"], [{"k": bad}]),
+        (["x"], ["t"], [{bad: 1}]),
+    ]:
         with pytest.raises(ValueError, match="not valid Unicode"):
             store.upsert(ids, vecs(1), texts, metas)
     assert snapshot(store) == before and len(store.index) == 5
@@ -275,7 +284,10 @@ class Tag(str, enum.Enum):
 
 
 ACCEPTED = [  # (value, what reads back): JSON data; subclasses of its types as the plain type
-    ({"s": "x", "i": -(2**63), "f": 1.5, "b": True, "n": None}, {"s": "x", "i": -(2**63), "f": 1.5, "b": True, "n": None}),
+    (
+        {"s": "x", "i": -(2**63), "f": 1.5, "b": True, "n": None},
+        {"s": "x", "i": -(2**63), "f": 1.5, "b": True, "n": None},
+    ),
     ({"l": (1, [2, {"k": ()}])}, {"l": [1, [2, {"k": []}]]}),
     ({"e": Color.RED, "t": Tag.NEW, "np": np.float64(0.25)}, {"e": 1, "t": "new", "np": 0.25}),
     ({"nul\0key": "nul\0value", 'q"': "\n"}, {"nul\0key": "nul\0value", 'q"': "\n"}),
@@ -330,12 +342,24 @@ def test_deep_or_self_containing_metadata_raises_value_error(store):
 
 
 @PROPERTY
-@given(st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(), st.text(max_size=3),
-              st.sampled_from([_dt.date(2020, 1, 1), b"x", np.int32(1), np.float32(1.0), frozenset(), "lone \ud800", Color.RED])),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.one_of(any_text, st.integers(0, 3)), kids, max_size=3),
-    max_leaves=8,
-))
+@given(
+    st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**64), 2**64),
+            st.floats(),
+            st.text(max_size=3),
+            st.sampled_from(
+                [_dt.date(2020, 1, 1), b"x", np.int32(1), np.float32(1.0), frozenset(), "lone \ud800", Color.RED]
+            ),
+        ),
+        lambda kids: (
+            st.lists(kids, max_size=3) | st.dictionaries(st.one_of(any_text, st.integers(0, 3)), kids, max_size=3)
+        ),
+        max_leaves=8,
+    )
+)
 def test_metadata_is_stored_exactly_or_refused_whole(value):
     """One rule for every value: JSON data is stored as its plain JSON (and read back
     equal); anything else is refused with TypeError/ValueError, the store unchanged."""
@@ -413,7 +437,12 @@ def test_zero_vectors_never_give_nan_under_cosine():
     for q in (np.zeros(16, np.float32), vecs(1, seed=4)[0]):
         row = s.search(q, k=4)[0]
         assert len(row) == 4 and all(np.isfinite(score) and -1 <= score <= 1 for _, score in row)
-    assert dict((r.id, sc) for r, sc in s.search(np.zeros(16, np.float32), k=4)[0]) == {"zero": 0.0, "a": 0.0, "b": 0.0, "c": 0.0}
+    assert dict((r.id, sc) for r, sc in s.search(np.zeros(16, np.float32), k=4)[0]) == {
+        "zero": 0.0,
+        "a": 0.0,
+        "b": 0.0,
+        "c": 0.0,
+    }
     assert dict((r.id, sc) for r, sc in s.search(vecs(1, seed=4)[0], k=4)[0])["zero"] == 0.0
 
 

@@ -34,11 +34,37 @@ MIN_CASES = 20
 CPU = torch.device("cpu")  # split sizes only; they do not change the compiled code
 
 _I32, _I64 = "i32", "i64"
-HAMMING_ARGS = dict(codes_ptr="*i64", q_ptr="*i64", valid_ptr="*u8", hist_ptr="*i32", n=_I32, nq=_I32, n_splits=_I32,
-                    n_qblocks=_I32, thr_ptr="*i64", cut_ptr="*i64", slot_ptr="*i64", ties_ptr="*i64",
-                    count_ptr="*i64", out_d_ptr="*i32", out_r_ptr="*i64", out_cols=_I32)
-INT4_ARGS = dict(words_ptr="*i32", halves_ptr="*fp16", floats_ptr="*fp32", qscale_ptr="*fp32", valid_ptr="*u8",
-                 out_ptr="*i64", row0=_I32, n=_I32, nq=_I32, n_splits=_I32, n_qblocks=_I32)
+HAMMING_ARGS = dict(
+    codes_ptr="*i64",
+    q_ptr="*i64",
+    valid_ptr="*u8",
+    hist_ptr="*i32",
+    n=_I32,
+    nq=_I32,
+    n_splits=_I32,
+    n_qblocks=_I32,
+    thr_ptr="*i64",
+    cut_ptr="*i64",
+    slot_ptr="*i64",
+    ties_ptr="*i64",
+    count_ptr="*i64",
+    out_d_ptr="*i32",
+    out_r_ptr="*i64",
+    out_cols=_I32,
+)
+INT4_ARGS = dict(
+    words_ptr="*i32",
+    halves_ptr="*fp16",
+    floats_ptr="*fp32",
+    qscale_ptr="*fp32",
+    valid_ptr="*u8",
+    out_ptr="*i64",
+    row0=_I32,
+    n=_I32,
+    nq=_I32,
+    n_splits=_I32,
+    n_qblocks=_I32,
+)
 
 
 def compile_for(kernel, arg_types: dict, meta: dict, capability: int):
@@ -111,7 +137,11 @@ def test_kernels_in_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(path)}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).with_name(KERNEL_TESTS))],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"the interpreter run failed:\n{out[-8000:]}"

@@ -32,7 +32,17 @@ from quant_retriever.codecs.floats import Float16, Float32
 from quant_retriever.codecs.int4 import Int4
 from quant_retriever.codecs.int8 import Int8
 
-__all__ = ["FLOAT32_MAX", "Codec", "CodecName", "CODECS", "CODEC_NAMES", "RescoreDtype", "RESCORE_DTYPES", "make_codec", "split_norm"]
+__all__ = [
+    "FLOAT32_MAX",
+    "Codec",
+    "CodecName",
+    "CODECS",
+    "CODEC_NAMES",
+    "RescoreDtype",
+    "RESCORE_DTYPES",
+    "make_codec",
+    "split_norm",
+]
 
 CodecName = Literal["int4", "binary", "int8", "fp16", "fp32"]
 #: The registry: format name -> class.

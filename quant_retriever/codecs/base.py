@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -46,7 +47,7 @@ class Codec:
         self.dim = dim
 
     @classmethod
-    def create(cls, dim: int, options: dict) -> "Codec":
+    def create(cls, dim: int, options: dict) -> Codec:
         """Build from the index's options; formats without options ignore them."""
         return cls(dim)
 
@@ -109,7 +110,13 @@ class Codec:
         return torch.topk(s, n, dim=1)
 
     def candidates(
-        self, q: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None, n_valid: int, n_cand: int, k: int,
+        self,
+        q: torch.Tensor,
+        codes: torch.Tensor,
+        mask: torch.Tensor | None,
+        n_valid: int,
+        n_cand: int,
+        k: int,
         scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n_cand`` candidates per query the index rescores (or returns): ``(scores,

@@ -170,7 +170,13 @@ class Binary(Codec):
         return picked.sum(dim=1) * 2 - q.float().sum(dim=1, keepdim=True)
 
     def candidates(
-        self, q: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None, n_valid: int, n_cand: int, k: int,
+        self,
+        q: torch.Tensor,
+        codes: torch.Tensor,
+        mask: torch.Tensor | None,
+        n_valid: int,
+        n_cand: int,
+        k: int,
         scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = min(max(n_cand, WIDEN * k), n_valid)

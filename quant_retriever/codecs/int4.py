@@ -150,7 +150,7 @@ class Int4(Codec):
         self.block_size = block_size
 
     @classmethod
-    def create(cls, dim: int, options: dict) -> "Int4":
+    def create(cls, dim: int, options: dict) -> Int4:
         return cls(dim, options.get("block_size", 64))
 
     def params(self) -> dict:

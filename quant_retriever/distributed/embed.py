@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import ray
@@ -39,16 +39,25 @@ class EmbedReport:
         return self.texts / self.seconds if self.seconds > 0 else 0.0
 
     def __repr__(self) -> str:
-        return (f"EmbedReport(texts={self.texts}, dim={self.dim}, actors={self.actors}, "
-                f"seconds={self.seconds:.1f}, texts_per_second={self.texts_per_second:.1f})")
+        return (
+            f"EmbedReport(texts={self.texts}, dim={self.dim}, actors={self.actors}, "
+            f"seconds={self.seconds:.1f}, texts_per_second={self.texts_per_second:.1f})"
+        )
 
 
 class _Embedder:
     """One Ray Data actor: loads the encoder once, then embeds ``{"row", "text"}`` batches
     into ``{"row", "vector" [n, dim]}``."""
 
-    def __init__(self, model: str, precision: str | None, device: str | None, document_prompt: str | None,
-                 batch_size: int, threads: int):
+    def __init__(
+        self,
+        model: str,
+        precision: str | None,
+        device: str | None,
+        document_prompt: str | None,
+        batch_size: int,
+        threads: int,
+    ):
         import torch
 
         from quant_retriever.models import load_encoder
@@ -76,7 +85,9 @@ def _pool(actors: int | None, actor_cpus: float | None, actor_gpus: float | None
     gpus = (1.0 if free.get("GPU", 0.0) >= 1 else 0.0) if actor_gpus is None else float(actor_gpus)
     cpus = min(1.0, free.get("CPU", 0.0)) if actor_cpus is None else float(actor_cpus)
     if cpus <= 0 and gpus <= 0:
-        raise ValueError("the Ray cluster has no free CPU or GPU for embedding actors; pass actor_cpus= (e.g. 0.5) or add nodes.")
+        raise ValueError(
+            "the Ray cluster has no free CPU or GPU for embedding actors; pass actor_cpus= (e.g. 0.5) or add nodes."
+        )
     if actors is None:
         actors = max(1, int(free.get("GPU", 0.0) // gpus) if gpus else int(free.get("CPU", 0.0) // cpus))
     return _positive(actors, "actors"), {"num_cpus": cpus, "num_gpus": gpus}
@@ -131,20 +142,35 @@ def embed_corpus(
     return EmbedReport(len(texts), store.dim, n_actors, time.perf_counter() - started)
 
 
-def _embed(store, ids: list[str], texts: list[str], metadatas: list, encoder: dict, batch_size: int,
-           n_actors: int, resources: dict, show_progress: bool) -> None:
+def _embed(
+    store,
+    ids: list[str],
+    texts: list[str],
+    metadatas: list,
+    encoder: dict,
+    batch_size: int,
+    n_actors: int,
+    resources: dict,
+    show_progress: bool,
+) -> None:
     import pyarrow as pa
 
     # blocks of whole batches, at least two per actor and at most 4 batches each: the pool stays
     # busy and the bar moves; each actor embeds consecutive batch_size slices of a block
     n_batches = -(-len(texts) // batch_size)
     block = batch_size * min(4, max(1, -(-n_batches // (2 * n_actors))))
-    tables = [pa.table({"row": np.arange(a, min(a + block, len(texts))), "text": texts[a : a + block]})
-              for a in range(0, len(texts), block)]
+    tables = [
+        pa.table({"row": np.arange(a, min(a + block, len(texts))), "text": texts[a : a + block]})
+        for a in range(0, len(texts), block)
+    ]
     embedder = dict(encoder, batch_size=batch_size, threads=max(1, int(resources["num_cpus"])))
     vectors = ray.data.from_arrow(tables).map_batches(
-        _Embedder, fn_constructor_kwargs=embedder, batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=n_actors), **resources,
+        _Embedder,
+        fn_constructor_kwargs=embedder,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=n_actors),
+        **resources,
     )
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars, context.print_on_execution_start
@@ -154,7 +180,9 @@ def _embed(store, ids: list[str], texts: list[str], metadatas: list, encoder: di
         with tqdm(total=len(texts), desc="embedding (ray)", unit="text", disable=not show_progress) as bar:
             for batch in vectors.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy"):
                 rows = batch["row"].tolist()
-                store.upsert([ids[r] for r in rows], batch["vector"], [texts[r] for r in rows], [metadatas[r] for r in rows])
+                store.upsert(
+                    [ids[r] for r in rows], batch["vector"], [texts[r] for r in rows], [metadatas[r] for r in rows]
+                )
                 written += len(rows)
                 bar.update(len(rows))
     except RayError as exc:  # an embedding actor failed (a model that does not load, out of memory)

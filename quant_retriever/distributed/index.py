@@ -100,8 +100,15 @@ class ShardedIndex(Sharded):
         self._create(lambda p: ((dim, codec, rescore, p, device, block_size), {"rescore_dtype": rescore_dtype}))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None, *, shards: int | None = None,
-             actor_options: dict | None = None, read_only: bool = False) -> "ShardedIndex":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        *,
+        shards: int | None = None,
+        actor_options: dict | None = None,
+        read_only: bool = False,
+    ) -> ShardedIndex:
         """Open a sharded index directory (written by a persistent ``ShardedIndex`` or
         :meth:`save`). ``shards``, when given, must match the directory's count;
         ``read_only=True`` opens every shard read-only (see ``QuantizedIndex.load``)."""
@@ -135,8 +142,10 @@ class ShardedIndex(Sharded):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"shards={self.shards}"
-        return (f"ShardedIndex(dim={self.dim}, codec={self.codec_name!r}, rescore={self.rescore}, {state}, "
-                f"path={str(self.path) if self.path else None!r})")
+        return (
+            f"ShardedIndex(dim={self.dim}, codec={self.codec_name!r}, rescore={self.rescore}, {state}, "
+            f"path={str(self.path) if self.path else None!r})"
+        )
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
@@ -206,7 +215,9 @@ class ShardedIndex(Sharded):
             self._check_usable()
             if ids is None:
                 if self._next_id + len(x) - 1 > MAX_ID:
-                    raise ValueError(f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly.")
+                    raise ValueError(
+                        f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly."
+                    )
                 new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
             else:
                 new_ids = _as_ids(ids, len(x))
@@ -216,7 +227,9 @@ class ShardedIndex(Sharded):
             parts = split_by_shard(_route_ints(new_ids, self.shards))
             before = self._next_id
             self._reserve(max(before, int(new_ids.max()) + 1))
-            done, failed = self._gather(self._send("add", {s: ((x[rows], new_ids[rows]), {}) for s, rows in parts.items()}))
+            done, failed = self._gather(
+                self._send("add", {s: ((x[rows], new_ids[rows]), {}) for s, rows in parts.items()})
+            )
             if failed:
                 self._gather(self._send("remove", {s: ((new_ids[parts[s]],), {}) for s in done}, check=False))
                 self._reserve(before)

@@ -30,19 +30,25 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import ray
 import torch
 from ray.exceptions import RayActorError, RayError
 
-from quant_retriever.index import MANIFEST
 from quant_retriever.files import (
-    DirectoryLock, Int, OneOf, prepare_new_directory, read_json, write_directory, write_json_atomic,
+    DirectoryLock,
+    Int,
+    OneOf,
+    prepare_new_directory,
+    read_json,
+    write_directory,
+    write_json_atomic,
 )
+from quant_retriever.index import MANIFEST
 
 __all__ = ["ROUTING", "ShardError", "shard_of"]
 
@@ -87,9 +93,13 @@ def _route_ints(ids: np.ndarray, shards: int) -> np.ndarray:
 def _route_strs(ids: Sequence[str], shards: int) -> np.ndarray:
     """The first 8 bytes of BLAKE2b of each id's UTF-8, little-endian, mod ``shards``."""
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") % shards
-         for i in ids),
-        dtype=np.int64, count=len(ids),
+        (
+            int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+            % shards
+            for i in ids
+        ),
+        dtype=np.int64,
+        count=len(ids),
     )
 
 
@@ -151,6 +161,7 @@ class _ShardActor:
 
     def setup(self, kind: str, how: str, args: tuple, kwargs: dict) -> tuple:
         """Create (``how="new"``) or open the shard's object; returns its description."""
+
         def build() -> dict:
             from quant_retriever.index import QuantizedIndex
             from quant_retriever.store import QuantizedStore
@@ -161,8 +172,13 @@ class _ShardActor:
             index = self._obj if kind == "index" else self._obj.index
             info = {"dim": self._obj.dim, "metric": getattr(self._obj, "metric", None)}
             if index is not None:
-                info.update(codec=index.codec_name, rescore=index.rescore, rescore_dtype=index.rescore_dtype,
-                            block_size=index.block_size, device=str(index.device))
+                info.update(
+                    codec=index.codec_name,
+                    rescore=index.rescore,
+                    rescore_dtype=index.rescore_dtype,
+                    block_size=index.block_size,
+                    device=str(index.device),
+                )
             return info
 
         return _outcome(build)
@@ -170,6 +186,7 @@ class _ShardActor:
     def call(self, name: str, args: tuple, kwargs: dict) -> tuple:
         """``obj.<name>(*args, **kwargs)``; ``"index.<name>"`` calls a store's index (``None``
         while the store has none). Generators come back as lists."""
+
         def run():
             target, attr = self._obj, name
             if attr.startswith("index."):
@@ -335,31 +352,48 @@ class Sharded:
         for key in infos[0]:
             values = {info.get(key) for info in infos.values()} - {None}
             if len(values) > 1:
-                raise ValueError(f"the shards disagree on {key}: {sorted(map(str, values))}; they belong to different stores.")
+                raise ValueError(
+                    f"the shards disagree on {key}: {sorted(map(str, values))}; they belong to different stores."
+                )
             merged[key] = values.pop() if values else None
         self._info = merged
 
     def _manifest(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "kind": self._KIND, "shards": self.shards,
-                "routing": ROUTING, "next_id": self._next_id}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": self._KIND,
+            "shards": self.shards,
+            "routing": ROUTING,
+            "next_id": self._next_id,
+        }
 
     # ------------------------------------------------------------------ fan-out
     def _check_usable(self) -> None:
         if self._closed:
             name = type(self).__name__
-            raise ValueError(f"this {name} was closed; open it again with {name}.{self._OPEN}(path) if it was persistent.")
+            raise ValueError(
+                f"this {name} was closed; open it again with {name}.{self._OPEN}(path) if it was persistent."
+            )
         if self._dead:
             raise self._dead_error()
 
     def _dead_error(self) -> ShardError:
         down = "; ".join(f"shard {i}: {why}" for i, why in sorted(self._dead.items()))
         if self.path is not None:
-            hint = (f"call restart() to reopen them from {self.path}/shard-N, or close() and "
-                    f"{type(self).__name__}.{self._OPEN}({str(self.path)!r})")
+            hint = (
+                f"call restart() to reopen them from {self.path}/shard-N, or close() and "
+                f"{type(self).__name__}.{self._OPEN}({str(self.path)!r})"
+            )
         else:
-            hint = "their data lived in the actors' memory and is lost: close() and rebuild (a path makes shards persistent)"
-        return ShardError(f"{len(self._dead)} of {self.shards} shards are down ({down}). No partial results are returned; {hint}.",
-                          sorted(self._dead))
+            hint = (
+                "their data lived in the actors' memory and is lost: close() and rebuild "
+                "(a path makes shards persistent)"
+            )
+        return ShardError(
+            f"{len(self._dead)} of {self.shards} shards are down ({down}). No partial results are returned; {hint}.",
+            sorted(self._dead),
+        )
 
     def _every(self, *args, **kwargs) -> dict[int, Call]:
         return {i: (args, kwargs) for i in range(self.shards)}
@@ -410,7 +444,8 @@ class Sharded:
             first = failed[min(failed)]
             raise ShardError(
                 f"{name} was applied on shard(s) {sorted(done)} but failed on shard(s) {sorted(failed)}: {first} "
-                "Writes by id are idempotent: repeat the call once every shard is up.", sorted(failed)
+                "Writes by id are idempotent: repeat the call once every shard is up.",
+                sorted(failed),
             ) from first
         return self._raise_failures(done, failed)
 
@@ -489,7 +524,9 @@ class Sharded:
             for i, ids in sorted(self._shard_ids().items()):
                 wrong = np.flatnonzero(shard_of(ids, self.shards) != i)
                 if len(wrong):
-                    problems.append(f"shard {i}: {len(wrong)} ids belong to other shards, e.g. {[ids[j] for j in wrong[:3]]!r}")
+                    problems.append(
+                        f"shard {i}: {len(wrong)} ids belong to other shards, e.g. {[ids[j] for j in wrong[:3]]!r}"
+                    )
             if self.path is not None:
                 try:
                     if read_manifest(self.path) != self._manifest():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -13,9 +13,17 @@ from quant_retriever.codecs import CodecName, make_codec
 from quant_retriever.distributed.index import _host, _sum_memory
 from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_strs, split_by_shard
 from quant_retriever.files import replace_directory
-from quant_retriever.index import MemoryUsage, as_vectors
 from quant_retriever.filters import check_filter
-from quant_retriever.store import METRICS, Filter, Metric, Record, check_documents, check_strings, check_rescore_multiplier
+from quant_retriever.index import MemoryUsage, as_vectors
+from quant_retriever.store import (
+    METRICS,
+    Filter,
+    Metric,
+    Record,
+    check_documents,
+    check_rescore_multiplier,
+    check_strings,
+)
 
 __all__ = ["ShardedStore"]
 
@@ -58,16 +66,39 @@ class ShardedStore(Sharded):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
         self._setup(shards, path, device, actor_options)
-        self._create(lambda p: ((dim, codec, p), {"rescore": rescore, "device": device, "block_size": block_size,
-                                                   "rescore_dtype": rescore_dtype, "metric": metric}))
+        self._create(
+            lambda p: (
+                (dim, codec, p),
+                {
+                    "rescore": rescore,
+                    "device": device,
+                    "block_size": block_size,
+                    "rescore_dtype": rescore_dtype,
+                    "metric": metric,
+                },
+            )
+        )
         # before the first vectors the shards have no index to describe: keep what they were given
-        given = dict(codec=codec, rescore=(not make_codec(codec, 8, block_size=block_size).exact) if rescore is None else rescore,
-                     rescore_dtype=rescore_dtype, block_size=block_size, device=device or "auto", metric=metric)
+        given = dict(
+            codec=codec,
+            rescore=(not make_codec(codec, 8, block_size=block_size).exact) if rescore is None else rescore,
+            rescore_dtype=rescore_dtype,
+            block_size=block_size,
+            device=device or "auto",
+            metric=metric,
+        )
         self._info.update({k: v for k, v in given.items() if self._info.get(k) is None})
 
     @classmethod
-    def open(cls, path: str | os.PathLike, device: str | None = None, *, shards: int | None = None,
-             actor_options: dict | None = None, read_only: bool = False) -> "ShardedStore":
+    def open(
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        *,
+        shards: int | None = None,
+        actor_options: dict | None = None,
+        read_only: bool = False,
+    ) -> ShardedStore:
         """Reopen a persistent sharded store (each shard reconciles a write a crash
         interrupted). ``shards``, when given, must match the directory's count.
         ``read_only=True`` opens every shard read-only (see ``QuantizedStore.open``)."""
@@ -128,7 +159,9 @@ class ShardedStore(Sharded):
         return split_by_shard(_route_strs(ids, self.shards))
 
     # ------------------------------------------------------------------ writes
-    def upsert(self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None) -> list[str]:
+    def upsert(
+        self, ids: Sequence[str], vectors, texts: Sequence[str], metadatas: Sequence[dict | None] | None = None
+    ) -> list[str]:
         """Add documents, replacing those whose ids exist (see ``QuantizedStore.upsert``);
         each shard takes the documents it owns. Returns the ids."""
         check_documents(ids, texts, metadatas)  # the whole batch, before any shard takes its part
@@ -153,7 +186,9 @@ class ShardedStore(Sharded):
         """Delete documents by id; returns the ids that existed (unknown ids are ignored)."""
         ids = check_strings(ids, "ids")
         with self._lock:
-            found = self._write("delete", {s: (([ids[j] for j in rows],), {}) for s, rows in self._by_shard(ids).items()})
+            found = self._write(
+                "delete", {s: (([ids[j] for j in rows],), {}) for s, rows in self._by_shard(ids).items()}
+            )
             existed = {i for part in found.values() for i in part}
             return [i for i in dict.fromkeys(ids) if i in existed]
 
@@ -200,7 +235,9 @@ class ShardedStore(Sharded):
         if not records:
             return out
         parts = self._by_shard([r.id for r in records])
-        for s, vecs in self._read("vectors", {s: (([records[j] for j in rows],), {}) for s, rows in parts.items()}).items():
+        for s, vecs in self._read(
+            "vectors", {s: (([records[j] for j in rows],), {}) for s, rows in parts.items()}
+        ).items():
             out[parts[s]] = vecs
         return out
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
-from typing_extensions import override
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -16,6 +15,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from pydantic import ConfigDict
+from typing_extensions import override
 
 from quant_retriever.codecs import CodecName, RescoreDtype
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
@@ -24,9 +24,21 @@ from quant_retriever.store import QuantizedStore, Record, check_rescore_multipli
 __all__ = ["QuantizedVectorStore", "QuantizedRetriever"]
 
 _OPS = {
-    "$eq": "eq", "$ne": "ne", "$lt": "lt", "$lte": "lte", "$gt": "gt", "$gte": "gte",
-    "$in": "in", "$nin": "nin", "$contains": "contains", "$any": "any", "$all": "all",
-    "$like": "like", "$ilike": "ilike", "$substring": "substring", "$isubstring": "isubstring",
+    "$eq": "eq",
+    "$ne": "ne",
+    "$lt": "lt",
+    "$lte": "lte",
+    "$gt": "gt",
+    "$gte": "gte",
+    "$in": "in",
+    "$nin": "nin",
+    "$contains": "contains",
+    "$any": "any",
+    "$all": "all",
+    "$like": "like",
+    "$ilike": "ilike",
+    "$substring": "substring",
+    "$isubstring": "isubstring",
 }
 _FLAGS = {"$is_empty": "is_empty", "$exists": "exists"}  # {"$is_empty": True/False}
 LangChainFilter = dict | Callable[[Document], bool]
@@ -107,12 +119,24 @@ class QuantizedVectorStore(VectorStore):
             raise TypeError(f"embedding must be a LangChain Embeddings; got {type(embedding).__name__}.")
         rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
         if store is None and path is not None and QuantizedStore.exists(path):
-            raise ValueError(f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding).")
+            raise ValueError(
+                f"{path} already holds a store; reopen it with QuantizedVectorStore.load(path, embedding)."
+            )
         self.embedding = embedding
         self.rescore_multiplier = rescore_multiplier
-        self.store = store if store is not None else QuantizedStore(
-            None, codec, path, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype,
-            metric="cosine",
+        self.store = (
+            store
+            if store is not None
+            else QuantizedStore(
+                None,
+                codec,
+                path,
+                rescore=rescore,
+                device=device,
+                block_size=block_size,
+                rescore_dtype=rescore_dtype,
+                metric="cosine",
+            )
         )
 
     @classmethod
@@ -157,7 +181,9 @@ class QuantizedVectorStore(VectorStore):
         if ids is not None and len(ids) != len(texts):
             raise ValueError(f"ids must be the same length as texts. Got {len(ids)} ids and {len(texts)} texts.")
         if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"metadatas must be the same length as texts. Got {len(metadatas)} metadatas and {len(texts)} texts.")
+            raise ValueError(
+                f"metadatas must be the same length as texts. Got {len(metadatas)} metadatas and {len(texts)} texts."
+            )
         if not texts:
             return []
         ids = [i if i is not None else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
@@ -185,7 +211,9 @@ class QuantizedVectorStore(VectorStore):
             allowed = [r.id for r in self.store.records() if filter(_to_document(r))]
         elif filter is not None:
             where = filter_from_dict(filter)
-        return self.store.search(np.asarray(vector, dtype=np.float32), k, self.rescore_multiplier, where=where, ids=allowed)[0]
+        return self.store.search(
+            np.asarray(vector, dtype=np.float32), k, self.rescore_multiplier, where=where, ids=allowed
+        )[0]
 
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
@@ -205,7 +233,9 @@ class QuantizedVectorStore(VectorStore):
         return self.similarity_search_with_score_by_vector(self.embedding.embed_query(query), k, filter)
 
     @override
-    def similarity_search(self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any) -> list[Document]:
+    def similarity_search(
+        self, query: str, k: int = 4, filter: LangChainFilter | None = None, **kwargs: Any
+    ) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, filter)]
 
     @override
@@ -229,7 +259,9 @@ class QuantizedVectorStore(VectorStore):
         if not hits:
             return []
         vectors = self.store.vectors([r for r, _ in hits])
-        chosen = maximal_marginal_relevance(np.asarray(embedding, dtype=np.float32), vectors, lambda_mult=lambda_mult, k=k)
+        chosen = maximal_marginal_relevance(
+            np.asarray(embedding, dtype=np.float32), vectors, lambda_mult=lambda_mult, k=k
+        )
         return [_to_document(hits[i][0]) for i in chosen]
 
     @override
@@ -256,7 +288,7 @@ class QuantizedVectorStore(VectorStore):
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
-    ) -> "QuantizedVectorStore":
+    ) -> QuantizedVectorStore:
         """Create a store (``kwargs`` go to the constructor) and add ``texts``."""
         store = cls(embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)

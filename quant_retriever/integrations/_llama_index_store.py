@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
-from typing_extensions import override
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.indices.query.embedding_utils import get_top_k_mmr_embeddings
 from llama_index.core.schema import BaseNode, MetadataMode
@@ -21,6 +21,7 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryResult,
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+from typing_extensions import override
 
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
 from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier, recover_replacement
@@ -28,9 +29,20 @@ from quant_retriever.store import QuantizedStore, Record, check_rescore_multipli
 __all__ = ["QuantizedVectorStore"]
 
 _OPS = {
-    "==": "eq", "!=": "ne", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte", "in": "in", "nin": "nin",
-    "any": "any", "all": "all", "contains": "contains", "text_match": "substring",
-    "text_match_insensitive": "isubstring", "is_empty": "is_empty",
+    "==": "eq",
+    "!=": "ne",
+    "<": "lt",
+    "<=": "lte",
+    ">": "gt",
+    ">=": "gte",
+    "in": "in",
+    "nin": "nin",
+    "any": "any",
+    "all": "all",
+    "contains": "contains",
+    "text_match": "substring",
+    "text_match_insensitive": "isubstring",
+    "is_empty": "is_empty",
 }
 _PERSIST_NAME = "{namespace}__vector_store.json"  # what StorageContext.persist passes as persist_path
 
@@ -79,8 +91,8 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     stores_text: bool = True
     flat_metadata: bool = False
     codec: str = "int4"
-    dim: Optional[int] = None
-    path: Optional[str] = None
+    dim: int | None = None
+    path: str | None = None
     rescore_multiplier: int = 4
 
     _store: QuantizedStore = PrivateAttr()
@@ -88,23 +100,29 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     def __init__(
         self,
         codec: str = "int4",
-        dim: Optional[int] = None,
-        path: Optional[str | os.PathLike] = None,
+        dim: int | None = None,
+        path: str | os.PathLike | None = None,
         rescore_multiplier: int = 4,
         *,
-        rescore: Optional[bool] = None,
-        device: Optional[str] = None,
+        rescore: bool | None = None,
+        device: str | None = None,
         block_size: int = 64,
         rescore_dtype: str = "int8",
         read_only: bool = False,
-        store: Optional[QuantizedStore] = None,
+        store: QuantizedStore | None = None,
         **kwargs: Any,
     ) -> None:
         if store is not None and path is not None:
             raise ValueError("pass either store= or path=, not both (a store knows its own path).")
         path = store.path if store is not None else path
         rescore_multiplier = check_rescore_multiplier(rescore_multiplier)
-        super().__init__(codec=codec, dim=dim, path=None if path is None else str(path), rescore_multiplier=rescore_multiplier, **kwargs)
+        super().__init__(
+            codec=codec,
+            dim=dim,
+            path=None if path is None else str(path),
+            rescore_multiplier=rescore_multiplier,
+            **kwargs,
+        )
         if store is not None:
             self._store = store
         elif path is not None and QuantizedStore.exists(path):
@@ -115,7 +133,13 @@ class QuantizedVectorStore(BasePydanticVectorStore):
             if read_only:
                 raise ValueError(f"read_only=True opens an existing store; there is none at {path}.")
             self._store = QuantizedStore(
-                dim, codec, path, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype,
+                dim,
+                codec,
+                path,
+                rescore=rescore,
+                device=device,
+                block_size=block_size,
+                rescore_dtype=rescore_dtype,
                 metric="cosine",
             )
         self.dim = self._store.dim
@@ -123,7 +147,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     @classmethod
     def from_persist_dir(
         cls, persist_dir: str | os.PathLike, namespace: str = "default", fs: Any = None, **kwargs: Any
-    ) -> "QuantizedVectorStore":
+    ) -> QuantizedVectorStore:
         """Reopen a store: ``persist_dir`` is a store directory (a ``path=`` store), or the
         directory ``StorageContext.persist(persist_dir=...)`` wrote, whose vector store of
         ``namespace`` is in ``<namespace>__vector_store.json/``. ``kwargs`` go to the
@@ -157,7 +181,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
 
     # ------------------------------------------------------------------ writes
     @override
-    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
         """Add nodes with embeddings; a node id that already exists is replaced."""
         if not nodes:
             return []
@@ -182,7 +206,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
 
     @override
     def delete_nodes(
-        self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None, **delete_kwargs: Any
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
     ) -> None:
         """Delete nodes by id and/or filter (both given: nodes matching both; neither: all)."""
         self._store.delete([r.id for r in self._records(node_ids, filters)])
@@ -204,7 +228,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         self._store.save_replacing(persist_path)
 
     # ------------------------------------------------------------------ reads
-    def _records(self, node_ids: Optional[List[str]], filters: Optional[MetadataFilters]) -> list[Record]:
+    def _records(self, node_ids: list[str] | None, filters: MetadataFilters | None) -> list[Record]:
         where = filters_to_tree(filters) if filters is not None else None
         if node_ids is not None:  # as SimpleVectorStore: None is no restriction, [] matches nothing
             wanted = {r.id for r in self._store.get(node_ids)}
@@ -212,7 +236,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         return list(self._store.records(where))
 
     @override
-    def get_nodes(self, node_ids: Optional[List[str]] = None, filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+    def get_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None) -> list[BaseNode]:
         return [self._to_node(r) for r in self._records(node_ids, filters)]
 
     @staticmethod
@@ -242,7 +266,10 @@ class QuantizedVectorStore(BasePydanticVectorStore):
             if hits:
                 vectors = self._store.vectors([r for r, _ in hits])
                 sims, chosen = get_top_k_mmr_embeddings(
-                    q.tolist(), vectors.tolist(), similarity_top_k=k, embedding_ids=list(range(len(hits))),
+                    q.tolist(),
+                    vectors.tolist(),
+                    similarity_top_k=k,
+                    embedding_ids=list(range(len(hits))),
                     mmr_threshold=kwargs.get("mmr_threshold", query.mmr_threshold),
                 )
                 hits = [(hits[i][0], float(s)) for i, s in zip(chosen, sims)]

@@ -37,8 +37,8 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["Library", "cache_dir", "native_enabled"]
 
@@ -189,5 +189,10 @@ def _install(built: Path, directory: Path, name: str) -> None:
 
 def signature(*kinds: str) -> list:
     """ctypes argtypes from short names: ``p`` pointer, ``i64``, ``i32``, ``f32``."""
-    table: dict[str, Callable] = {"p": ctypes.c_void_p, "i64": ctypes.c_int64, "i32": ctypes.c_int, "f32": ctypes.c_float}
+    table: dict[str, Callable] = {
+        "p": ctypes.c_void_p,
+        "i64": ctypes.c_int64,
+        "i32": ctypes.c_int,
+        "f32": ctypes.c_float,
+    }
     return [table[k] for k in kinds]

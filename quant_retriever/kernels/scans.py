@@ -11,7 +11,13 @@ import torch
 from quant_retriever.kernels.build import Library, signature
 
 __all__ = [
-    "LIBRARY", "available", "int4_scan", "hamming_scan", "hamming_select", "binary_candidates", "dense_scan",
+    "LIBRARY",
+    "available",
+    "int4_scan",
+    "hamming_scan",
+    "hamming_select",
+    "binary_candidates",
+    "dense_scan",
     "FUSED_MAX_QUERIES",
 ]
 
@@ -92,8 +98,18 @@ def int4_scan(
         qe, qo = qe.contiguous(), qo.contiguous()
         qsum = q.view(nq, nb, -1).sum(dim=2).contiguous()
         lib.int4_scan_fused(
-            codes.data_ptr(), n, codes.shape[1], half_p, nb, qe.data_ptr(), qo.data_ptr(), qsum.data_ptr(),
-            nq, vp, out.data_ptr(), threads,
+            codes.data_ptr(),
+            n,
+            codes.shape[1],
+            half_p,
+            nb,
+            qe.data_ptr(),
+            qo.data_ptr(),
+            qsum.data_ptr(),
+            nq,
+            vp,
+            out.data_ptr(),
+            threads,
         )
     else:  # rows are decoded as [even elements, odd elements]: split the queries the same way
         qs, p16 = _padded_queries(torch.cat([qe, qo], dim=1))
@@ -111,7 +127,12 @@ def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | No
     codes, qcodes = codes.contiguous(), qcodes.contiguous()
     out = torch.empty(qcodes.shape[0], codes.shape[0], dtype=torch.int32)
     lib.hamming_scan(
-        codes.data_ptr(), codes.shape[0], codes.shape[1] // 8, qcodes.data_ptr(), qcodes.shape[0], out.data_ptr(),
+        codes.data_ptr(),
+        codes.shape[0],
+        codes.shape[1] // 8,
+        qcodes.data_ptr(),
+        qcodes.shape[0],
+        out.data_ptr(),
         _threads(codes.shape[0], qcodes.shape[0]),
     )
     return out
@@ -134,8 +155,16 @@ def hamming_select(
     dist = torch.empty(nq, keep, dtype=torch.int32)
     rows = torch.empty(nq, keep, dtype=torch.int64)
     lib.hamming_select(
-        codes.data_ptr(), n, codes.shape[1] // 8, qcodes.data_ptr(), nq, None if mask is None else mask.data_ptr(),
-        keep, dist.data_ptr(), rows.data_ptr(), _threads(n, nq),
+        codes.data_ptr(),
+        n,
+        codes.shape[1] // 8,
+        qcodes.data_ptr(),
+        nq,
+        None if mask is None else mask.data_ptr(),
+        keep,
+        dist.data_ptr(),
+        rows.data_ptr(),
+        _threads(n, nq),
     )
     return dist, rows
 
@@ -160,8 +189,18 @@ def binary_candidates(
     scores = torch.empty(nq, n_cand, dtype=torch.float32)
     rows = torch.empty(nq, n_cand, dtype=torch.int64)
     lib.binary_candidates(
-        codes.data_ptr(), n, words, qbits.data_ptr(), qf.data_ptr(), nq, vp, width, n_cand, scores.data_ptr(),
-        rows.data_ptr(), _threads(n, nq),
+        codes.data_ptr(),
+        n,
+        words,
+        qbits.data_ptr(),
+        qf.data_ptr(),
+        nq,
+        vp,
+        width,
+        n_cand,
+        scores.data_ptr(),
+        rows.data_ptr(),
+        _threads(n, nq),
     )
     return scores, rows
 
@@ -189,7 +228,17 @@ def dense_scan(
     qs, p16 = _padded_queries(q.float())
     out = torch.empty(nq, n, dtype=torch.float32)
     fn(
-        codes.data_ptr(), n, codes.shape[1], dim, factor_offset, n_factors, qs.data_ptr(), nq, p16, vp,
-        out.data_ptr(), _threads(n, nq),
+        codes.data_ptr(),
+        n,
+        codes.shape[1],
+        dim,
+        factor_offset,
+        n_factors,
+        qs.data_ptr(),
+        nq,
+        p16,
+        vp,
+        out.data_ptr(),
+        _threads(n, nq),
     )
     return out

@@ -56,7 +56,7 @@ def enabled() -> bool:
     return os.environ.get("QUANT_RETRIEVER_TRITON", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -59,9 +59,25 @@ def _tile(codes_ptr, valid_ptr, rows, words, n, W: tl.constexpr, HAS_VALID: tl.c
 
 
 @triton.jit
-def _histogram(codes_ptr, q_ptr, valid_ptr, hist_ptr, n, nq, n_splits, n_qblocks,
-               W: tl.constexpr, WP: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, QB: tl.constexpr,
-               NBINS: tl.constexpr, SHIFT: tl.constexpr, HAS_VALID: tl.constexpr, NATIVE: tl.constexpr):
+def _histogram(
+    codes_ptr,
+    q_ptr,
+    valid_ptr,
+    hist_ptr,
+    n,
+    nq,
+    n_splits,
+    n_qblocks,
+    W: tl.constexpr,
+    WP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QB: tl.constexpr,
+    NBINS: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    NATIVE: tl.constexpr,
+):
     # the programs of one split are adjacent, so its query blocks after the first find its rows in L2
     qb = tl.program_id(0) % n_qblocks
     split = tl.program_id(0) // n_qblocks
@@ -78,15 +94,37 @@ def _histogram(codes_ptr, q_ptr, valid_ptr, hist_ptr, n, nq, n_splits, n_qblocks
             acc += tl.where(qidx[:, None] == i, h[None, :], 0)
     qs = q0 + qidx
     bins = tl.arange(0, NBINS)
-    tl.store(hist_ptr + (qs[:, None].to(tl.int64) * n_splits + split) * NBINS + bins[None, :], acc,
-             mask=(qs < nq)[:, None])
+    tl.store(
+        hist_ptr + (qs[:, None].to(tl.int64) * n_splits + split) * NBINS + bins[None, :], acc, mask=(qs < nq)[:, None]
+    )
 
 
 @triton.jit
-def _emit(codes_ptr, q_ptr, valid_ptr, thr_ptr, cut_ptr, slot_ptr, ties_ptr, count_ptr, out_d_ptr, out_r_ptr,
-          n, nq, n_splits, n_qblocks, out_cols,
-          W: tl.constexpr, WP: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, QB: tl.constexpr,
-          SHIFT: tl.constexpr, HAS_VALID: tl.constexpr, NATIVE: tl.constexpr):
+def _emit(
+    codes_ptr,
+    q_ptr,
+    valid_ptr,
+    thr_ptr,
+    cut_ptr,
+    slot_ptr,
+    ties_ptr,
+    count_ptr,
+    out_d_ptr,
+    out_r_ptr,
+    n,
+    nq,
+    n_splits,
+    n_qblocks,
+    out_cols,
+    W: tl.constexpr,
+    WP: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QB: tl.constexpr,
+    SHIFT: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+    NATIVE: tl.constexpr,
+):
     qb = tl.program_id(0) % n_qblocks
     split = tl.program_id(0) // n_qblocks
     q0 = qb * QB
@@ -144,8 +182,18 @@ def _plan(hist: torch.Tensor, keep: int, exact: bool):
     return thr, cut, slot.contiguous(), ties.contiguous(), count.contiguous(), width
 
 
-def config(n: int, nq: int, row_bytes: int, device: torch.device, has_valid: bool, exact: bool, *,
-           block_rows: int = BLOCK_ROWS, split: int | None = None, query_block: int = QUERY_BLOCK) -> dict:
+def config(
+    n: int,
+    nq: int,
+    row_bytes: int,
+    device: torch.device,
+    has_valid: bool,
+    exact: bool,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    split: int | None = None,
+    query_block: int = QUERY_BLOCK,
+) -> dict:
     """The launch parameters of ``_histogram`` and ``_emit`` (their constexprs, ``NBINS``
     ``_histogram``'s alone, and compile options) for ``nq`` queries over ``n`` rows; keywords
     override the defaults."""
@@ -158,13 +206,29 @@ def config(n: int, nq: int, row_bytes: int, device: torch.device, has_valid: boo
     if split is None:  # enough programs, and a bounded histogram
         split = split_rows(n, device, block_rows, MAX_SPLIT_ROWS)
         split = max(split, next_pow2(-(-n * nq * nbins // HIST_BUDGET)))
-    return dict(W=w, WP=next_pow2(w), SPLIT=split, BLOCK_N=block_rows, QB=min(query_block, next_pow2(nq)),
-                NBINS=nbins, SHIFT=shift, HAS_VALID=has_valid, NATIVE=not INTERPRETED,
-                enable_fp_fusion=True)  # no float math; explicit, so Triton 3.9 does not warn
+    return dict(
+        W=w,
+        WP=next_pow2(w),
+        SPLIT=split,
+        BLOCK_N=block_rows,
+        QB=min(query_block, next_pow2(nq)),
+        NBINS=nbins,
+        SHIFT=shift,
+        HAS_VALID=has_valid,
+        NATIVE=not INTERPRETED,
+        enable_fp_fusion=True,
+    )  # no float math; explicit, so Triton 3.9 does not warn
 
 
-def topk(qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, *, exact: bool = False,
-         **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(
+    qcodes: torch.Tensor,
+    codes: torch.Tensor,
+    valid: torch.Tensor | None,
+    keep: int,
+    *,
+    exact: bool = False,
+    **overrides,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dist [nq, keep] int32, rows [nq, keep] int64)``, best first: see ``hamming_topk``.
     Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``);
     ``overrides`` go to :func:`config`."""
@@ -183,8 +247,9 @@ def topk(qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, 
         return topk(qcodes, codes, valid, keep, exact=True, **overrides)
     out_d = torch.full((nq, width), INT32_MAX, dtype=torch.int32, device=codes.device)
     out_r = torch.full((nq, width), n, dtype=torch.int64, device=codes.device)
-    _emit[grid](words, qwords, mask, thr, cut, slot, ties, count, out_d, out_r,
-                n, nq, n_splits, n_qblocks, width, **meta)
+    _emit[grid](
+        words, qwords, mask, thr, cut, slot, ties, count, out_d, out_r, n, nq, n_splits, n_qblocks, width, **meta
+    )
     n_valid = n if valid is None else int(valid.sum())
     if n_valid < keep:  # too few valid rows: pad with the others, in row order (as the C kernel)
         pad = torch.nonzero(~valid)[: keep - n_valid, 0]

@@ -58,11 +58,35 @@ def _nibbles(w, F16: tl.constexpr):
 
 
 @triton.jit
-def _topk_kernel(words_ptr, halves_ptr, floats_ptr, qa_ptr, qb_ptr, qsa_ptr, qsb_ptr, qscale_ptr, valid_ptr,
-                 out_ptr, row0, n, nq, n_splits, n_qblocks,
-                 RW: tl.constexpr, NW: tl.constexpr, WPB: tl.constexpr, NB: tl.constexpr, WC: tl.constexpr,
-                 SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, QB: tl.constexpr, KP: tl.constexpr,
-                 DOT: tl.constexpr, SELECT: tl.constexpr, HAS_VALID: tl.constexpr):
+def _topk_kernel(
+    words_ptr,
+    halves_ptr,
+    floats_ptr,
+    qa_ptr,
+    qb_ptr,
+    qsa_ptr,
+    qsb_ptr,
+    qscale_ptr,
+    valid_ptr,
+    out_ptr,
+    row0,
+    n,
+    nq,
+    n_splits,
+    n_qblocks,
+    RW: tl.constexpr,
+    NW: tl.constexpr,
+    WPB: tl.constexpr,
+    NB: tl.constexpr,
+    WC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QB: tl.constexpr,
+    KP: tl.constexpr,
+    DOT: tl.constexpr,
+    SELECT: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+):
     qblock = tl.program_id(0) % n_qblocks
     split = tl.program_id(0) // n_qblocks
     q0 = qblock * QB
@@ -147,9 +171,21 @@ def _queries(q: torch.Tensor, padded: int, dot: bool):
     return hi, (phases - hi.float()).half(), shi, (sums - shi.float()).half(), qscale
 
 
-def config(n: int, nq: int, keep: int, padded: int, block_size: int, device: torch.device, has_valid: bool, *,
-           block_rows: int = BLOCK_ROWS, split: int | None = None, words_per_chunk: int | None = None,
-           query_block: int | None = None, max_kp: int = MAX_KP) -> dict:
+def config(
+    n: int,
+    nq: int,
+    keep: int,
+    padded: int,
+    block_size: int,
+    device: torch.device,
+    has_valid: bool,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    split: int | None = None,
+    words_per_chunk: int | None = None,
+    query_block: int | None = None,
+    max_kp: int = MAX_KP,
+) -> dict:
     """The launch parameters of ``_topk_kernel`` (its constexprs and compile options) for
     ``nq`` queries keeping ``keep`` of ``n`` rows; the keyword arguments override the defaults."""
     nw = padded // 8
@@ -164,16 +200,33 @@ def config(n: int, nq: int, keep: int, padded: int, block_size: int, device: tor
         kp = split = block_rows
     return dict(
         # 32-bit words per row: the nibbles, one word of scale and offset per block, the norm
-        RW=nw + padded // block_size + 1, NW=nw, WPB=block_size // 8, NB=padded // block_size,
+        RW=nw + padded // block_size + 1,
+        NW=nw,
+        WPB=block_size // 8,
+        NB=padded // block_size,
         WC=words_per_chunk or (16 if dot else min(8, next_pow2(nw))),  # tl.dot needs K >= 16
-        SPLIT=split, BLOCK_N=block_rows, QB=qb, KP=kp, DOT=dot, SELECT=select, HAS_VALID=has_valid,
+        SPLIT=split,
+        BLOCK_N=block_rows,
+        QB=qb,
+        KP=kp,
+        DOT=dot,
+        SELECT=select,
+        HAS_VALID=has_valid,
         # multiply-adds as FMAs, explicitly: Triton 3.10 turns the default off
-        num_warps=8 if dot else 4, enable_fp_fusion=True,
+        num_warps=8 if dot else 4,
+        enable_fp_fusion=True,
     )
 
 
-def topk(q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, padded: int, block_size: int,
-         **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(
+    q: torch.Tensor,
+    codes: torch.Tensor,
+    valid: torch.Tensor | None,
+    keep: int,
+    padded: int,
+    block_size: int,
+    **overrides,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores [nq, keep] float32, rows [nq, keep] int64)``, best first: see ``int4_topk``.
     Inputs validated by the caller (contiguous, 8-byte aligned, ``0 < keep <= n < 2**31``);
     ``overrides`` go to :func:`config`."""

@@ -64,9 +64,8 @@ def main(argv=None) -> None:
     exact_ms = median_ms(lambda: float32.similarity_search_by_vector(query, k=10))
     ours_ms = median_ms(lambda: store.similarity_search_by_vector(query, k=10))
     print(f"{'InMemoryVectorStore (float32)':<34} {4 * len(query):>15} {0:>16} {exact_ms:>9.2f}")
-    print(
-        f"{'QuantizedVectorStore (int4+int8)':<34} {mem.bytes_per_vector:>15} {mem.disk_bytes_per_vector:>16} {ours_ms:>9.2f}"
-    )
+    label = "QuantizedVectorStore (int4+int8)"
+    print(f"{label:<34} {mem.bytes_per_vector:>15} {mem.disk_bytes_per_vector:>16} {ours_ms:>9.2f}")
     print(f"top-10 overlap with float32: {len(set(exact) & set(ours))}/10")
 
 

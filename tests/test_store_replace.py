@@ -18,7 +18,8 @@ import pytest
 
 import quant_retriever.files as files_module
 import quant_retriever.store as store_module
-from quant_retriever.store import QuantizedStore, recover_replacement
+from quant_retriever.files import recover_replacement
+from quant_retriever.store import QuantizedStore
 
 
 def make(n: int, tag: str, seed: int = 0) -> QuantizedStore:

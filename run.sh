@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One entry point for people and CI:
 #   ./run.sh demo          the index demo, then the LangChain and LlamaIndex examples, on a real corpus
-#   ./run.sh test [ARGS]   run the whole test suite (ARGS go to pytest)
+#   ./run.sh test [ARGS]   lint (ruff), then the whole test suite in a random order (ARGS go to pytest)
 #   ./run.sh bench [ARGS]  run benchmarks/bench_index.py
 # Creates .venv/ on first use (installing the CPU build of torch when none is importable);
-# later runs reuse it and skip installation unless pyproject.toml changed.
+# installs at the versions CI tested (constraints.txt, from `pip freeze --exclude-editable`);
+# later runs reuse it and skip installation unless pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,14 +14,18 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 PY=.venv/bin/python
-STAMP=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+STAMP=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-    if ! "$PY" -c "import torch" 2>/dev/null; then
+    if "$PY" -c "import torch" 2>/dev/null; then
+        # a torch brought by the user (a CUDA build, another version) stays as it is
+        grep -v '^torch==' constraints.txt > .venv/constraints.txt
+    else
         echo "Installing torch==2.13.0 (CPU build)..."
-        "$PY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
+        "$PY" -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+        cp constraints.txt .venv/constraints.txt
     fi
-    echo "Installing quant-retriever[all]..."
-    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[all]"
+    echo "Installing quant-retriever[all] at the versions in constraints.txt..."
+    "$PY" -m pip install --quiet --disable-pip-version-check -c .venv/constraints.txt -e ".[all]"
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi
@@ -34,7 +39,9 @@ case "$cmd" in
             echo; echo "===== examples/$example.py"
             "$PY" "examples/$example.py" "$@"
         done ;;
-    test) exec "$PY" -m pytest -q "$@" ;;
+    test)
+        .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .
+        exec "$PY" -m pytest -q "$@" ;;
     bench) exec "$PY" benchmarks/bench_index.py "$@" ;;
     *) echo "usage: ./run.sh demo | test [pytest args] | bench [args]" >&2; exit 2 ;;
 esac

@@ -41,7 +41,13 @@ case "$cmd" in
         done ;;
     test)
         .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .
-        exec "$PY" -m pytest -q "$@" ;;
+        order=()
+        if [[ " $* " != *" no:randomly "* && " $* " != *"-p no:randomly"* ]]; then
+            seed=${RANDOMLY_SEED:-$((RANDOM * 32768 + RANDOM))}
+            echo "Tests in a random order, seed $seed (the same order: RANDOMLY_SEED=$seed ./run.sh test)"
+            order=(--randomly-seed="$seed")
+        fi
+        exec "$PY" -m pytest -q "${order[@]}" "$@" ;;
     bench) exec "$PY" benchmarks/bench_index.py "$@" ;;
     *) echo "usage: ./run.sh demo | test [pytest args] | bench [args]" >&2; exit 2 ;;
 esac

@@ -151,6 +151,39 @@ def test_fp16_on_cpu_falls_back_to_bf16_and_says_so(minilm_path, caplog):
     assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.WARNING
 
 
+# precision -> (what the CUDA path runs: the weight dtype of a linear layer, or its module class)
+CUDA_PATHS = {
+    "fp16": "torch.float16",
+    "int8": "torchao",
+    "bnb-int8": "Linear8bitLt",
+    "bnb-nf4": "Linear4bit",
+    "bnb-fp4": "Linear4bit",
+}
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="the CUDA paths need a CUDA device")
+@pytest.mark.parametrize("precision", list(CUDA_PATHS))
+def test_cuda_runs_each_precision_in_its_own_kernels(precision, minilm_path, texts, reference, caplog):
+    """fp16 stays FP16 (no bf16 substitute), int8 is torchao's scheme, bitsandbytes uses its
+    CUDA layers; the vectors stay as close to FP32 as on the CPU."""
+    with caplog.at_level(logging.INFO, logger="quant_retriever.models"):
+        encoder = load_encoder(minilm_path, precision, device="cuda")
+    assert encoder.precision == precision and encoder.device.startswith("cuda")
+    linears = [m for m in encoder.model.modules() if "Linear" in type(m).__name__]
+    assert linears and all(p.device.type == "cuda" for m in linears for p in m.parameters())
+    path = CUDA_PATHS[precision]
+    if path == "torchao":
+        assert any("torchao" in type(m.weight).__module__ for m in linears if hasattr(m, "weight"))
+        assert any("torchao dynamic INT8" in r.getMessage() for r in caplog.records)
+    elif path.startswith("torch."):
+        assert all(m.weight.dtype == getattr(torch, path.split(".")[1]) for m in linears)
+    else:
+        assert any(type(m).__name__ == path for m in linears)
+    vectors = encoder.encode(texts, batch_size=16)
+    cosines = np.einsum("nd,nd->n", vectors, reference)
+    assert cosines.mean() >= FLOORS[precision][1], f"{precision} on CUDA: mean cosine {cosines.mean():.4f}"
+
+
 def test_load_logs_one_info_line(minilm_path, caplog):
     with caplog.at_level(logging.INFO, logger="quant_retriever.models"):
         encoder = load_encoder(minilm_path, "int8", device="cpu")

@@ -311,7 +311,8 @@ def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
     if t.shape[0] == 0:
         raise ValueError(f"{what} is empty: expected at least one vector.")
     f = t.float()
-    if not bool(torch.isfinite(f).all()):
+    finite = np.isfinite(f.numpy()).all() if f.device.type == "cpu" else bool(torch.isfinite(f).all())
+    if not finite:
         raise _float_range_error(t, what)
     return f.contiguous()
 
@@ -945,7 +946,10 @@ class QuantizedIndex:
         if subset is not None:
             rows = subset_t[rows]
         if snap.rescore is not None:
-            uniq, inverse = np.unique(rows.cpu().numpy(), return_inverse=True)
+            if rows.shape[0] == 1:  # one query's candidates are distinct rows already
+                uniq, inverse = rows[0].cpu().numpy(), np.arange(rows.shape[1])
+            else:
+                uniq, inverse = np.unique(rows.cpu().numpy(), return_inverse=True)
             cand = snap.rescore.gather(uniq, snap.rows)  # read once per distinct row, for all queries
             if self.device.type == "cuda":  # one pinned, asynchronous copy to the GPU
                 cand = cand.pin_memory().to(self.device, non_blocking=True)
@@ -955,8 +959,8 @@ class QuantizedIndex:
             else:  # each query against its own candidates only
                 s = self._rescore_codec.rescore(u, cand[inverse.reshape(-1)].view(*rows.shape, -1))
         s, pos = torch.topk(s.float(), k, dim=1)
-        scores = (s.double() * qnorm.double().unsqueeze(1)).clamp(-FLOAT32_MAX, FLOAT32_MAX).float()
-        return scores.cpu().numpy(), torch.gather(rows, 1, pos)
+        scaled = s.cpu().numpy().astype(np.float64) * qnorm.cpu().numpy().astype(np.float64)[:, None]
+        return np.clip(scaled, -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32), torch.gather(rows, 1, pos)
 
     # ------------------------------------------------------------------ persistence
     def _manifest(self, snap: _Snapshot, n_deleted: int, next_id: int, generation: int) -> dict:

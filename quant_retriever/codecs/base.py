@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 __all__ = ["Codec", "split_norm", "FLOAT32_MAX"]
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _TINY = float(torch.finfo(torch.float64).tiny)
+#: Up to this many rows on the CPU, :func:`split_norm` runs in numpy (same float64 steps).
+_SMALL = 8
 
 #: ``scan(n)`` -> ``(scores [q, n], rows [q, n])``: the index's chunked first-stage top-n.
 Scan = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -23,6 +26,12 @@ def split_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     way (norms beyond the float32 range are stored as its largest value). A zero vector gets
     ``u = 0`` and norm 0.
     """
+    if x.device.type == "cpu" and x.shape[0] <= _SMALL:  # a few queries: numpy's per-call cost is lower
+        x64 = x.numpy().astype(np.float64)
+        norms = np.sqrt(np.einsum("nd,nd->n", x64, x64))[:, None]
+        u = x64 / np.maximum(norms, _TINY)
+        norms = np.minimum(norms[:, 0], FLOAT32_MAX)
+        return torch.from_numpy(u.astype(np.float32)), torch.from_numpy(norms.astype(np.float32))
     x64 = x.double()
     norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True)
     u = x64 / norms.clamp(min=_TINY)  # a zero vector stays zero

@@ -4,9 +4,9 @@
     python benchmarks/bench_paths.py --n-real 60000 --n-random 1000000
 
 Real data: ``--n-real`` passages of the Python standard library (docstring paragraphs, then
-comment blocks), embedded once with all-MiniLM-L6-v2 and cached under ``.cache/``. Every
-store search goes through the LangChain ``QuantizedVectorStore`` (by vector: the query's
-embedding is not timed), one query, k=10. The equality filter matches a fifth of the
+comment blocks), embedded once with all-MiniLM-L6-v2 (at ``--embed-precision``) and cached
+under ``.cache/``. Every store search goes through the LangChain ``QuantizedVectorStore`` (by
+vector: the query's embedding is not timed), one query, k=10. The equality filter matches a fifth of the
 documents; "cold" is its first search after a write (the filter's SQL runs), "warm" a repeat
 (its key set is cached). Random data: ``--n-random`` unit vectors for the batch and codec
 rows. Peers (faiss, and Chroma / Qdrant local when installed: ``pip install chromadb
@@ -67,9 +67,9 @@ def row(table: list, label: str, ms: float, note: str = "") -> None:
     print(f"  {label:<58} {ms:>10.3f} ms  {note}")
 
 
-def real_data(n: int):
+def real_data(n: int, precision: str = "fp32"):
     texts = passages(n)
-    x = embed_cached(texts)
+    x = embed_cached(texts, precision=precision)
     rng = np.random.default_rng(0)
     q = x[rng.choice(len(x), 64, replace=False)] + rng.normal(0, 0.02, (64, x.shape[1])).astype(np.float32)
     return texts, x, q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -80,9 +80,9 @@ def store_paths(args, table: list) -> None:
 
     from quant_retriever.langchain import QuantizedVectorStore
 
-    texts, x, q = real_data(args.n_real)
+    texts, x, q = real_data(args.n_real, args.embed_precision)
     n = len(x)
-    print(f"\n{n} real MiniLM vectors (384-d) through the LangChain store, 1 query, k={K}")
+    print(f"\n{n} real MiniLM vectors ({args.embed_precision}, 384-d) through the LangChain store, 1 query, k={K}")
     ids = [f"p{i}" for i in range(n)]
     metas = [{"group": i % 5, "kind": "docstring"} for i in range(n)]
     for codec in ("int4", "binary"):
@@ -266,6 +266,9 @@ def main(argv=None) -> None:
     parser.add_argument("--n-real", type=int, default=60_000)
     parser.add_argument("--n-random", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument(
+        "--embed-precision", default="fp32", help="precision of the MiniLM that embeds the passages (int8: faster)"
+    )
     parser.add_argument("--part", choices=["store", "random", "both"], default="both")
     args = parser.parse_args(argv)
     flags = (

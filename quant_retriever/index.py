@@ -317,7 +317,21 @@ def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
     return f.contiguous()
 
 
-def _as_ids(ids, n: int | None = None) -> np.ndarray:
+def new_ids_for(ids, n: int, next_id: int, present) -> np.ndarray:
+    """The ids of ``n`` new vectors: ``ids`` checked (``present(ids)`` -> bool mask of the
+    ones already in the index, which are refused), or ``next_id, next_id + 1, ...``."""
+    if ids is None:
+        if next_id + n - 1 > MAX_ID:
+            raise ValueError(f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly.")
+        return np.arange(next_id, next_id + n, dtype=np.int64)
+    new_ids = as_ids(ids, n)
+    taken = new_ids[present(new_ids)]
+    if len(taken):
+        raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
+    return new_ids
+
+
+def as_ids(ids, n: int | None = None) -> np.ndarray:
     """Validate ids -> 1-D int64 numpy array (of length ``n`` when given), unique, in 0..2**63-1."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"ids must be a sequence of integers; got a single {type(ids).__name__}.")
@@ -477,7 +491,7 @@ class QuantizedIndex:
 
     def contains(self, ids) -> np.ndarray:
         """``[len(ids)]`` bool: which of ``ids`` are in the index."""
-        return self._snap.lookup(_as_ids(ids)) >= 0
+        return self._snap.lookup(as_ids(ids)) >= 0
 
     def add(self, vectors, ids=None) -> np.ndarray:
         """Add ``vectors`` (``[n, dim]`` float array or tensor). Returns their int64 ids.
@@ -489,24 +503,14 @@ class QuantizedIndex:
         with self._lock:
             self._check_writable()
             snap = self._snap
-            if ids is None:
-                if self._next_id + len(x) - 1 > MAX_ID:
-                    raise ValueError(
-                        f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly."
-                    )
-                new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
-            else:
-                new_ids = _as_ids(ids, len(x))
-                taken = new_ids[snap.lookup(new_ids) >= 0]
-                if len(taken):
-                    raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
+            new_ids = new_ids_for(ids, len(x), self._next_id, lambda i: snap.lookup(i) >= 0)
             self._publish(self._stage_add(x.to(self.device), new_ids))
             return new_ids
 
     def remove(self, ids) -> None:
         """Remove vectors by id. Unknown ids raise ``ValueError`` and nothing is removed.
         Compacts the index when dead rows pass the threshold (see :meth:`compact`)."""
-        arr = _as_ids(ids)
+        arr = as_ids(ids)
         with self._lock:
             self._check_writable()
             snap = self._snap
@@ -688,7 +692,7 @@ class QuantizedIndex:
     def get_vectors(self, ids) -> np.ndarray:
         """Best available reconstruction ``[n, dim]`` float32 of the given ids: the rescore
         copy when there is one, else the decoded codes."""
-        arr = _as_ids(ids)
+        arr = as_ids(ids)
         snap = self._snap
         rows = snap.lookup(arr)
         if (rows < 0).any():

@@ -195,6 +195,12 @@ def check_rescore_multiplier(value: object) -> int:
     return int(value)
 
 
+def check_metric(metric: object) -> None:
+    """``ValueError`` unless ``metric`` is one of :data:`METRICS`."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
+
+
 def _check_unicode(s: str, what: str) -> None:
     """SQLite stores UTF-8: a str with a lone surrogate cannot be stored, so refuse it clearly."""
     try:
@@ -305,8 +311,7 @@ class QuantizedStore:
         rescore_dtype: RescoreDtype = "int8",
         metric: Metric = "ip",
     ):
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
+        check_metric(metric)
         settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
         check_settings(**settings)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):

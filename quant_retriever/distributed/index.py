@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -11,11 +10,9 @@ import torch
 from quant_retriever.codecs import CodecName, RescoreDtype
 from quant_retriever.distributed.shards import MANIFEST, Sharded, _positive, _route_ints, split_by_shard
 from quant_retriever.files import write_json_atomic
-from quant_retriever.index import MemoryUsage, QuantizedIndex, SearchResult, as_vectors
+from quant_retriever.index import MemoryUsage, SearchResult, as_ids, as_vectors, new_ids_for
 
 __all__ = ["ShardedIndex", "merge_top_k"]
-
-MAX_ID = 2**63 - 1
 
 
 def merge_top_k(results: list[SearchResult], k: int, n_queries: int) -> SearchResult:
@@ -28,21 +25,6 @@ def merge_top_k(results: list[SearchResult], k: int, n_queries: int) -> SearchRe
     scores = np.concatenate([r.scores for r in results], axis=1)
     order = np.lexsort((ids, -scores), axis=1)[:, :k]
     return SearchResult(np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1))
-
-
-@functools.cache
-def _id_checker() -> QuantizedIndex:
-    return QuantizedIndex(1, "fp32", rescore=False)
-
-
-def _as_ids(ids, n: int | None = None) -> np.ndarray:
-    """Ids checked exactly as ``QuantizedIndex`` checks them (an empty in-memory index does the
-    checking: integers, 1-D, non-negative, unique) -> int64 array (of length ``n`` when given)."""
-    _id_checker().contains(ids)
-    arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids).astype(np.int64).reshape(-1)
-    if n is not None and len(arr) != n:
-        raise ValueError(f"ids must have one id per vector. Got {len(arr)} ids and {n} vectors.")
-    return arr
 
 
 def _as_allowed(allowed_ids) -> np.ndarray:
@@ -171,12 +153,12 @@ class ShardedIndex(Sharded):
 
     def contains(self, ids) -> np.ndarray:
         """``[len(ids)]`` bool: which of ``ids`` are in the index."""
-        arr = _as_ids(ids)
+        arr = as_ids(ids)
         return self._by_shard("contains", arr, np.zeros(len(arr), dtype=bool))
 
     def get_vectors(self, ids) -> np.ndarray:
         """Reconstructions ``[n, dim]`` float32 of the given ids (see ``QuantizedIndex.get_vectors``)."""
-        arr = _as_ids(ids)
+        arr = as_ids(ids)
         return self._by_shard("get_vectors", arr, np.zeros((len(arr), self.dim), dtype=np.float32))
 
     def search(self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None) -> SearchResult:
@@ -213,17 +195,7 @@ class ShardedIndex(Sharded):
         x = _host(as_vectors(vectors, self.dim, "vectors"))
         with self._lock:
             self._check_usable()
-            if ids is None:
-                if self._next_id + len(x) - 1 > MAX_ID:
-                    raise ValueError(
-                        f"automatic ids are exhausted (the next would pass {MAX_ID}); pass ids explicitly."
-                    )
-                new_ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
-            else:
-                new_ids = _as_ids(ids, len(x))
-                taken = new_ids[self.contains(new_ids)]
-                if len(taken):
-                    raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
+            new_ids = new_ids_for(ids, len(x), self._next_id, self.contains)
             parts = split_by_shard(_route_ints(new_ids, self.shards))
             before = self._next_id
             self._reserve(max(before, int(new_ids.max()) + 1))
@@ -238,7 +210,7 @@ class ShardedIndex(Sharded):
 
     def remove(self, ids) -> None:
         """Remove vectors by id; unknown ids raise ``ValueError`` and nothing is removed."""
-        arr = _as_ids(ids)
+        arr = as_ids(ids)
         with self._lock:
             present = self.contains(arr)
             if not present.all():

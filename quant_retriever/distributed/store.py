@@ -16,11 +16,11 @@ from quant_retriever.files import replace_directory
 from quant_retriever.filters import check_filter
 from quant_retriever.index import MemoryUsage, as_vectors
 from quant_retriever.store import (
-    METRICS,
     Filter,
     Metric,
     Record,
     check_documents,
+    check_metric,
     check_rescore_multiplier,
     check_strings,
 )
@@ -63,8 +63,7 @@ class ShardedStore(Sharded):
         shards: int = 2,
         actor_options: dict | None = None,
     ):
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
+        check_metric(metric)
         self._setup(shards, path, device, actor_options)
         self._create(
             lambda p: (

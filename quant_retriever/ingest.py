@@ -493,7 +493,7 @@ def open_store(path: str | os.PathLike[str], *, read_only: bool = False, shards:
     there is neither."""
     path = Path(path)
     from quant_retriever.index import MANIFEST
-    from quant_retriever.store import QuantizedStore
+    from quant_retriever.store import DB_FILE, QuantizedStore
 
     if QuantizedStore.exists(path) and shards is None:
         return QuantizedStore.open(path, read_only=read_only)
@@ -501,7 +501,10 @@ def open_store(path: str | os.PathLike[str], *, read_only: bool = False, shards:
         from quant_retriever.distributed import ShardedStore
 
         return ShardedStore.open(path, shards=shards, read_only=read_only)
-    raise ValueError(f"no {'sharded ' if shards else ''}store at {path}.")
+    kind = "sharded store" if shards else "store"
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"{path} is not a quant_retriever {kind} (no {DB_FILE} or {MANIFEST} of one in it).")
+    raise ValueError(f"no {kind} at {path}.")
 
 
 def _open_or_create(path: Path, codec: str | None, shards: int | None = None):

@@ -180,9 +180,10 @@ class Binary(Codec):
         scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = min(max(n_cand, WIDEN * k), n_valid)
-        both = scans.binary_candidates(encode(q), q, codes, mask, width, n_cand)
-        if both is not None:  # the CPU kernel: both stages in one call
-            return both
+        if not gpu.available(codes.device):  # CUDA: the Triton select below
+            both = scans.binary_candidates(encode(q), q, codes, mask, width, n_cand)
+            if both is not None:  # the CPU kernel: both stages in one call
+                return both
         _, rows = scan(width)
         s = self.rescore(q, codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1))
         s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)

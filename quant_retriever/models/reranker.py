@@ -118,9 +118,7 @@ class Reranker:
         ``CrossEncoder.predict`` does) unless ``logits``."""
         return self._score(_check_query(query), check_texts(texts), check_batch_size(batch_size), logits)
 
-    def rerank(
-        self, query: str, texts: Sequence[str], top_n: int | None = None, batch_size: int = 32
-    ) -> RerankResult:
+    def rerank(self, query: str, texts: Sequence[str], top_n: int | None = None, batch_size: int = 32) -> RerankResult:
         """Order ``texts`` by their score against ``query`` and keep the best ``top_n`` (``None``:
         all; more than ``len(texts)``: all). An empty ``texts`` gives an empty result."""
         query, texts = _check_query(query), check_texts(texts)
@@ -207,7 +205,8 @@ def _load_reranker(
     labels = loaded.model.num_labels
     if labels != 1:
         raise ValueError(
-            f"{loaded.name} has {labels} outputs per pair; a reranker needs a CrossEncoder with one score (num_labels=1)."
+            f"{loaded.name} has {labels} outputs per pair; a reranker needs a CrossEncoder with one score "
+            "(num_labels=1)."
         )
     reranker = Reranker(
         loaded.model,

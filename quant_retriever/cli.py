@@ -482,7 +482,6 @@ bench_rerank.csv, bench_rerank.json and bench_rerank.png to --out.""",
 def _build_parser() -> argparse.ArgumentParser:
     from quant_retriever.codecs import CODEC_NAMES
     from quant_retriever.ingest import DEFAULT_CODEC
-    from quant_retriever.models import PRECISION_NAMES, Precision
 
     parser = _Parser(
         prog=PROG,
@@ -594,20 +593,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--texts", metavar="FILE", help="one text per line, or a .jsonl with 'text' (default: stdlib docstrings)"
     )
     p.add_argument("--limit", type=_positive, default=256, help="use the first N texts (default 256)")
-    p.add_argument(
-        "--precisions",
-        nargs="+",
-        choices=get_args(Precision),
-        default=list(PRECISION_NAMES),
-        metavar="P",
-        help=f"default: all of {' '.join(PRECISION_NAMES)}",
-    )
-    p.add_argument("--batch-size", type=_positive, default=64, help="texts per batch (default 64)")
-    p.add_argument("--repeats", type=_positive, default=3, help="timed passes per precision (default 3)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--out", default="bench_out", help="folder for bench_models.csv/.json/.png (default bench_out)")
-    p.add_argument("--no-plot", action="store_true", help="write no PNG")
-    _common(p)
+    _precision_bench_options(p, "texts", 64, "bench_models")
 
     p = command(
         "bench-rerank",
@@ -625,6 +611,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--corpus", type=_positive, default=1000, help="stdlib docstrings the candidates come from (default 1000)"
     )
     p.add_argument("--at", type=_positive, default=5, help="cut-off of NDCG and MAP (default 5)")
+    _precision_bench_options(p, "pairs", 32, "bench_rerank")
+    return parser
+
+
+def _precision_bench_options(p: argparse.ArgumentParser, unit: str, batch_size: int, stem: str) -> None:
+    """The options that bench-models and bench-rerank share, and the common ones."""
+    from quant_retriever.models import PRECISION_NAMES, Precision
+
     p.add_argument(
         "--precisions",
         nargs="+",
@@ -633,13 +627,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help=f"default: all of {' '.join(PRECISION_NAMES)}",
     )
-    p.add_argument("--batch-size", type=_positive, default=32, help="pairs per batch (default 32)")
-    p.add_argument("--repeats", type=_positive, default=3, help="timed rounds per precision (default 3)")
+    p.add_argument("--batch-size", type=_positive, default=batch_size, help=f"{unit} per batch (default {batch_size})")
+    p.add_argument("--repeats", type=_positive, default=3, help="timed passes per precision (default 3)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--out", default="bench_out", help="folder for bench_rerank.csv/.json/.png (default bench_out)")
+    p.add_argument("--out", default="bench_out", help=f"folder for {stem}.csv/.json/.png (default bench_out)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     _common(p)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "index": {"codecs", "rescore", "files", "devices"},
     "store": {"index", "codecs", "filters", "files"},
     "models": {"kernels", "devices"},
-    "integrations": {"store", "filters", "codecs", "models"},
+    "integrations": {"store", "filters", "codecs", "models", "files"},
     "langchain": {"integrations"},
     "llama_index": {"integrations"},
     "ingest": {"store", "index", "models", "distributed"},

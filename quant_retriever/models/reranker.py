@@ -9,14 +9,15 @@ returns the best ``top_n`` as a :class:`RerankResult`.
 
 Pairs are scored in batches of similar length: the pairs are tokenized once, sorted by their
 token count and cut into batches of ``batch_size``, so a batch pads to a length close to each
-of its pairs. At ``int8`` a pair's score does not depend on its batch mates (see
+of its pairs. At ``int8`` a pair's INT8 rounding does not depend on its batch mates (see
 :mod:`quant_retriever.models.attention`), so neither the batching nor the other candidates
-change it.
+change its score beyond float rounding (~1e-7).
 
-Bad input: a ``query`` that is not a str, or ``texts`` that are not a list of str, raise
-``TypeError``; an empty ``texts`` gives an empty result; ``top_n`` larger than the number of
-texts returns all of them (as Python slicing and the frameworks' rerankers do), ``top_n=0``
-none, and a negative ``top_n`` raises ``ValueError``.
+Bad input: a ``query`` that is not a str, ``texts`` that are not a list of str (a lone
+string included) or a ``top_n`` that is not an int raise ``TypeError``; an empty ``texts``
+gives an empty result; ``top_n`` larger than the number of texts returns all of them (as
+Python slicing and the frameworks' rerankers do), ``top_n=None`` all, ``top_n=0`` none, and a
+negative ``top_n`` raises ``ValueError``.
 """
 
 from __future__ import annotations

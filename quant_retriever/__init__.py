@@ -9,6 +9,10 @@ __all__ = [
     "Encoder",
     "load_encoder",
     "evaluate_encoders",
+    "Reranker",
+    "RerankResult",
+    "load_reranker",
+    "evaluate_rerankers",
 ]
 __version__ = "0.1.0"
 
@@ -17,6 +21,10 @@ _LAZY = {
     "Encoder": "quant_retriever.models",
     "load_encoder": "quant_retriever.models",
     "evaluate_encoders": "quant_retriever.bench",
+    "Reranker": "quant_retriever.models",
+    "RerankResult": "quant_retriever.models",
+    "load_reranker": "quant_retriever.models",
+    "evaluate_rerankers": "quant_retriever.bench",
 }
 
 

@@ -1,10 +1,11 @@
-"""The quant-retriever command: index documents, query a store, benchmark codecs and
-embedding precisions.
+"""The quant-retriever command: index documents, query a store, benchmark codecs, embedding
+precisions and reranker precisions.
 
     quant-retriever index docs/ --store my_store            # .txt/.md files or a .jsonl file
     quant-retriever query --store my_store "how do I parse JSON?" -k 5
     quant-retriever bench-index vectors.npy --queries queries.npy --qrels qrels.tsv --out bench/
     quant-retriever bench-models --texts texts.txt --precisions fp32 bf16 int8
+    quant-retriever bench-rerank --precisions fp32 int8 bnb-nf4
 
 Every command takes --json (machine-readable output on stdout) and --quiet (no progress
 bars). Bad input ends with a one-line 'error:' message on stderr and exit status 1 (2 for a
@@ -177,6 +178,7 @@ def _parse_where(items: Sequence[str] | None):
 def _cmd_query(args) -> dict:
     from quant_retriever import ingest
     from quant_retriever.models.settings import portable_model_name
+
     store_path = Path(args.store)
     where = _parse_where(args.where)
     questions = [q for q in args.question if q.strip()]
@@ -300,7 +302,9 @@ def _cmd_bench_models(args) -> dict:
     texts = bench.read_texts(args.texts, args.limit)
     model = args.model or _default_model()
     _quiet_transformers()
-    reports = bench.evaluate_encoders(model, args.precisions, texts, args.batch_size, args.device, repeats=args.repeats)
+    reports = bench.evaluate_encoders(
+        model, args.precisions, texts, args.batch_size, args.device, repeats=args.repeats, progress=not args.quiet
+    )
     rows = [{"label": r.label, **asdict(r)} for r in reports]
     meta = {
         "model": model,
@@ -320,6 +324,69 @@ def _cmd_bench_models(args) -> dict:
 def _show_bench_models(result: dict) -> None:
     runs = f"batch {result['batch_size']}, median of {result['repeats']} timed passes"
     print(f"{_model_label(result['model'])}: {result['texts']} texts, {runs}")
+    _print_table(*result["_table"])
+    for row in result["rows"]:
+        if row["skipped"]:
+            print(f"skipped {row['label']}: {_preview(row['skipped'], 160)}")
+    print("wrote " + ", ".join(result["files"].values()))
+
+
+# --------------------------------------------------------------------------- bench-rerank
+
+
+def _cmd_bench_rerank(args) -> dict:
+    from quant_retriever import bench
+
+    _quiet_transformers()
+    queries, candidates = bench.read_rerank_pairs(
+        args.pairs, args.queries, args.candidates, args.corpus, progress=not args.quiet
+    )
+    model = args.model or str(bench.demo_cross_encoder())
+    reports = bench.evaluate_rerankers(
+        model,
+        args.precisions,
+        queries,
+        candidates,
+        args.batch_size,
+        args.device,
+        repeats=args.repeats,
+        at=args.at,
+        progress=not args.quiet,
+    )
+    rows = [{"label": r.label, **asdict(r)} for r in reports]
+    meta = {
+        "model": model,
+        "demo_model": args.model is None,
+        "queries": len(queries),
+        "pairs": sum(map(len, candidates)),
+        "pairs_file": args.pairs,
+        "at": args.at,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+    }
+    out = Path(args.out)
+    files = {k: str(v) for k, v in bench.write_results(rows, out, "bench_rerank", meta).items()}
+    if not args.no_plot and any(r.skipped is None for r in reports):
+        title = f"{_rerank_model_label(meta)}: {_rerank_workload(meta)}"
+        files["png"] = str(bench.plot_rerankers(reports, out / "bench_rerank.png", title))
+    return {**meta, "rows": rows, "files": files, "_table": bench.reranker_table(reports)}
+
+
+def _rerank_model_label(meta: dict) -> str:
+    return "MiniLM demo cross-encoder" if meta["demo_model"] else _model_label(meta["model"])
+
+
+def _rerank_workload(meta: dict) -> str:
+    return (
+        f"{meta['queries']} queries, {meta['pairs']} pairs, batch {meta['batch_size']}, "
+        f"median of {meta['repeats']} timed rounds"
+    )
+
+
+def _show_bench_rerank(result: dict) -> None:
+    print(f"{_rerank_model_label(result)}: {_rerank_workload(result)}")
+    if result["demo_model"]:
+        print("(a random classification head on MiniLM: the figures measure quantization fidelity, not relevance)")
     _print_table(*result["_table"])
     for row in result["rows"]:
         if row["skipped"]:
@@ -397,13 +464,24 @@ bench_index.json and bench_index.png (recall vs bytes per vector and vs latency)
 
 Precisions that cannot run on this machine (no GPU, bitsandbytes missing) are reported as
 skipped. Writes bench_models.csv, bench_models.json and bench_models.png to --out.""",
+    "bench-rerank": """examples:
+  quant-retriever bench-rerank                                      # the offline MiniLM demo cross-encoder
+  quant-retriever bench-rerank --model cross-encoder/ms-marco-MiniLM-L6-v2 --precisions fp32 int8
+  quant-retriever bench-rerank --pairs pairs.jsonl --at 10 --out bench/
+
+Without --pairs, the queries are made from standard-library names and each one's candidates
+are the docstrings that FP32 MiniLM retrieves first for it. A --pairs file has one
+{"query": "...", "passages": ["...", ...]} per line. Every precision is compared with FP32
+of the same model: score correlation (Pearson, Spearman) and NDCG and MAP of its ordering
+against the FP32 ordering (FP32's top --at are the relevant ones). These measure
+quantization fidelity, not task quality; without --model the head is random. Writes
+bench_rerank.csv, bench_rerank.json and bench_rerank.png to --out.""",
 }
 
 
 def _build_parser() -> argparse.ArgumentParser:
     from quant_retriever.codecs import CODEC_NAMES
     from quant_retriever.ingest import DEFAULT_CODEC
-    from quant_retriever.models import PRECISION_NAMES, Precision
 
     parser = _Parser(
         prog=PROG,
@@ -462,7 +540,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="only chunks whose metadata KEY equals VALUE (JSON or a string); repeat to AND",
     )
     p.add_argument("--preview", type=_positive, default=200, help="characters of text shown per hit (default 200)")
-    p.add_argument("--read-only", action="store_true", help="open the store read-only (beside a writer, no write access)")
+    p.add_argument(
+        "--read-only", action="store_true", help="open the store read-only (beside a writer, no write access)"
+    )
     _model_options(p, "the one recorded by 'index'", "the one recorded by 'index'")
     _common(p)
 
@@ -513,6 +593,32 @@ def _build_parser() -> argparse.ArgumentParser:
         "--texts", metavar="FILE", help="one text per line, or a .jsonl with 'text' (default: stdlib docstrings)"
     )
     p.add_argument("--limit", type=_positive, default=256, help="use the first N texts (default 256)")
+    _precision_bench_options(p, "texts", 64, "bench_models")
+
+    p = command(
+        "bench-rerank",
+        "Memory, speed and fidelity to FP32 of cross-encoder reranker precisions.",
+        _cmd_bench_rerank,
+        _show_bench_rerank,
+    )
+    p.add_argument(
+        "--model", help="CrossEncoder name or path (default: all-MiniLM-L6-v2 under a fixed-seed head, built offline)"
+    )
+    p.add_argument("--pairs", metavar="FILE", help='.jsonl of {"query", "passages"} (default: stdlib queries)')
+    p.add_argument("--queries", type=_positive, default=20, help="queries to rerank (default 20)")
+    p.add_argument("--candidates", type=_positive, default=50, help="candidates per query (default 50)")
+    p.add_argument(
+        "--corpus", type=_positive, default=1000, help="stdlib docstrings the candidates come from (default 1000)"
+    )
+    p.add_argument("--at", type=_positive, default=5, help="cut-off of NDCG and MAP (default 5)")
+    _precision_bench_options(p, "pairs", 32, "bench_rerank")
+    return parser
+
+
+def _precision_bench_options(p: argparse.ArgumentParser, unit: str, batch_size: int, stem: str) -> None:
+    """The options that bench-models and bench-rerank share, and the common ones."""
+    from quant_retriever.models import PRECISION_NAMES, Precision
+
     p.add_argument(
         "--precisions",
         nargs="+",
@@ -521,13 +627,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help=f"default: all of {' '.join(PRECISION_NAMES)}",
     )
-    p.add_argument("--batch-size", type=_positive, default=64, help="texts per batch (default 64)")
+    p.add_argument("--batch-size", type=_positive, default=batch_size, help=f"{unit} per batch (default {batch_size})")
     p.add_argument("--repeats", type=_positive, default=3, help="timed passes per precision (default 3)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when available)")
-    p.add_argument("--out", default="bench_out", help="folder for bench_models.csv/.json/.png (default bench_out)")
+    p.add_argument("--out", default="bench_out", help=f"folder for {stem}.csv/.json/.png (default bench_out)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     _common(p)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -541,7 +646,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    if args.quiet:  # also the bars of the libraries underneath (tqdm reads this at each bar)
+    if args.quiet:
+        # Our own bars are turned off by progress=False. tqdm reads this variable once, when it
+        # is imported, so it reaches only the processes started from here (torch has already
+        # imported tqdm in this one).
         os.environ["TQDM_DISABLE"] = "1"
     try:
         result = args.run(args)

@@ -74,3 +74,30 @@ def kernel_path(request, monkeypatch):
             monkeypatch.setattr(lib, "_tried", True)
             monkeypatch.setattr(lib, "_lib", portable_kernels(lib))
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> str:
+    """A small randomly initialised BERT cross-encoder (one score per pair, 3 blocks of 64
+    dimensions, all-MiniLM-L6-v2's tokenizer cut at 128 tokens) saved as a Hugging Face model directory, for
+    loading through the real loading code. Its weights are drawn wider than BERT's default
+    (0.1, not 0.02), so that its scores spread out and orderings mean something."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    directory = tmp_path_factory.mktemp("tiny_cross_encoder")
+    tokenizer = AutoTokenizer.from_pretrained(bundled_minilm_path())
+    tokenizer.model_max_length = 128
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,  # as BERT: a caller that asks for 512 tokens gets them
+        num_labels=1,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quant_retriever import _demo_corpus as corpus_module
 from quant_retriever import bench, ingest
 from quant_retriever.codecs import CODECS
 from quant_retriever.store import QuantizedStore
@@ -263,6 +264,7 @@ def bad_inputs(tmp_path_factory) -> Path:
     np.save(root / "vectors.npy", np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32))
     (root / "qrels.tsv").write_text("0\t1\nzero\tone\n", encoding="utf-8")
     (root / "one_text.txt").write_text("only one line\n", encoding="utf-8")
+    (root / "pairs.jsonl").write_text('{"query": "q", "passages": ["a"]}\n{"query": "q2"}\n', encoding="utf-8")
     return root
 
 
@@ -291,6 +293,11 @@ def bad_inputs(tmp_path_factory) -> Path:
         (["bench-models", "--texts", "{bad}/missing.txt"], ["does not exist"]),
         (["bench-models", "--texts", "{bad}/one_text.txt"], ["need at least 2"]),
         (["bench-models", "--precisions", "fp3"], ["invalid choice: 'fp3'"]),
+        (["bench-rerank", "--pairs", "{bad}/missing.jsonl"], ["pairs file", "does not exist"]),
+        (["bench-rerank", "--pairs", "{bad}/pairs.jsonl"], ["pairs.jsonl line 2", '"passages"']),
+        (["bench-rerank", "--at", "0"], ["--at", "expected a positive integer; got 0"]),
+        (["bench-rerank", "--precisions", "fp3"], ["invalid choice: 'fp3'"]),
+        (["bench-rerank", "--model", "{bad}/no-such-model", "--queries", "1", "--corpus", "4"], ["no-such-model"]),
     ],
 )
 def test_bad_input_is_one_line_error(bad_inputs, tmp_path, args, fragments):
@@ -464,10 +471,44 @@ def test_bench_models(tmp_path, corpus_docs):
     assert_png(files["png"], 800, 250)
 
 
+def test_bench_rerank_on_stdlib_pairs(tmp_path, tiny_cross_encoder):
+    args = ["--model", tiny_cross_encoder, "--queries", "3", "--candidates", "6", "--corpus", "40"]
+    args += ["--precisions", "fp32", "int8", "--at", "3", "--repeats", "1", "--batch-size", "4"]
+    proc = run("bench-rerank", *args, "--out", tmp_path / "out", "--json", "-q")
+    assert "Loading and warming up" not in proc.stderr and "Batches" not in proc.stderr  # -q: no bars
+    out = json.loads(proc.stdout)
+    assert (out["queries"], out["pairs"], out["at"], out["demo_model"]) == (3, 18, 3, False)
+    rows = {r["label"]: r for r in out["rows"]}
+    assert set(rows) == {"fp32", "int8"}
+    assert [rows["fp32"][k] for k in ("pearson", "spearman", "ndcg", "map")] == [1.0, 1.0, 1.0, 1.0]
+    assert rows["int8"]["pearson"] >= 0.98 and 0.5 <= rows["int8"]["ndcg"] <= 1.0
+    assert rows["int8"]["parameter_bytes"] < 0.4 * rows["fp32"]["parameter_bytes"]
+    files = {k: Path(v) for k, v in out["files"].items()}
+    assert [r["label"] for r in csv.DictReader(files["csv"].open(encoding="utf-8"))] == ["fp32", "int8"]
+    assert json.loads(files["json"].read_text())["model"] == tiny_cross_encoder
+    assert_png(files["png"], 800, 250)
+
+
+def test_bench_rerank_defaults_to_the_offline_minilm_cross_encoder(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    docs = [d.text for d in corpus_module.stdlib_docstrings(8)]
+    lines = [{"query": "parse JSON text", "passages": docs[:4]}, {"query": "open a socket", "passages": docs[4:]}]
+    pairs.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    args = ["--pairs", pairs, "--precisions", "fp32", "bf16", "--repeats", "1", "--no-plot", "--out", tmp_path]
+    proc = run("bench-rerank", *args)
+    assert "MiniLM demo cross-encoder: 2 queries, 8 pairs" in proc.stdout
+    assert "quantization fidelity, not relevance" in proc.stdout
+    table = proc.stdout.split("precision", 1)[1].splitlines()
+    assert table[2].split()[0] == "fp32" and table[3].split()[0] == "bf16"
+    saved = json.loads((tmp_path / "bench_rerank.json").read_text())
+    assert saved["demo_model"] is True and Path(saved["model"]).name == "minilm-cross-encoder-seed0"
+    assert not (tmp_path / "bench_rerank.png").exists()
+
+
 # --------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command", ["index", "query", "bench-index", "bench-models"])
+@pytest.mark.parametrize("command", ["index", "query", "bench-index", "bench-models", "bench-rerank"])
 def test_help_has_examples(command):
     text = run(command, "--help").stdout
     assert "examples:" in text and f"quant-retriever {command} " in text and "--json" in text
@@ -483,7 +524,7 @@ def test_bench_models_defaults_to_every_precision_of_the_table():
 
 
 def test_top_level_help_and_python_m():
-    assert "bench-models" in run("--help").stdout
+    assert "bench-models" in run("--help").stdout and "bench-rerank" in run("--help").stdout
     proc = subprocess.run(
         [sys.executable, "-m", "quant_retriever", "--version"], capture_output=True, text=True, timeout=120
     )

@@ -33,3 +33,17 @@ def test_example_retrieves_sources_and_compares_with_float32(script):
     rows = re.findall(r"^(\w+VectorStore) .*?\s(\d+)\s+(\d+)\s+([\d.]+)$", out, flags=re.M)
     sizes = {name: int(ram) for name, ram, _, _ in rows}
     assert sizes["QuantizedVectorStore"] == 220 and min(sizes.values()) == 220, out
+
+
+@pytest.mark.parametrize("script", ["langchain_rerank.py", "llamaindex_rerank.py"])
+def test_two_stage_example_keeps_5_of_50_and_compares_with_fp32(script):
+    out = run_example(script, "--limit", "300")
+    assert re.search(r"^first stage: 50 (candidates|nodes);", out, flags=re.M), out
+    kept = re.findall(r"^   (0\.\d{4})  (\S+)", out, flags=re.M)
+    assert len(kept) == 5 and len({name for _, name in kept}) == 5, out
+    scores = [float(s) for s, _ in kept]
+    assert scores == sorted(scores, reverse=True), out
+    memory = dict(re.findall(r"^(int8|fp32)\s+([\d.]+)\s+\d+$", out, flags=re.M))
+    assert float(memory["int8"]) < 0.4 * float(memory["fp32"]), out
+    overlap = int(re.search(r"top-5 overlap of the INT8 reranker with FP32: (\d)/5", out).group(1))
+    assert overlap >= 3, out

@@ -4,22 +4,18 @@ fidelity and buys in memory and speed, side by side with FP32, on the same texts
 
 from __future__ import annotations
 
-import logging
 import os
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from quant_retriever.bench.sweep import Measured, check_repeats, precision_label, precision_runs, sweep
 from quant_retriever.models.encoder import Encoder, check_batch_size, check_texts, load_encoder
 from quant_retriever.models.settings import Precision, lookup_precision
 
 __all__ = ["EncoderReport", "evaluate_encoders", "read_texts"]
-
-logger = logging.getLogger(__name__)
 
 _MB = 1e6
 
@@ -46,9 +42,7 @@ class EncoderReport:
     @property
     def label(self) -> str:
         """``"int8"``, ``"fp16 (bf16)"`` when a fallback applied, ``"+compile"`` appended."""
-        applied = self.applied_precision
-        label = self.precision if applied in (None, self.precision) else f"{self.precision} ({applied})"
-        return label + ("+compile" if self.compiled else "")
+        return precision_label(self.precision, self.applied_precision, self.compiled)
 
     def __repr__(self) -> str:
         if self.skipped is not None:
@@ -60,11 +54,6 @@ class EncoderReport:
         )
 
 
-# Errors that mean "this precision cannot run here" (a missing package, a kernel the hardware
-# lacks, a device it cannot use, no compiler for torch.compile), as opposed to a bug.
-_CANNOT_RUN_HERE = (ImportError, RuntimeError, NotImplementedError, OSError, ValueError)
-
-
 def evaluate_encoders(
     model: str | os.PathLike[str],
     precisions: Sequence[Precision],
@@ -74,6 +63,7 @@ def evaluate_encoders(
     *,
     repeats: int = 3,
     compiled: Sequence[Precision] = (),
+    progress: bool = True,
 ) -> list[EncoderReport]:
     """Compare precisions of one model with FP32 on ``texts``, in one run.
 
@@ -84,23 +74,16 @@ def evaluate_encoders(
     nearest other texts under FP32 that it also has under this precision. Precisions named
     in ``compiled`` are measured a second time with ``compile=True`` (reported after the
     others, compile time not included). All encoders stay loaded until the timing is done.
+    ``progress`` shows tqdm bars on stderr.
 
     A precision that cannot load or run here (missing package, no GPU kernel) is reported
     with ``skipped`` set instead of raising.
     """
-    runs: list[tuple[str, bool]] = []
-    for what, group, flag in (("precisions", precisions, False), ("compiled", compiled, True)):
-        if isinstance(group, str) or not isinstance(group, Sequence):
-            raise TypeError(f"{what} must be a list of precision names, got {type(group).__name__}.")
-        for name in group:
-            lookup_precision(name, f"in {what}")
-            runs.append((name, flag))
+    runs = precision_runs(precisions, compiled)
     texts = check_texts(texts)
     if len(texts) < 2:
         raise ValueError(f"Need at least 2 texts to compare neighbours, got {len(texts)}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
-    return _evaluate(model, runs, texts, check_batch_size(batch_size), device, repeats)
+    return _evaluate(model, runs, texts, check_batch_size(batch_size), device, check_repeats(repeats), progress)
 
 
 def _top_k_neighbours(vectors: np.ndarray, k: int) -> np.ndarray:
@@ -123,43 +106,31 @@ def _evaluate(
     batch_size: int,
     device: str | None,
     repeats: int,
+    progress: bool,
 ) -> list[EncoderReport]:
-    from tqdm.auto import tqdm
-
     reference_encoder = load_encoder(model, "fp32", device)
     reference = reference_encoder.encode(texts, batch_size)  # [n, dim]
     k = min(10, len(texts) - 1)
-    loaded: dict[int, tuple[Encoder, np.ndarray]] = {}
-    skipped: dict[int, str] = {}
-    for i, (name, use_compile) in enumerate(tqdm(runs, desc="Loading and warming up", unit="precision")):
-        try:
-            if lookup_precision(name, "in precisions").name == "fp32" and not use_compile:
-                encoder = reference_encoder
-            else:
-                encoder = load_encoder(model, name, device, compile=use_compile)
-            loaded[i] = (encoder, encoder.encode(texts, batch_size))  # also the warm-up pass
-        except _CANNOT_RUN_HERE as exc:
-            skipped[i] = f"{type(exc).__name__}: {exc}"
-            logger.warning("Skipping precision %s: %s", name, skipped[i])
-    seconds: dict[int, list[float]] = {i: [] for i in loaded}
-    for _ in tqdm(range(repeats), desc="Timing", unit="round"):
-        for i, (encoder, _vectors) in loaded.items():
-            start = time.perf_counter()
-            encoder.encode(texts, batch_size)
-            seconds[i].append(time.perf_counter() - start)
+
+    def load(name: str, use_compile: bool) -> Encoder:
+        if lookup_precision(name, "in precisions").name == "fp32" and not use_compile:
+            return reference_encoder
+        return load_encoder(model, name, device, compile=use_compile)
+
+    measured = sweep(runs, load, lambda encoder: encoder.encode(texts, batch_size), repeats, progress)
     reports = []
-    for i, (name, use_compile) in enumerate(runs):
-        if i in skipped:
-            reports.append(EncoderReport(name, None, None, None, None, None, None, skipped[i], use_compile))
+    for (name, use_compile), run in zip(runs, measured):
+        if not isinstance(run, Measured):
+            reports.append(EncoderReport(name, None, None, None, None, None, None, run, use_compile))
             continue
-        encoder, vectors = loaded[i]
+        encoder, vectors = run.model, run.output
         cosines = np.einsum("nd,nd->n", vectors, reference)  # [n]
         reports.append(
             EncoderReport(
                 precision=name,
                 applied_precision=encoder.precision,
                 parameter_bytes=encoder.parameter_bytes,
-                texts_per_second=len(texts) / statistics.median(seconds[i]),
+                texts_per_second=len(texts) / run.seconds,
                 mean_cosine=float(cosines.mean()),
                 min_cosine=float(cosines.min()),
                 top10_overlap=_neighbour_overlap(reference, vectors, k),

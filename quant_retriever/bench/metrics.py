@@ -1,5 +1,6 @@
-"""What an index benchmark measures against: held-out queries, relevance judgements (qrels) and
-the metrics recall@k, MRR@10 and NDCG@10 (linear gain).
+"""What a benchmark measures against: held-out queries, relevance judgements (qrels) and the
+metrics recall@k, MRR@10, NDCG@10 (linear gain) and MAP, and score correlations (Pearson,
+Spearman).
 
 Qrels files (:func:`read_qrels`): one judgement per line, ``query_index<TAB>doc_index`` or
 ``query_index<TAB>doc_index<TAB>relevance`` (relevance a number, default 1; 0 means judged
@@ -27,6 +28,9 @@ __all__ = [
     "recall",
     "mrr",
     "ndcg",
+    "mean_average_precision",
+    "pearson",
+    "spearman",
     "ratio",
 ]
 
@@ -146,14 +150,57 @@ def mrr(ids: np.ndarray, qrels: Qrels) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def ndcg(ids: np.ndarray, qrels: Qrels) -> float | None:
+def ndcg(ids: Sequence[np.ndarray], qrels: Qrels, at: int = AT) -> float | None:
+    """Mean NDCG@``at`` (linear gain) over the queries with a relevant document; ``ids``: per
+    query, document indices best first (rows may differ in length)."""
     values = []
     for row, rel in zip(ids, qrels):
-        ideal = sorted((r for r in rel.values() if r > 0), reverse=True)[:AT]
+        ideal = sorted((r for r in rel.values() if r > 0), reverse=True)[:at]
         if ideal:
-            dcg = sum(rel.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(row[:AT].tolist()))
+            dcg = sum(rel.get(d, 0.0) / math.log2(i + 2) for i, d in enumerate(row[:at].tolist()))
             values.append(dcg / sum(r / math.log2(i + 2) for i, r in enumerate(ideal)))
     return float(np.mean(values)) if values else None
+
+
+def mean_average_precision(ids: Sequence[np.ndarray], qrels: Qrels, at: int = AT) -> float | None:
+    """MAP@``at`` over the queries with a relevant document: per query, the mean of the
+    precision at the rank of each relevant document in the first ``at``, divided by
+    ``min(at, number relevant)``."""
+    values = []
+    for row, rel in zip(ids, qrels):
+        relevant = sum(1 for r in rel.values() if r > 0)
+        if relevant:
+            hits, total = 0, 0.0
+            for i, d in enumerate(row[:at].tolist()):
+                if rel.get(d, 0) > 0:
+                    hits += 1
+                    total += hits / (i + 1)
+            values.append(total / min(at, relevant))
+    return float(np.mean(values)) if values else None
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank (as ``scipy.stats.rankdata``)."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])  # first position of each value
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-length score arrays; NaN when either is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denominator if denominator > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation: Pearson of the ranks, ties at their mean rank."""
+    return pearson(_ranks(np.asarray(a)), _ranks(np.asarray(b)))
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -1,11 +1,11 @@
 """Plots of benchmark results, drawn on a bare matplotlib ``Figure`` (Agg canvas: no pyplot, no
-GUI backend, no global state): :func:`plot_index` and :func:`plot_encoders`.
+GUI backend, no global state): :func:`plot_index`, :func:`plot_encoders` and :func:`plot_rerankers`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,9 +15,10 @@ from quant_retriever.bench.methods import INSTALL_BENCH
 
 if TYPE_CHECKING:
     from quant_retriever.bench.encoders import EncoderReport
+    from quant_retriever.bench.rerankers import RerankerReport
     from quant_retriever.bench.run import IndexBenchmark, IndexRow
 
-__all__ = ["plot_index", "plot_encoders"]
+__all__ = ["plot_index", "plot_encoders", "plot_rerankers"]
 
 
 def _figure(width: float, height: float):
@@ -117,31 +118,58 @@ def plot_encoders(reports: Sequence[EncoderReport], path: str | os.PathLike, tit
     ran = [r for r in reports if r.skipped is None]
     if not ran:
         raise ValueError("no precision ran, so there is nothing to plot.")
-    return _plot_encoders(ran, Path(path), title)
-
-
-def _plot_encoders(reports: list, path: Path, title: str | None) -> Path:
-    fig = _figure(12, 3.4)
-    axes = fig.subplots(1, 4)
-    labels = [r.label for r in reports]
-    speed_fmt = "{:.0f}" if min(r.texts_per_second for r in reports) >= 100 else "{:.1f}"
     panels = [
-        ("parameters, MB", [r.parameter_bytes / 1e6 for r in reports], "{:.1f}", False),
-        ("texts per second", [r.texts_per_second for r in reports], speed_fmt, False),
-        ("mean cosine to FP32", [r.mean_cosine for r in reports], "{:.3f}", True),
-        ("top-10 neighbours kept", [r.top10_overlap for r in reports], "{:.2f}", True),
+        ("parameters, MB", [r.parameter_bytes / 1e6 for r in ran], "{:.1f}", False),
+        ("texts per second", [r.texts_per_second for r in ran], _speed_format(r.texts_per_second for r in ran), False),
+        ("mean cosine to FP32", [r.mean_cosine for r in ran], "{:.3f}", True),
+        ("top-10 neighbours kept", [r.top10_overlap for r in ran], "{:.2f}", True),
     ]
+    return _plot_bars([r.label for r in ran], panels, Path(path), title)
+
+
+def plot_rerankers(reports: Sequence[RerankerReport], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Bar charts of parameter memory, pairs/s, Spearman correlation with the FP32 scores and
+    NDCG and MAP against the FP32 ordering, one bar per precision that ran. Writes a PNG to
+    ``path`` and returns it."""
+    ran = [r for r in reports if r.skipped is None]
+    if not ran:
+        raise ValueError("no precision ran, so there is nothing to plot.")
+    at = ran[0].at
+    panels = [
+        ("parameters, MB", [r.parameter_bytes / 1e6 for r in ran], "{:.1f}", False),
+        ("pairs per second", [r.pairs_per_second for r in ran], _speed_format(r.pairs_per_second for r in ran), False),
+        ("Spearman to FP32 scores", [r.spearman for r in ran], "{:.3f}", True),
+        (f"NDCG@{at} vs FP32 order", [r.ndcg for r in ran], "{:.3f}", True),
+        (f"MAP@{at} vs FP32 order", [r.map for r in ran], "{:.3f}", True),
+    ]
+    return _plot_bars([r.label for r in ran], panels, Path(path), title)
+
+
+def _speed_format(rates: Iterable[float]) -> str:
+    return "{:.0f}" if min(rates) >= 100 else "{:.1f}"
+
+
+_Panel = tuple[str, list[float], str, bool]  # (name, values, label format, near one)
+
+
+def _plot_bars(labels: list[str], panels: list[_Panel], path: Path, title: str | None) -> Path:
+    """One bar chart per panel ``(name, values, label format, near one)``, a bar per label;
+    panels near one zoom in on how far below 1 their values fall."""
+    fig = _figure(3 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels))
     for ax, (name, values, fmt, near_one) in zip(axes, panels):
+        values = [float("nan") if v is None else v for v in values]
         bars = ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
         ax.set_title(name, fontsize=10)
         ax.set_xticks(range(len(values)), labels, rotation=35, ha="right", fontsize=8)
         ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=7, padding=1)
         ax.tick_params(axis="y", labelsize=8)
+        finite = [v for v in values if np.isfinite(v)] or [1.0]
         if near_one:  # fidelity sits just below 1: zoom in on the differences (the axis does not start at 0)
-            spread = max(1.0 - min(values), 0.002)
+            spread = max(1.0 - min(finite), 0.002)
             ax.set_ylim(1.0 - 1.6 * spread, 1.0 + 0.25 * spread)
         else:
-            ax.set_ylim(0, max(values) * 1.15)
+            ax.set_ylim(0, max(finite) * 1.15)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.99, top=0.82 if title else 0.9, bottom=0.24, wspace=0.3)

@@ -1,5 +1,6 @@
-"""Reporting benchmark results: tables of cells (:func:`index_table`, :func:`encoder_table`),
-plain aligned text (:func:`format_table`) and CSV + JSON files (:func:`write_results`).
+"""Reporting benchmark results: tables of cells (:func:`index_table`, :func:`encoder_table`,
+:func:`reranker_table`), plain aligned text (:func:`format_table`) and CSV + JSON files
+(:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 
 if TYPE_CHECKING:
     from quant_retriever.bench.encoders import EncoderReport
+    from quant_retriever.bench.rerankers import RerankerReport
     from quant_retriever.bench.run import IndexBenchmark
 
-__all__ = ["index_table", "encoder_table", "format_table", "write_results", "finite"]
+__all__ = ["index_table", "encoder_table", "reranker_table", "format_table", "write_results", "finite"]
 
 
 def finite(obj: Any) -> Any:
@@ -76,23 +78,48 @@ def index_table(bench: IndexBenchmark) -> tuple[list[str], list[list[str]]]:
 def encoder_table(reports: Sequence[EncoderReport]) -> tuple[list[str], list[list[str]]]:
     """``(headers, rows of cells)`` of ``evaluate_encoders`` reports, relative to the eager
     FP32 report when there is one; a skipped precision shows ``skipped`` and dashes."""
+    fidelity = [
+        ("mean cos", "mean_cosine", ".4f"),
+        ("min cos", "min_cosine", ".4f"),
+        ("top-10", "top10_overlap", ".3f"),
+    ]
+    return _precision_table(reports, ("texts/s", "texts_per_second"), fidelity)
+
+
+def reranker_table(reports: Sequence[RerankerReport]) -> tuple[list[str], list[list[str]]]:
+    """``(headers, rows of cells)`` of ``evaluate_rerankers`` reports, as :func:`encoder_table`."""
+    at = reports[0].at if reports else 5
+    fidelity = [
+        ("pearson", "pearson", ".4f"),
+        ("spearman", "spearman", ".4f"),
+        (f"NDCG@{at}", "ndcg", ".3f"),
+        (f"MAP@{at}", "map", ".3f"),
+    ]
+    return _precision_table(reports, ("pairs/s", "pairs_per_second"), fidelity)
+
+
+def _precision_table(
+    reports: Sequence[Any], speed: tuple[str, str], fidelity: list[tuple[str, str, str]]
+) -> tuple[list[str], list[list[str]]]:
+    """Memory and speed (also as a share of the eager FP32 report), then the ``fidelity``
+    columns, each ``(header, attribute, format)``."""
     fp32 = next((r for r in reports if r.applied_precision == "fp32" and not r.compiled and r.skipped is None), None)
-    headers = ["precision", "params MB", "% fp32", "texts/s", "speed-up", "mean cos", "min cos", "top-10"]
+    speed_header, speed_attr = speed
+    headers = ["precision", "params MB", "% fp32", speed_header, "speed-up", *[h for h, _, _ in fidelity]]
     rows = []
     for r in reports:
         if r.skipped is not None:
-            rows.append([r.label, "skipped", *["-"] * 6])
+            rows.append([r.label, "skipped", *["-"] * (len(headers) - 2)])
             continue
+        rate = getattr(r, speed_attr)
         rows.append(
             [
                 r.label,
                 f"{r.parameter_bytes / 1e6:.1f}",
                 f"{100 * r.parameter_bytes / fp32.parameter_bytes:.1f}%" if fp32 else "-",
-                f"{r.texts_per_second:.1f}",
-                f"{r.texts_per_second / fp32.texts_per_second:.2f}x" if fp32 else "-",
-                f"{r.mean_cosine:.4f}",
-                f"{r.min_cosine:.4f}",
-                f"{r.top10_overlap:.3f}",
+                f"{rate:.1f}",
+                f"{rate / getattr(fp32, speed_attr):.2f}x" if fp32 else "-",
+                *[_cell(getattr(r, attr), fmt) for _, attr, fmt in fidelity],
             ]
         )
     return headers, rows

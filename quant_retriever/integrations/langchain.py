@@ -1,23 +1,35 @@
-"""LangChain adapters: ``QuantizedEmbeddings``, a LangChain ``Embeddings`` over an :class:`Encoder`."""
+"""LangChain adapters: ``QuantizedEmbeddings``, a LangChain ``Embeddings`` over an :class:`Encoder`,
+and ``QuantizedReranker``, a ``BaseDocumentCompressor`` over a :class:`Reranker`."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 try:
+    from langchain_core.callbacks import Callbacks
+    from langchain_core.documents import BaseDocumentCompressor, Document
     from langchain_core.embeddings import Embeddings
-    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "quant_retriever.langchain needs langchain-core; install it with: "
-        "pip install 'quant-retriever[langchain]'"
+        "quant_retriever.langchain needs langchain-core; install it with: pip install 'quant-retriever[langchain]'"
     ) from exc
 
 from quant_retriever.models.encoder import Encoder, adapter_encoder
+from quant_retriever.models.reranker import Reranker, adapter_reranker
 from quant_retriever.models.settings import Precision
 
-__all__ = ["QuantizedEmbeddings", "QuantizedVectorStore", "QuantizedRetriever"]
+__all__ = ["QuantizedEmbeddings", "QuantizedReranker", "QuantizedVectorStore", "QuantizedRetriever"]
+
+
+def _path_as_str(value: Any) -> Any:
+    """A local model directory may be given as a ``pathlib.Path`` (any ``os.PathLike``)."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+ModelName = Annotated[str | None, BeforeValidator(_path_as_str)]
 
 
 class QuantizedEmbeddings(BaseModel, Embeddings):
@@ -36,19 +48,13 @@ class QuantizedEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
 
-    model_name: Optional[str] = None
-    precision: Optional[Precision] = None
-    device: Optional[str] = None
+    model_name: ModelName = None
+    precision: Precision | None = None
+    device: str | None = None
     batch_size: int = Field(default=32, gt=0)
-    query_prompt: Optional[str] = None
-    document_prompt: Optional[str] = None
-    encoder: Optional[Encoder] = Field(default=None, exclude=True, repr=False)
-
-    @field_validator("model_name", mode="before")
-    @classmethod
-    def _path_as_str(cls, value: Any) -> Any:
-        """A local model directory may be given as a ``pathlib.Path`` (any ``os.PathLike``)."""
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    encoder: Encoder | None = Field(default=None, exclude=True, repr=False)
 
     @model_validator(mode="after")
     def _load_encoder(self) -> QuantizedEmbeddings:
@@ -74,4 +80,56 @@ class QuantizedEmbeddings(BaseModel, Embeddings):
         return self.encoder.encode_queries([text], batch_size=1)[0].tolist()
 
 
-from quant_retriever.integrations._langchain_store import QuantizedVectorStore, QuantizedRetriever  # noqa: E402
+class QuantizedReranker(BaseDocumentCompressor):
+    """A LangChain document compressor that reorders documents with a cross-encoder at reduced
+    precision and keeps the best ``top_n``: use it as the ``base_compressor`` of a
+    ``ContextualCompressionRetriever``.
+
+    ``QuantizedReranker(model_name=..., precision="int8", top_n=5)`` loads the model with
+    :func:`quant_retriever.load_reranker`; settings left ``None`` come from
+    ``$QUANT_RETRIEVER_RERANK_MODEL`` / ``$QUANT_RETRIEVER_RERANK_PRECISION`` /
+    ``$QUANT_RETRIEVER_RERANK_DEVICE`` (precision and device fall back to the shared
+    ``$QUANT_RETRIEVER_PRECISION`` / ``$QUANT_RETRIEVER_DEVICE``; then
+    cross-encoder/ms-marco-MiniLM-L6-v2, fp32, CUDA if available). Pass ``reranker=`` instead
+    to share one loaded model. After construction ``precision`` and ``device`` hold what was
+    applied.
+
+    Each document kept is a copy (same ``id``) whose metadata adds ``relevance_score``, the
+    model's score for it, as LangChain's Cohere and FlashRank rerankers do; the documents
+    passed in are not changed. ``top_n=None`` keeps them all, reordered.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+
+    model_name: ModelName = None
+    precision: Precision | None = None
+    device: str | None = None
+    top_n: int | None = Field(default=3, ge=0)
+    batch_size: int = Field(default=32, gt=0)
+    reranker: Reranker | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="after")
+    def _load_reranker(self) -> QuantizedReranker:
+        reranker = adapter_reranker(self.reranker, self.model_name, self.precision, self.device)
+        self.reranker = reranker
+        self.model_name = reranker.model_name
+        self.precision = reranker.precision  # type: ignore[assignment]
+        self.device = reranker.device
+        return self
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """The best ``top_n`` of ``documents`` for ``query``, best first, each a copy with
+        ``metadata["relevance_score"]``. An empty sequence gives an empty list."""
+        for i, doc in enumerate(documents):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] must be a langchain Document, got {type(doc).__name__}.")
+        result = self.reranker.rerank(query, [d.page_content for d in documents], self.top_n, self.batch_size)
+        return [
+            documents[i].model_copy(update={"metadata": {**documents[i].metadata, "relevance_score": score}})
+            for i, score in result
+        ]
+
+
+from quant_retriever.integrations._langchain_store import QuantizedRetriever, QuantizedVectorStore  # noqa: E402

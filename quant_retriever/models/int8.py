@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Collection
 
 import torch
 
@@ -255,13 +256,15 @@ def _is_exact_gelu(module: object) -> bool:
     return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is torch.nn.functional.gelu
 
 
-def quantize_linear_layers(model: torch.nn.Module) -> int:
+def quantize_linear_layers(model: torch.nn.Module, skip: Collection[int] = ()) -> int:
     """Replace every ``nn.Linear`` in ``model`` by :class:`Int8Linear`, in place; returns how
     many. A BERT-style ``dense`` layer followed by an erf-GELU ``intermediate_act_fn`` gets the
     GELU folded in (the activation becomes ``nn.Identity``), ``...Output`` blocks become
-    :class:`Int8AddNorm`, and :class:`_LastInput` groups share quantized inputs. For
-    inference: dropout is taken to be off."""
-    is_linear = lambda m: type(m) is torch.nn.Linear  # noqa: E731  (subclasses may do more)
+    :class:`Int8AddNorm`, and :class:`_LastInput` groups share quantized inputs. Modules whose
+    ``id`` is in ``skip`` (and their children) stay as they are. For inference: dropout is
+    taken to be off."""
+    kept = {id(sub) for m in model.modules() if id(m) in skip for sub in m.modules()}
+    is_linear = lambda m: type(m) is torch.nn.Linear and id(m) not in kept  # noqa: E731  (subclasses may do more)
     modules = list(model.modules())
     gelu_blocks = [
         m
@@ -281,7 +284,7 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     for block in gelu_blocks:
         block.intermediate_act_fn = torch.nn.Identity()
     add_norms = [(parent, name, block) for parent in modules for name, block in parent.named_children()]
-    add_norms = [(parent, name, block) for parent, name, block in add_norms if _is_add_norm(block)]
+    add_norms = [(p, name, block) for p, name, block in add_norms if _is_add_norm(block) and id(block) not in kept]
     count = 0
     for module in modules:
         for name, child in list(module.named_children()):

@@ -7,7 +7,10 @@ The loaders: ``dtype`` loads the weights in a float dtype; ``int8`` swaps the li
 :mod:`quant_retriever.models.int8` on a CPU (torchao's ``Int8DynamicActivationInt8WeightConfig``
 on a GPU or where the torch build lacks oneDNN's INT8 ops; ``torch.ao`` dynamic quantization
 when torchao is missing too); ``bnb`` loads with a bitsandbytes ``BitsAndBytesConfig``. The
-integer precisions also store the token-embedding table as int8 rows.
+integer precisions also store the token-embedding table as int8 rows, and leave a
+cross-encoder's classification head (``pooler``, ``classifier``, ``score``) in float: it reads
+one row per pair, so integer kernels gain nothing there, its output is the score itself, and
+bitsandbytes' 4-bit CPU kernels cannot pack a layer with a single output.
 
 Third-party libraries log harmless notes while loading and running quantized models (optional
 kernels a CPU build cannot load, bitsandbytes' per-call notice that 8-bit CPU matmuls cast
@@ -30,7 +33,14 @@ import torch
 from quant_retriever.models import int8
 from quant_retriever.models.attention import use_per_sequence_attention
 from quant_retriever.models.memory import fp32_bytes, parameter_bytes
-from quant_retriever.models.settings import PRECISIONS, PrecisionSpec, device_setting, precision_setting
+from quant_retriever.models.settings import (
+    ENCODER_ENV,
+    PRECISIONS,
+    EnvNames,
+    PrecisionSpec,
+    device_setting,
+    precision_setting,
+)
 
 __all__ = ["LoadedModel", "load_model", "transformer", "quiet_third_party", "import_or_hint"]
 
@@ -39,6 +49,8 @@ logger = logging.getLogger(__name__)
 _INSTALL_HINT = "pip install 'quant-retriever[{extra}]'"
 #: The sentence-transformers model classes :func:`load_model` loads (an encoder, a reranker).
 _MODEL_CLASSES = ("SentenceTransformer", "CrossEncoder")
+#: Per model class, the names of the modules that the integer precisions leave in float (see above).
+_FLOAT_HEADS = {"SentenceTransformer": (), "CrossEncoder": ("pooler", "classifier", "score")}
 _MB = 1e6
 
 
@@ -126,9 +138,11 @@ def load_model(
     *,
     compile: bool,
     st_kwargs: dict[str, Any],
+    env: EnvNames = ENCODER_ENV,
 ) -> LoadedModel:
     """Load ``model`` as ``sentence_transformers.<model_class>`` at ``precision`` on ``device``
-    (``None``: the environment, then the defaults; see :mod:`~quant_retriever.models.settings`).
+    (``None``: the environment variables that ``env`` names, then the defaults; see
+    :mod:`~quant_retriever.models.settings`).
 
     ``compile`` runs the transformer under ``torch.compile``; ``st_kwargs`` go to the model
     class (``revision=``, ``trust_remote_code=``, ``model_kwargs=`` without dtype or
@@ -138,8 +152,8 @@ def load_model(
     if model_class not in _MODEL_CLASSES:
         raise ValueError(f"model_class must be one of {', '.join(_MODEL_CLASSES)}; got {model_class!r}.")
     name = os.fspath(model)
-    spec = precision_setting(precision)
-    target = device_setting(device)
+    spec = precision_setting(precision, env)
+    target = device_setting(device, env)
     if target.type == "cpu" and spec.cpu_substitute is not None:
         logger.warning(
             "%s was asked for on a CPU, where %s; using %s instead.",
@@ -214,8 +228,11 @@ def _load_int8(
     inner = transformer(model, f"precision {spec.name!r}")
     # per-token scales round differently when padding moves a value by float noise: see attention.py
     unpadded = ", per-sequence attention" if use_per_sequence_attention(inner) else ""
+    head = _float_head(inner, model_class)
+    unpadded += ", float head" if head else ""
+    linears = {n: m for n, m in inner.named_modules() if type(m) is torch.nn.Linear and n not in head}
     if device.type == "cpu" and int8.available():
-        int8.quantize_linear_layers(inner)
+        int8.quantize_linear_layers(inner, skip={id(m) for n, m in inner.named_modules() if n in head})
         return model, full_size, "oneDNN dynamic INT8 linear layers" + unpadded
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -234,10 +251,12 @@ def _load_int8(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its own deprecation notice, already covered above
-            quantize_dynamic(inner, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+            qconfigs = dict.fromkeys(linears, per_channel_dynamic_qconfig)
+            quantize_dynamic(inner, qconfigs, dtype=torch.qint8, inplace=True)
         return model, full_size, "torch.ao per-channel dynamic INT8 linear layers" + unpadded
     # set_inductor_config=False: don't change torch.compile's global settings as a side effect.
-    quantize_(inner, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
+    config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    quantize_(inner, config, filter_fn=lambda module, fqn: fqn in linears and linears[fqn] is module)
     return model, full_size, spec.detail + unpadded
 
 
@@ -255,16 +274,26 @@ def _load_bnb(
             options["bnb_4bit_compute_dtype"] = torch.float32
         else:
             options["bnb_4bit_compute_dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    skip = _last_block_pattern(transformers, name, st_kwargs) if spec.keep_last_block else None
-    config = transformers.BitsAndBytesConfig(**options, llm_int8_skip_modules=skip and [skip])
+    last = _last_block_pattern(transformers, name, st_kwargs) if spec.keep_last_block else None
+    heads = _FLOAT_HEADS[model_class]
+    skip = [p for p in (last, heads and rf"(?:.*\.)?(?:{'|'.join(heads)})") if p]
+    config = transformers.BitsAndBytesConfig(**options, llm_int8_skip_modules=skip or None)
     # An explicit device_map, or bitsandbytes puts the weights on the current GPU whatever
     # device= says.
     model = _sentence_transformers_model(
         model_class, name, device, {"quantization_config": config, "device_map": {"": str(device)}}, st_kwargs
     )
     inner = transformer(model, f"precision {spec.name!r}")
-    kept = skip is not None and any(type(m) is torch.nn.Linear for m in inner.modules())
-    return model, fp32_bytes(model), spec.detail + (" (last block unquantized)" if kept else "")
+    head = _float_head(inner, model_class)
+    kept = last is not None and any(type(m) is torch.nn.Linear for n, m in inner.named_modules() if n not in head)
+    detail = spec.detail + (" (last block unquantized)" if kept else "")
+    return model, fp32_bytes(model), detail + (", float head" if head else "")
+
+
+def _float_head(inner: torch.nn.Module, model_class: str) -> set[str]:
+    """Qualified names of ``inner``'s modules inside a head that stays in float (``_FLOAT_HEADS``)."""
+    heads = _FLOAT_HEADS[model_class]
+    return {name for name, _ in inner.named_modules() if name and any(part in heads for part in name.split("."))}
 
 
 def _last_block_pattern(transformers: Any, name: str, st_kwargs: dict[str, Any]) -> str | None:

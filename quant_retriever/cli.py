@@ -648,8 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args) -> int:
     if args.quiet:
         # Our own bars are turned off by progress=False. tqdm reads this variable once, when it
-        # is imported, so it reaches only the processes started from here (torch has already
-        # imported tqdm in this one).
+        # is imported, so it reaches only the processes started from here (this one has already
+        # imported tqdm by now).
         os.environ["TQDM_DISABLE"] = "1"
     try:
         result = args.run(args)

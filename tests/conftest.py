@@ -79,9 +79,9 @@ def kernel_path(request, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory) -> str:
     """A small randomly initialised BERT cross-encoder (one score per pair, 3 blocks of 64
-    dimensions, all-MiniLM-L6-v2's tokenizer cut at 128 tokens) saved as a Hugging Face model directory, for
-    loading through the real loading code. Its weights are drawn wider than BERT's default
-    (0.1, not 0.02), so that its scores spread out and orderings mean something."""
+    dimensions, all-MiniLM-L6-v2's tokenizer cut at 128 tokens) saved as a Hugging Face model
+    directory, for loading through the real loading code. Its weights are drawn wider than
+    BERT's default (0.1, not 0.02), so that its scores spread out and orderings mean something."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     directory = tmp_path_factory.mktemp("tiny_cross_encoder")

@@ -265,6 +265,7 @@ def bad_inputs(tmp_path_factory) -> Path:
     (root / "qrels.tsv").write_text("0\t1\nzero\tone\n", encoding="utf-8")
     (root / "one_text.txt").write_text("only one line\n", encoding="utf-8")
     (root / "pairs.jsonl").write_text('{"query": "q", "passages": ["a"]}\n{"query": "q2"}\n', encoding="utf-8")
+    (root / "ok_pairs.jsonl").write_text('{"query": "q", "passages": ["a", "b"]}\n', encoding="utf-8")
     return root
 
 
@@ -297,7 +298,7 @@ def bad_inputs(tmp_path_factory) -> Path:
         (["bench-rerank", "--pairs", "{bad}/pairs.jsonl"], ["pairs.jsonl line 2", '"passages"']),
         (["bench-rerank", "--at", "0"], ["--at", "expected a positive integer; got 0"]),
         (["bench-rerank", "--precisions", "fp3"], ["invalid choice: 'fp3'"]),
-        (["bench-rerank", "--model", "{bad}/no-such-model", "--queries", "1", "--corpus", "4"], ["no-such-model"]),
+        (["bench-rerank", "--model", "{bad}/no-such-model", "--pairs", "{bad}/ok_pairs.jsonl"], ["no-such-model"]),
     ],
 )
 def test_bad_input_is_one_line_error(bad_inputs, tmp_path, args, fragments):

@@ -118,6 +118,12 @@ def test_evaluate_rerankers_reports_fidelity_memory_speed_and_skips(tiny_cross_e
     assert "fp16 (bf16)" in format_table(headers, rows)
 
 
+def test_package_exports():
+    import quant_retriever
+
+    assert quant_retriever.evaluate_rerankers is evaluate_rerankers
+
+
 def test_evaluate_rerankers_validates_before_loading(pairs):
     queries, candidates = pairs
     missing = "/no/such/model"  # never loaded: every check comes first

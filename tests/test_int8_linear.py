@@ -202,3 +202,51 @@ def test_other_activations_are_left_alone():
     assert block.attention.self.query.group is not None
     ids = torch.randint(0, 100, (2, 9))
     assert torch.isfinite(run(model, ids)).all()
+
+
+def test_workspace_gives_the_same_results_and_never_overwrites_a_kept_tensor():
+    """Inside ``workspace()`` layer outputs come from reused buffers: the values are those of
+    fresh allocations, a tensor the caller still holds is never written again, and the buffers
+    are let go when the outermost ``with`` ends."""
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.nn.Linear(48, 96))
+    xs = [torch.randn(n, 48) for n in (40, 17, 40, 3)]
+    expected = [layer(x).clone() for x in xs]
+    with int8_linear.workspace():
+        kept = [layer(x) for x in xs]  # all held at once: none may share memory
+        assert len({t.untyped_storage().data_ptr() for t in kept}) == len(kept)
+        for got, want in zip(kept, expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        del kept
+        first = layer(xs[0])
+        ptr = first.untyped_storage().data_ptr()
+        del first
+        again = layer(xs[2])  # a free buffer is reused, not a new one
+        assert again.untyped_storage().data_ptr() == ptr
+        torch.testing.assert_close(again, expected[2], rtol=0, atol=0)
+        with int8_linear.workspace():  # nested: the outer one owns the buffers
+            pass
+        assert int8_linear._WORKSPACE.buffers
+    assert not int8_linear._WORKSPACE.buffers
+
+
+def test_workspace_buffers_are_per_thread():
+    import threading
+
+    layer = Int8Linear(torch.nn.Linear(32, 64))
+    x = torch.randn(20, 32)
+    want = layer(x).clone()
+    seen = []
+
+    def work():
+        with int8_linear.workspace():
+            seen.append(len(int8_linear._WORKSPACE.buffers))
+            torch.testing.assert_close(layer(x), want, rtol=0, atol=0)
+
+    with int8_linear.workspace():
+        held = layer(x)
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        torch.testing.assert_close(held, want, rtol=0, atol=0)
+    assert seen == [0]  # the other thread started with none of this thread's buffers

@@ -38,9 +38,9 @@ class QuantizedRows(NamedTuple):
     spikes: int
 
 
-def _rows(m: int, k: int) -> tuple[torch.Tensor, ...]:
+def _rows(m: int, k: int, empty) -> tuple[torch.Tensor, ...]:
     return (
-        torch.empty(m, k, dtype=torch.uint8),
+        empty((m, k), torch.uint8),
         torch.empty(m, dtype=torch.float32),
         torch.empty(m, dtype=torch.int32),
         torch.empty(m, dtype=torch.float32),
@@ -53,14 +53,15 @@ def _usable(*tensors: torch.Tensor):
     return LIBRARY.get()
 
 
-def quantize_rows_u8(x: torch.Tensor, spike_ratio: float) -> QuantizedRows | None:
+def quantize_rows_u8(x: torch.Tensor, spike_ratio: float, empty=None) -> QuantizedRows | None:
     """Per-row symmetric INT8 of contiguous float32 rows ``x [m, k]``, a row's largest value
-    taken out when it exceeds ``spike_ratio`` times the next largest (0: never)."""
+    taken out when it exceeds ``spike_ratio`` times the next largest (0: never). ``empty(shape,
+    dtype)`` allocates the codes (default: ``torch.empty``)."""
     lib = _usable(x)
     if lib is None:
         return None
     m, k = x.shape
-    out = _rows(m, k)
+    out = _rows(m, k, empty or (lambda shape, dtype: torch.empty(shape, dtype=dtype)))
     spikes = lib.quantize_rows_u8(
         x.data_ptr(),
         m,
@@ -80,6 +81,7 @@ def rescale_rows_(
     gelu: bool = False,
     quantize: bool = False,
     spike_ratio: float = 0.0,
+    empty=None,
 ) -> QuantizedRows | bool:
     """``y [m, n] = y * scale[:, None] + bias`` in place (contiguous float32), then the erf
     GELU when ``gelu``. With ``quantize``, returns ``quantize_rows_u8(y, spike_ratio)`` of the
@@ -88,7 +90,7 @@ def rescale_rows_(
     if lib is None:
         return False
     m, n = y.shape
-    out = _rows(m, n) if quantize else (None,) * 4
+    out = _rows(m, n, empty or (lambda shape, dtype: torch.empty(shape, dtype=dtype))) if quantize else (None,) * 4
     pointers = [None if t is None else t.data_ptr() for t in out]
     spikes = lib.rescale_rows(
         y.data_ptr(),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from quant_retriever.models import int8
 from quant_retriever.models.loading import load_model, quiet_third_party
 from quant_retriever.models.memory import parameter_bytes
 from quant_retriever.models.settings import Precision, model_setting
@@ -120,7 +121,7 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if prompt:
             texts = [prompt + text for text in texts]
-        with torch.inference_mode(), quiet_third_party():
+        with torch.inference_mode(), quiet_third_party(), int8.workspace():
             # vectors: [n, dim] in the model's dtype, on its device
             vectors = self._model.encode(
                 texts,

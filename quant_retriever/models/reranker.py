@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from quant_retriever.models import int8
 from quant_retriever.models.encoder import check_batch_size, check_texts
 from quant_retriever.models.loading import load_model, quiet_third_party
 from quant_retriever.models.memory import parameter_bytes
@@ -133,7 +134,7 @@ class Reranker:
         if not texts:
             return scores
         activation = torch.nn.Identity() if logits else None  # None: the model's own
-        with torch.inference_mode(), quiet_third_party():
+        with torch.inference_mode(), quiet_third_party(), int8.workspace():
             for batch in self._length_buckets(query, texts, batch_size):
                 pairs = [(query, texts[i]) for i in batch.tolist()]
                 out = self._model.predict(

@@ -38,9 +38,11 @@ class QuantizedRows(NamedTuple):
     spikes: int
 
 
-def _rows(m: int, k: int, empty) -> tuple[torch.Tensor, ...]:
+def _rows(m: int, k: int, empty=None) -> tuple[torch.Tensor, ...]:
+    """Outputs of a quantizing pass; ``empty(shape, dtype)`` allocates the codes (default:
+    ``torch.empty``)."""
     return (
-        empty((m, k), torch.uint8),
+        torch.empty((m, k), dtype=torch.uint8) if empty is None else empty((m, k), torch.uint8),
         torch.empty(m, dtype=torch.float32),
         torch.empty(m, dtype=torch.int32),
         torch.empty(m, dtype=torch.float32),
@@ -61,7 +63,7 @@ def quantize_rows_u8(x: torch.Tensor, spike_ratio: float, empty=None) -> Quantiz
     if lib is None:
         return None
     m, k = x.shape
-    out = _rows(m, k, empty or (lambda shape, dtype: torch.empty(shape, dtype=dtype)))
+    out = _rows(m, k, empty)
     spikes = lib.quantize_rows_u8(
         x.data_ptr(),
         m,
@@ -90,7 +92,7 @@ def rescale_rows_(
     if lib is None:
         return False
     m, n = y.shape
-    out = _rows(m, n, empty or (lambda shape, dtype: torch.empty(shape, dtype=dtype))) if quantize else (None,) * 4
+    out = _rows(m, n, empty) if quantize else (None,) * 4
     pointers = [None if t is None else t.data_ptr() for t in out]
     spikes = lib.rescale_rows(
         y.data_ptr(),

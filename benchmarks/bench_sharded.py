@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from quant_retriever import QuantizedIndex, corpus, load_encoder
+from quant_retriever import QuantizedIndex, load_encoder
+from quant_retriever._demo_corpus import stdlib_docstrings
+from quant_retriever.models.settings import minilm_path
 
 K = 10
 DIM = 384
@@ -93,9 +95,9 @@ def fan_out_overhead(args, q: np.ndarray) -> list[tuple]:
 def embedding_throughput(args) -> list[tuple]:
     from quant_retriever.distributed import ShardedStore, embed_corpus
 
-    docs = corpus.stdlib_docstrings(limit=args.texts)
+    docs = stdlib_docstrings(limit=args.texts)
     ids, texts = [d.id for d in docs], [d.text for d in docs]
-    model = corpus.minilm_path()
+    model = minilm_path()
     rows = []
     times = []
     for _ in range(args.repeats):

@@ -218,7 +218,7 @@ def _like_regex(pattern: str, fold: bool) -> re.Pattern:
 #: affinity, so integers and floats compare as numbers and text as UTF-8 code points.
 FIELDS_SCHEMA = """
 CREATE TABLE fields (key INTEGER NOT NULL, name TEXT NOT NULL, kind INTEGER NOT NULL, elem INTEGER NOT NULL, val);
-CREATE INDEX fields_by_value ON fields (name, elem, kind, val);
+CREATE INDEX fields_by_value ON fields (name, elem, kind, val, key);
 CREATE INDEX fields_by_key ON fields (key);
 """
 _KIND_CODE = {"null": 0, "bool": 1, "number": 2, "str": 3, "list": 4, "object": 5}
@@ -254,12 +254,23 @@ Execute = Callable[[str, tuple], list]
 class _Keys:
     """Evaluates a tree to sorted unique int64 key arrays with ``execute(sql, params)``."""
 
-    def __init__(self, execute: Execute, universe: np.ndarray):
-        self.execute, self.universe = execute, universe
+    def __init__(self, execute: Execute, universe: Callable[[], np.ndarray]):
+        self.execute, self._universe, self._all = execute, universe, None
+
+    @property
+    def universe(self) -> np.ndarray:
+        """Every key, sorted: asked for once, and only by negations and null tests."""
+        if self._all is None:
+            self._all = np.asarray(self._universe(), dtype=np.int64)
+        return self._all
 
     def rows(self, where: str, params: tuple) -> np.ndarray:
-        found = self.execute(f"SELECT DISTINCT key FROM fields WHERE {where}", params)
-        return np.unique(np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found)))
+        # one string of keys from SQLite instead of a tuple per row; sorted and made distinct here
+        (joined,) = self.execute(f"SELECT group_concat(key) FROM fields WHERE {where}", params)[0]
+        if not joined:
+            return np.zeros(0, dtype=np.int64)
+        keys = np.sort(np.array(joined.split(","), dtype=np.int64))
+        return keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
 
     def eq(self, name: str, value: Any, elem: int = 0) -> np.ndarray:
         if value is None and not elem:  # metadata.get(name) is None: missing or null
@@ -349,10 +360,11 @@ def check_filter(where: object) -> None:
             raise TypeError(f"filter must be Cond/And/Or/Not; got {type(node).__name__}.")
 
 
-def matching_keys(where: Filter, execute: Execute, universe: np.ndarray) -> np.ndarray:
+def matching_keys(where: Filter, execute: Execute, universe: Callable[[], np.ndarray]) -> np.ndarray:
     """The sorted keys of the documents matching ``where``, given ``execute(sql, params) ->
-    rows`` on a database with :data:`FIELDS_SCHEMA` and ``universe``, every key (sorted)."""
-    return _Keys(execute, np.asarray(universe, dtype=np.int64)).walk(where, 1)
+    rows`` on a database with :data:`FIELDS_SCHEMA` and ``universe() ->`` every key (sorted),
+    called only when the filter needs it (a negation, a null test)."""
+    return _Keys(execute, universe).walk(where, 1)
 
 
 def matches(where: Filter, metadata: dict) -> bool:
@@ -364,6 +376,6 @@ def matches(where: Filter, metadata: dict) -> bool:
     try:
         db.executescript(FIELDS_SCHEMA)
         db.executemany("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", field_rows(1, metadata))
-        return bool(len(matching_keys(where, lambda sql, p: db.execute(sql, p).fetchall(), np.array([1]))))
+        return bool(len(matching_keys(where, lambda sql, p: db.execute(sql, p).fetchall(), lambda: np.array([1]))))
     finally:
         db.close()

@@ -120,16 +120,22 @@ def _schema_objects(db: sqlite3.Connection) -> list[tuple]:
     return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
 
 
-def _expected_schema() -> list[tuple]:
+def _expected_schema(schema: str = _SCHEMA) -> list[tuple]:
     db = sqlite3.connect(":memory:")
     try:
-        db.executescript(_SCHEMA)
+        db.executescript(schema)
         return _schema_objects(db)
     finally:
         db.close()
 
 
 _EXPECTED_SCHEMA = _expected_schema()
+#: Schemas this version opens: its own, and that of the first format-2 stores, whose value index
+#: lacked the key (filters read every key from the table instead of the index: slower, same keys).
+_KNOWN_SCHEMAS = (
+    _EXPECTED_SCHEMA,
+    _expected_schema(_SCHEMA.replace("(name, elem, kind, val, key)", "(name, elem, kind, val)")),
+)
 
 
 def _create_schema(db: sqlite3.Connection, meta: list[tuple[str, str]]) -> None:
@@ -475,7 +481,7 @@ class QuantizedStore:
         try:
             store._dir_lock = DirectoryLock(path, shared=read_only)
             store._db = store._connect()
-            if _schema_objects(store._db) != _EXPECTED_SCHEMA:  # again, on the connection we keep
+            if _schema_objects(store._db) not in _KNOWN_SCHEMAS:  # again, on the connection we keep
                 raise ValueError(f"{db_file}: the schema changed while it was being opened.")
             if "dim" in meta:
                 index_path = path / INDEX_DIR
@@ -500,7 +506,7 @@ class QuantizedStore:
         try:
             db.execute("PRAGMA trusted_schema=OFF")
             found = _schema_objects(db)
-            if found != _EXPECTED_SCHEMA:
+            if found not in _KNOWN_SCHEMAS:
                 extra = sorted({(t, n) for t, n, _, _ in found} - {(t, n) for t, n, _, _ in _EXPECTED_SCHEMA})
                 raise ValueError(
                     f"{db_file}: not a quant_retriever store of this version (its schema differs"
@@ -857,7 +863,7 @@ class QuantizedStore:
         check_filter(where)
         with self._db_lock:
             self._check_open()
-            return matching_keys(where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys())
+            return matching_keys(where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys)
 
     def _lookup(self, column: Literal["id", "key"], values: list, columns: str) -> list[tuple]:
         """Rows (``columns``) whose ``column`` is one of ``values``: every value is bound as a

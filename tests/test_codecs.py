@@ -253,10 +253,12 @@ def test_unknown_codec_lists_the_choices():
 @pytest.mark.parametrize("dim", [7, 97, 384])
 @pytest.mark.parametrize("nq", [1, 3, 9])
 @pytest.mark.parametrize("masked", [False, True])
-def test_binary_candidates_kernel_matches_the_two_torch_stages(dim, nq, masked):
+@pytest.mark.parametrize("width", [200, 520])
+def test_binary_candidates_kernel_matches_the_two_torch_stages(dim, nq, masked, width):
     """The CPU kernel runs Hamming selection and the +-1 re-rank in one call; here the two
     stages run apart (the kernel's selection, then the re-rank in torch, a stable sort).
-    Same rows in the same order, same scores."""
+    Same rows in the same order, same scores. Both re-rank paths: masked adds of the query
+    (AVX-512, fewer than 512 rows) and the per-byte table."""
     if scans.LIBRARY.get() is None:
         pytest.skip("no C compiler")
     codec = make_codec("binary", dim)
@@ -264,8 +266,8 @@ def test_binary_candidates_kernel_matches_the_two_torch_stages(dim, nq, masked):
     rows = codec.encode(x)
     valid = (torch.arange(700) % 4 != 1) if masked else None
     n_valid = int(valid.sum()) if masked else 700
-    width = 200
-    scores, picked = codec.candidates(q, rows, valid, n_valid, 40, 10, lambda n: codec.top(q, rows, valid, n))
+    k = width // binary.WIDEN  # the kernel's Hamming pass is WIDEN * k rows wide
+    scores, picked = codec.candidates(q, rows, valid, n_valid, 40, k, lambda n: codec.top(q, rows, valid, n))
     _, first = codec.top(q, rows, valid, width)  # Hamming order, ties to the lower row
     signs = binary.decode(rows, dim)
     second = torch.einsum("qd,qcd->qc", q, signs[first])

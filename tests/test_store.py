@@ -186,6 +186,42 @@ def test_persistent_store_reopens_with_everything(tmp_path):
     assert r.get(["doc-3"]) == []
 
 
+def test_filters_read_keys_from_the_value_index_alone(store):
+    plan = store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT key FROM fields WHERE name = ? AND elem = 0 AND kind = 2 AND val = ?", ("i", 3)
+    ).fetchall()
+    assert "COVERING INDEX fields_by_value" in " ".join(str(step) for step in plan)
+
+
+def test_a_store_from_the_first_format_2_release_opens_and_filters_alike(tmp_path):
+    import sqlite3
+
+    s = QuantizedStore(codec="int4", path=tmp_path / "st")
+    x = vecs(60)
+    s.upsert([f"d{i}" for i in range(60)], x, [f"t{i}" for i in range(60)], [{"g": i % 3} for i in range(60)])
+    where = Or([Cond("g", "eq", 1), Not(Cond("g", "in", [0, 1]))])
+    before = [[r.id for r, _ in row] for row in s.search(x[:4], k=50, where=where)]
+    s.close()
+    db = sqlite3.connect(tmp_path / "st" / "store.sqlite")  # the value index as that release wrote it
+    with db:
+        db.execute("DROP INDEX fields_by_value")
+        db.execute("CREATE INDEX fields_by_value ON fields (name, elem, kind, val)")
+    db.close()
+    r = QuantizedStore.open(tmp_path / "st")
+    assert [[rec.id for rec, _ in row] for row in r.search(x[:4], k=50, where=where)] == before
+    assert all(len(row) == 40 for row in before)
+    r.upsert(["new"], vecs(1, seed=5), ["n"], [{"g": 2}])  # and it stays writable
+    assert "new" in [rec.id for rec, _ in r.search(vecs(1, seed=5), k=1, where=Cond("g", "eq", 2))[0]]
+    r.close()
+    db = sqlite3.connect(tmp_path / "st" / "store.sqlite")  # any other index is still refused
+    with db:
+        db.execute("DROP INDEX fields_by_value")
+        db.execute("CREATE INDEX fields_by_value ON fields (name, val)")
+    db.close()
+    with pytest.raises(ValueError, match="schema differs"):
+        QuantizedStore.open(tmp_path / "st")
+
+
 def test_open_reconciles_a_write_interrupted_between_parts(tmp_path):
     s = QuantizedStore(codec="int4", path=tmp_path / "st")
     s.upsert(["a", "b"], vecs(2), ["A", "B"])

@@ -155,12 +155,14 @@ def _embed(
 ) -> None:
     import pyarrow as pa
 
-    # blocks of whole batches, at least two per actor and at most 4 batches each: the pool stays
-    # busy and the bar moves; each actor embeds consecutive batch_size slices of a block
+    # texts in order of length, so that a batch pads to a length close to its texts' own (one
+    # process's encode sorts the same way); blocks of whole batches, at least two per actor and
+    # at most 4 batches each: the pool stays busy and the bar moves
+    order = np.argsort(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)), kind="stable")
     n_batches = -(-len(texts) // batch_size)
     block = batch_size * min(4, max(1, -(-n_batches // (2 * n_actors))))
     tables = [
-        pa.table({"row": np.arange(a, min(a + block, len(texts))), "text": texts[a : a + block]})
+        pa.table({"row": order[a : a + block], "text": [texts[r] for r in order[a : a + block]]})
         for a in range(0, len(texts), block)
     ]
     embedder = dict(encoder, batch_size=batch_size, threads=max(1, int(resources["num_cpus"])))

@@ -121,9 +121,10 @@ class Library:
         """The library for this machine (``-march=native``), or ``None`` (warned once)."""
         if not native_enabled():
             return None
+        if self._tried:  # set only once _lib holds the outcome: no lock on the search path
+            return self._lib
         with self._lock:
             if not self._tried:
-                self._tried = True
                 try:
                     self._lib = self.build()
                 except Exception as exc:  # no compiler, unsupported flags, ...
@@ -133,6 +134,7 @@ class Library:
                         RuntimeWarning,
                         stacklevel=3,
                     )
+                self._tried = True
             return self._lib
 
     def build(self, march: str = "native", cache: bool = True) -> ctypes.CDLL:

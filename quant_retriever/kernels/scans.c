@@ -365,18 +365,36 @@ static void binary_rerank(const uint64_t* codes, int64_t row_words, const float*
                           float* score_out, int64_t* rows_out) {
     const int64_t nbytes = row_words * 8;
     float qsum = 0.f;
-    for (int64_t j = 0; j < nbytes; j++) {
-        float* t = lut + j * 256;
-        t[0] = 0.f;
-        for (int v = 1; v < 256; v++) t[v] = t[v & (v - 1)] + q[j * 8 + 7 - __builtin_ctz(v)];  /* lowest set bit */
-        for (int b = 0; b < 8; b++) qsum += q[j * 8 + b];
-    }
-    for (int64_t c = 0; c < width; c++) {
-        if (d[c] == INT32_MAX) { score[c] = -INFINITY; continue; }
-        const uint8_t* row = (const uint8_t*)(codes + r[c] * row_words);
-        float s = 0.f;
-        for (int64_t j = 0; j < nbytes; j++) s += lut[j * 256 + row[j]];
-        score[c] = 2.f * s - qsum;
+    for (int64_t i = 0; i < nbytes * 8; i++) qsum += q[i];
+#ifdef __AVX512F__
+    if (width < 512) {  /* few rows: width x nbytes/2 masked vector adds cost less than the 256 x nbytes table */
+        /* lut[16m + i] = q at bit i of the little-endian 16-bit word m of a row: within each
+           byte, bit i (least significant first) is dimension 8j + 7 - i */
+        for (int64_t j = 0; j < nbytes; j++)
+            for (int i = 0; i < 8; i++) lut[j * 8 + i] = q[j * 8 + 7 - i];
+        for (int64_t c = 0; c < width; c++) {
+            if (d[c] == INT32_MAX) { score[c] = -INFINITY; continue; }
+            const uint16_t* row = (const uint16_t*)(codes + r[c] * row_words);
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t m = 0; m < nbytes / 2; m++)
+                acc = _mm512_mask_add_ps(acc, (__mmask16)row[m], acc, _mm512_loadu_ps(lut + 16 * m));
+            score[c] = 2.f * _mm512_reduce_add_ps(acc) - qsum;
+        }
+    } else
+#endif
+    {
+        for (int64_t j = 0; j < nbytes; j++) {
+            float* t = lut + j * 256;
+            t[0] = 0.f;
+            for (int v = 1; v < 256; v++) t[v] = t[v & (v - 1)] + q[j * 8 + 7 - __builtin_ctz(v)];  /* lowest set bit */
+        }
+        for (int64_t c = 0; c < width; c++) {
+            if (d[c] == INT32_MAX) { score[c] = -INFINITY; continue; }
+            const uint8_t* row = (const uint8_t*)(codes + r[c] * row_words);
+            float s = 0.f;
+            for (int64_t j = 0; j < nbytes; j++) s += lut[j * 256 + row[j]];
+            score[c] = 2.f * s - qsum;
+        }
     }
     /* the best n_cand by (score desc, distance asc, row asc): one selection pass per slot */
     for (int64_t slot = 0; slot < n_cand; slot++) {

@@ -184,8 +184,11 @@ def binary_candidates(
     if not 0 < n_cand <= width <= n < 2**31:
         raise ValueError(f"binary_candidates needs 0 < n_cand <= width <= rows < 2**31; got {n_cand}, {width}, {n}.")
     keep, vp = _valid_ptr(valid, n)
-    qf = torch.zeros(nq, words * 64, dtype=torch.float32)
-    qf[:, : q.shape[1]] = q
+    if q.shape[1] == words * 64 and q.dtype == torch.float32 and q.is_contiguous():
+        qf = q  # no padding to add (dim a multiple of 64)
+    else:
+        qf = torch.zeros(nq, words * 64, dtype=torch.float32)
+        qf[:, : q.shape[1]] = q
     scores = torch.empty(nq, n_cand, dtype=torch.float32)
     rows = torch.empty(nq, n_cand, dtype=torch.int64)
     lib.binary_candidates(

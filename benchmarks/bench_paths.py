@@ -9,9 +9,10 @@ under ``.cache/``. Every store search goes through the LangChain ``QuantizedVect
 vector: the query's embedding is not timed), one query, k=10. The equality filter matches a fifth of the
 documents; "cold" is its first search after a write (the filter's SQL runs), "warm" a repeat
 (its key set is cached). Random data: ``--n-random`` unit vectors for the batch and codec rows and
-the FP32 torch matmul they are compared with (the int4 batch goal is stated against it). Peers (faiss, and Chroma / Qdrant local when installed: ``pip install chromadb
-qdrant-client``) search the same vectors. Medians of ``--runs`` searches; ratios are measured
-side by side, so compare within one run.
+the FP32 torch matmul they are compared with (the int4 batch goal is stated against it).
+Peers (faiss, and Chroma / Qdrant local when installed: ``pip install chromadb qdrant-client``)
+search the same vectors. Medians of ``--runs`` searches; ratios are measured side by side, so
+compare within one run.
 """
 
 from __future__ import annotations

@@ -222,6 +222,12 @@ static int32_t hamming_compact(int32_t* bd, int32_t* br, int64_t cnt, int64_t ke
     return cut;
 }
 
+static inline __attribute__((always_inline)) int64_t hamming_words(const uint64_t* a, const uint64_t* b, int64_t words) {
+    int64_t d = 0;
+    for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(a[w] ^ b[w]);
+    return d;
+}
+
 /* Hamming top-k in one streaming pass, without a distance matrix. Each thread scans a block
    of rows and keeps, per query, a list of up to `cap` candidates and a threshold: a row
    enters only if its distance is below the threshold, and a full list is cut back to the
@@ -257,14 +263,38 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
         int64_t* acc = (int64_t*)malloc((size_t)nqp * sizeof(int64_t));
         int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
         for (int64_t qi = 0; qi < nqp; qi++) thr[qi] = qi < nq ? maxd + 1 : 0;  /* padding never enters */
-        for (int64_t r = lo; r < hi; r++) {
+        /* one query: a loop of its own, unrolled for the usual widths (128 to 1024 bits) */
+#define SCAN_ONE(W)                                                                                 \
+        for (int64_t r = lo; r < hi; r++) {                                                          \
+            if (valid && !valid[r]) continue;                                                        \
+            const int64_t d = hamming_words(codes + r * (W), q, (W));                                \
+            if (d >= thr[0]) continue;                                                               \
+            bd[cnt[0]] = (int32_t)d;                                                                 \
+            br[cnt[0]] = (int32_t)r;                                                                 \
+            if (++cnt[0] == cap && cap > keep) {                                                     \
+                thr[0] = hamming_compact(bd, br, cap, keep, maxd, hist);                             \
+                cnt[0] = keep;                                                                       \
+            }                                                                                        \
+        }
+        if (nq == 1) {
+            switch (row_words) {
+                case 2: SCAN_ONE(2) break;
+                case 4: SCAN_ONE(4) break;
+                case 6: SCAN_ONE(6) break;
+                case 8: SCAN_ONE(8) break;
+                case 12: SCAN_ONE(12) break;
+                case 16: SCAN_ONE(16) break;
+                default: SCAN_ONE(row_words)
+            }
+        }
+#undef SCAN_ONE
+        for (int64_t r = lo; r < (nq == 1 ? lo : hi); r++) {
             if (valid && !valid[r]) continue;
             const uint64_t* row = codes + r * row_words;
             int64_t hit = 0;
             if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
                 for (int64_t qi = 0; qi < nq; qi++) {
-                    int64_t d = 0;
-                    for (int64_t w = 0; w < row_words; w++) d += __builtin_popcountll(row[w] ^ q[qi * row_words + w]);
+                    const int64_t d = hamming_words(row, q + qi * row_words, row_words);
                     acc[qi] = d;
                     hit |= d < thr[qi];
                 }

@@ -120,8 +120,9 @@ def embed_corpus(
     per free CPU; ``actor_cpus``/``actor_gpus`` set each actor's share. ``model`` must be a
     name or a path every node can load.
 
-    Ids that exist are replaced, so an interrupted run can simply be repeated. Starts a local
-    Ray instance when none is running.
+    Texts are embedded, and written, in order of length (as one process's ``encode`` batches
+    them), so a batch pads to a length close to its own texts'. Ids that exist are replaced, so
+    an interrupted run can simply be repeated. Starts a local Ray instance when none is running.
     """
     check_documents(ids, texts, metadatas)  # refused whole, before any work
     ids, texts = list(ids), list(texts)

@@ -1,0 +1,55 @@
+"""The benchmark scripts stay runnable: each one imports against the package as it is now, and
+``bench_paths.py`` (every search path of issue 11's table) runs end to end at a tiny size.
+
+Benchmarks are timed by people, not by tests: nothing here checks a speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.glob("bench_*.py"))
+
+
+def _load(path: Path):
+    sys.path.insert(0, str(BENCHMARKS))  # scripts import their neighbours (bench_encoders)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_every_benchmark_is_found():
+    assert {p.stem for p in SCRIPTS} >= {"bench_paths", "bench_sharded", "bench_rerank", "bench_encoders"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.stem)
+def test_a_benchmark_imports_and_has_a_main(path):
+    module = _load(path)
+    assert callable(module.main) and module.__doc__
+
+
+def test_bench_paths_runs_every_path_at_a_tiny_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QUANT_RETRIEVER_CACHE", str(tmp_path))
+    bench = _load(BENCHMARKS / "bench_paths.py")
+    bench.main(["--n-real", "300", "--n-random", "3000", "--runs", "70", "--embed-precision", "int8"])
+    out = capsys.readouterr().out
+    for row in (
+        "int4 store search, filter matching 1/5, after a write",
+        "binary store search, filter matching 1/5, repeated",
+        "int4 store, kernel threads 1",
+        "one small query beside a 3,000-query batch",
+        "faiss IndexBinaryFlat, 300 vectors",
+        "fp16, 32 queries (per query)",
+        "FP32 matmul + top-k in torch",
+        "faiss SQ QT_4bit",
+    ):
+        assert row in out, row

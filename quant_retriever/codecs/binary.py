@@ -43,8 +43,11 @@ def encode(x: torch.Tensor) -> torch.Tensor:
     n, dim = x.shape
     nbytes = row_bytes(dim)
     if x.device.type == "cpu":  # numpy's packbits is this layout, in one pass
+        bits = np.packbits(x.detach().numpy() > 0, axis=1)
+        if bits.shape[1] == nbytes:  # dim a multiple of 64: no padding words
+            return torch.from_numpy(bits)
         out = np.zeros((n, nbytes), dtype=np.uint8)
-        out[:, : -(-dim // 8)] = np.packbits(x.detach().numpy() > 0, axis=1)
+        out[:, : bits.shape[1]] = bits
         return torch.from_numpy(out)
     return _encode_torch(x)
 

@@ -65,6 +65,8 @@ def _padded_queries(q: torch.Tensor) -> tuple[torch.Tensor, int]:
     nq, p = q.shape
     p16 = -(-p // 16) * 16
     nqp = -(-nq // 16) * 16 if nq >= 8 else nq
+    if (nqp, p16) == (nq, p) and q.dtype == torch.float32 and q.is_contiguous():
+        return q, p16  # nothing to pad: the kernels only read the queries
     out = torch.zeros(nqp, p16, dtype=torch.float32)
     out[:nq, :p] = q
     return out, p16

@@ -958,12 +958,12 @@ class QuantizedIndex:
                 cand = cand.pin_memory().to(self.device, non_blocking=True)
             if one:
                 s = self._rescore_codec.score(u, cand)
-            elif len(uniq) <= RESCORE_ALL_PAIRS * rows.shape[1]:  # few queries: one scan of every candidate
+            else:
                 inverse = torch.from_numpy(inverse.reshape(rows.shape)).to(self.device)
-                s = torch.gather(self._rescore_codec.score(u, cand), 1, inverse)
-            else:  # each query against its own candidates only
-                inverse = torch.from_numpy(inverse.reshape(-1)).to(self.device)
-                s = self._rescore_codec.rescore(u, cand[inverse].view(*rows.shape, -1))
+                if len(uniq) <= RESCORE_ALL_PAIRS * rows.shape[1]:  # few queries: one scan of every candidate
+                    s = torch.gather(self._rescore_codec.score(u, cand), 1, inverse)
+                else:  # each query against its own candidates only
+                    s = self._rescore_codec.rescore(u, cand[inverse.reshape(-1)].view(*rows.shape, -1))
         s, pos = torch.topk(s.float(), k, dim=1)
         scaled = s.cpu().numpy().astype(np.float64) * qnorm.cpu().numpy().astype(np.float64)[:, None]
         scaled = np.minimum(np.maximum(scaled, -FLOAT32_MAX, out=scaled), FLOAT32_MAX, out=scaled)  # np.clip, faster

@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import shutil
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -117,8 +118,6 @@ def pytest_unconfigure(config):
     printed (not reproduced or explained yet: suspects are Ray's shared memory and a test's
     lazily unmounted tmpfs); skipping the teardown keeps that from turning a result into a crash."""
     if _EXIT_STATUS and os.environ.get("QUANT_RETRIEVER_TEST_TEARDOWN") != "1":
-        import sys
-
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_EXIT_STATUS[-1])

@@ -286,52 +286,53 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
                 case 16: SCAN_ONE(16) break;
                 default: SCAN_ONE(row_words)
             }
+        } else {
+            for (int64_t r = lo; r < hi; r++) {
+                if (valid && !valid[r]) continue;
+                const uint64_t* row = codes + r * row_words;
+                int64_t hit = 0;
+                if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
+                    for (int64_t qi = 0; qi < nq; qi++) {
+                        const int64_t d = hamming_words(row, q + qi * row_words, row_words);
+                        acc[qi] = d;
+                        hit |= d < thr[qi];
+                    }
+                } else {
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+                    for (int64_t g = 0; g < nqp; g += QB) {
+                        __m512i a = _mm512_setzero_si512();
+                        for (int64_t w = 0; w < row_words; w++) {
+                            const __m512i x = _mm512_xor_si512(_mm512_set1_epi64((long long)row[w]), _mm512_loadu_si512(qt + w * nqp + g));
+                            a = _mm512_add_epi64(a, _mm512_popcnt_epi64(x));
+                        }
+                        _mm512_storeu_si512(acc + g, a);
+                        hit |= _mm512_cmplt_epi64_mask(a, _mm512_loadu_si512(thr + g));
+                    }
+#else
+                    for (int64_t qi = 0; qi < nqp; qi++) acc[qi] = 0;
+                    for (int64_t w = 0; w < row_words; w++) {
+                        const uint64_t rw = row[w];
+                        const uint64_t* qw = qt + w * nqp;
+                        for (int64_t qi = 0; qi < nqp; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
+                    }
+                    for (int64_t qi = 0; qi < nqp; qi++) hit |= acc[qi] < thr[qi];
+#endif
+                }
+                if (!hit) continue;  /* the common case once the lists have filled */
+                for (int64_t qi = 0; qi < nq; qi++) {
+                    if (acc[qi] >= thr[qi]) continue;
+                    int32_t* d = bd + qi * cap;
+                    int32_t* rr = br + qi * cap;
+                    d[cnt[qi]] = (int32_t)acc[qi];
+                    rr[cnt[qi]] = (int32_t)r;
+                    if (++cnt[qi] == cap && cap > keep) {
+                        thr[qi] = hamming_compact(d, rr, cap, keep, maxd, hist);
+                        cnt[qi] = keep;
+                    }
+                }
+            }
         }
 #undef SCAN_ONE
-        for (int64_t r = lo; r < (nq == 1 ? lo : hi); r++) {
-            if (valid && !valid[r]) continue;
-            const uint64_t* row = codes + r * row_words;
-            int64_t hit = 0;
-            if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
-                for (int64_t qi = 0; qi < nq; qi++) {
-                    const int64_t d = hamming_words(row, q + qi * row_words, row_words);
-                    acc[qi] = d;
-                    hit |= d < thr[qi];
-                }
-            } else {
-#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
-                for (int64_t g = 0; g < nqp; g += QB) {
-                    __m512i a = _mm512_setzero_si512();
-                    for (int64_t w = 0; w < row_words; w++) {
-                        const __m512i x = _mm512_xor_si512(_mm512_set1_epi64((long long)row[w]), _mm512_loadu_si512(qt + w * nqp + g));
-                        a = _mm512_add_epi64(a, _mm512_popcnt_epi64(x));
-                    }
-                    _mm512_storeu_si512(acc + g, a);
-                    hit |= _mm512_cmplt_epi64_mask(a, _mm512_loadu_si512(thr + g));
-                }
-#else
-                for (int64_t qi = 0; qi < nqp; qi++) acc[qi] = 0;
-                for (int64_t w = 0; w < row_words; w++) {
-                    const uint64_t rw = row[w];
-                    const uint64_t* qw = qt + w * nqp;
-                    for (int64_t qi = 0; qi < nqp; qi++) acc[qi] += __builtin_popcountll(rw ^ qw[qi]);
-                }
-                for (int64_t qi = 0; qi < nqp; qi++) hit |= acc[qi] < thr[qi];
-#endif
-            }
-            if (!hit) continue;  /* the common case once the lists have filled */
-            for (int64_t qi = 0; qi < nq; qi++) {
-                if (acc[qi] >= thr[qi]) continue;
-                int32_t* d = bd + qi * cap;
-                int32_t* rr = br + qi * cap;
-                d[cnt[qi]] = (int32_t)acc[qi];
-                rr[cnt[qi]] = (int32_t)r;
-                if (++cnt[qi] == cap && cap > keep) {
-                    thr[qi] = hamming_compact(d, rr, cap, keep, maxd, hist);
-                    cnt[qi] = keep;
-                }
-            }
-        }
         for (int64_t qi = 0; qi < nq; qi++) {
             int32_t* d = bd + qi * cap;
             int32_t* rr = br + qi * cap;

@@ -64,12 +64,17 @@ def _padded_queries(q: torch.Tensor) -> tuple[torch.Tensor, int]:
     (``p16``: ``p`` rounded up to 16; ``nqp``: ``nq`` rounded up to 16 from 8 queries on)."""
     nq, p = q.shape
     p16 = -(-p // 16) * 16
-    nqp = -(-nq // 16) * 16 if nq >= 8 else nq
-    if (nqp, p16) == (nq, p) and q.dtype == torch.float32 and q.is_contiguous():
-        return q, p16  # nothing to pad: the kernels only read the queries
-    out = torch.zeros(nqp, p16, dtype=torch.float32)
-    out[:nq, :p] = q
-    return out, p16
+    return _zero_padded(q, -(-nq // 16) * 16 if nq >= 8 else nq, p16), p16
+
+
+def _zero_padded(q: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``q [nq, p]`` as contiguous float32 ``[rows, cols]``, zeros past it; ``q`` itself when it
+    already is that (the kernels only read queries)."""
+    if q.shape == (rows, cols) and q.dtype == torch.float32 and q.is_contiguous():
+        return q
+    out = torch.zeros(rows, cols, dtype=torch.float32)
+    out[: q.shape[0], : q.shape[1]] = q
+    return out
 
 
 def _valid_ptr(valid: torch.Tensor | None, n: int):
@@ -186,11 +191,7 @@ def binary_candidates(
     if not 0 < n_cand <= width <= n < 2**31:
         raise ValueError(f"binary_candidates needs 0 < n_cand <= width <= rows < 2**31; got {n_cand}, {width}, {n}.")
     keep, vp = _valid_ptr(valid, n)
-    if q.shape[1] == words * 64 and q.dtype == torch.float32 and q.is_contiguous():
-        qf = q  # no padding to add (dim a multiple of 64)
-    else:
-        qf = torch.zeros(nq, words * 64, dtype=torch.float32)
-        qf[:, : q.shape[1]] = q
+    qf = _zero_padded(q, nq, words * 64)
     scores = torch.empty(nq, n_cand, dtype=torch.float32)
     rows = torch.empty(nq, n_cand, dtype=torch.int64)
     lib.binary_candidates(

@@ -288,6 +288,10 @@ def _float_range_error(t: torch.Tensor, what: str) -> ValueError:
 def as_vectors(x, dim: int | None, what: str) -> torch.Tensor:
     """Validate a float array/tensor ``[n, dim]`` (or ``[dim]``; any ``dim`` when ``None``)
     -> contiguous float32 tensor on its own device. Raises ``TypeError``/``ValueError``."""
+    if type(x) is np.ndarray and x.dtype == np.float32 and 0 < x.ndim <= 2:  # the usual query: few checks
+        arr = x.reshape(1, -1) if x.ndim == 1 else x
+        if arr.shape[0] and arr.shape[1] and arr.shape[1] == (dim or arr.shape[1]) and np.isfinite(arr).all():
+            return torch.from_numpy(np.ascontiguousarray(arr))
     if isinstance(x, torch.Tensor):
         if x.layout != torch.strided or x.device.type == "meta":
             raise TypeError(f"{what} must be a dense tensor with data; got layout {x.layout} on {x.device.type}.")
@@ -688,7 +692,7 @@ class QuantizedIndex:
             empty = np.zeros((len(q), 0))
             return SearchResult(empty.astype(np.int64), empty.astype(np.float32))
         scores, rows = self._search(snap, q.to(self.device), mask, subset, n_valid, k, mult)
-        return SearchResult(snap.ids[rows.cpu().numpy()], scores)
+        return SearchResult(snap.ids[rows], scores)
 
     def get_vectors(self, ids) -> np.ndarray:
         """Best available reconstruction ``[n, dim]`` float32 of the given ids: the rescore
@@ -936,7 +940,7 @@ class QuantizedIndex:
         return max(step, 1024)
 
     def _search(self, snap: _Snapshot, q: torch.Tensor, mask, subset, n_valid: int, k: int, mult: int):
-        """Top-``k`` (scores ``[q, k]`` float32 numpy, rows ``[q, k]``) among ``n_valid`` rows:
+        """Top-``k`` (scores, rows: ``[q, k]`` float32 and int64 numpy) among ``n_valid`` rows:
         those of ``mask``, or the row numbers ``subset`` (a small selection, gathered)."""
         u, qnorm = split_norm(q)  # ranking does not depend on the query norm
         n_cand = min(k * mult if self.rescore else k, n_valid)
@@ -952,6 +956,10 @@ class QuantizedIndex:
             rows = subset_t[rows]
         if snap.rescore is not None:
             one = rows.shape[0] == 1  # one query's candidates are distinct rows already, in order
+            if one and self.device.type == "cpu":  # read in place, scored and ranked in one native call
+                top = snap.rescore.top(u, float(qnorm[0]), rows[0], k, snap.rows)
+                if top is not None:
+                    return top[0][None], rows[0].numpy()[top[1]][None]
             uniq, inverse = (rows[0].cpu().numpy(), None) if one else np.unique(rows.cpu().numpy(), return_inverse=True)
             cand = snap.rescore.gather(uniq, snap.rows)  # read once per distinct row, for all queries
             if self.device.type == "cuda":  # one pinned, asynchronous copy to the GPU
@@ -964,10 +972,11 @@ class QuantizedIndex:
                     s = torch.gather(self._rescore_codec.score(u, cand), 1, inverse)
                 else:  # each query against its own candidates only
                     s = self._rescore_codec.rescore(u, cand[inverse.reshape(-1)].view(*rows.shape, -1))
-        s, pos = torch.topk(s.float(), k, dim=1)
+        s, pos = torch.sort(s.float(), dim=1, descending=True, stable=True)  # ties: first-stage order
+        s, pos = s[:, :k], pos[:, :k]
         scaled = s.cpu().numpy().astype(np.float64) * qnorm.cpu().numpy().astype(np.float64)[:, None]
         scaled = np.minimum(np.maximum(scaled, -FLOAT32_MAX, out=scaled), FLOAT32_MAX, out=scaled)  # np.clip, faster
-        return scaled.astype(np.float32), torch.gather(rows, 1, pos)
+        return scaled.astype(np.float32), torch.gather(rows, 1, pos).cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
     def _manifest(self, snap: _Snapshot, n_deleted: int, next_id: int, generation: int) -> dict:

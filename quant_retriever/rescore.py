@@ -23,6 +23,7 @@ import torch
 
 from quant_retriever.codecs import Codec
 from quant_retriever.files import open_nofollow, write_all
+from quant_retriever.kernels import scans
 
 __all__ = ["RescoreFile"]
 
@@ -51,7 +52,7 @@ class RescoreFile:
         except FileNotFoundError:
             raise ValueError(f"{self.path}: missing; expected {self.nbytes} bytes ({count} rows).") from None
         self._ino = os.fstat(self._fd).st_ino
-        self._map: tuple[int, np.ndarray] | None = None  # (rows mapped, [rows, row_bytes] uint8 view)
+        self._map: tuple[int, np.ndarray, int] | None = None  # (rows mapped, [rows, row_bytes] uint8 view, address)
         self._map_lock = threading.Lock()
         size = os.fstat(self._fd).st_size
         if size < self.nbytes:
@@ -88,9 +89,9 @@ class RescoreFile:
     def commit(self, count: int) -> None:
         self.count = count
 
-    def gather(self, rows: np.ndarray, count: int | None = None) -> torch.Tensor:
-        """The given rows ``[len(rows), row_bytes]`` uint8 (a copy), of the first ``count``
-        committed rows (default: all)."""
+    def _mapped(self, count: int | None) -> tuple[np.ndarray, int]:
+        """``(rows [>= count, row_bytes] uint8, their address)``: the map of at least the first
+        ``count`` committed rows (default all); ``ValueError`` if the file was truncated."""
         count = self.count if count is None else count
         size = os.fstat(self._fd).st_size
         if size < count * self.codec.row_bytes:
@@ -100,11 +101,26 @@ class RescoreFile:
                 # map everything committed now; a later, longer snapshot remaps
                 n = max(count, self.count)
                 if n == 0:
-                    return torch.zeros(0, self.codec.row_bytes, dtype=torch.uint8)
+                    return np.zeros((0, self.codec.row_bytes), dtype=np.uint8), 0
                 mm = mmap.mmap(self._fd, n * self.codec.row_bytes, prot=mmap.PROT_READ)
-                self._map = (n, np.frombuffer(mm, dtype=np.uint8).reshape(n, self.codec.row_bytes))
-            view = self._map[1]
-        return torch.from_numpy(view[np.asarray(rows, dtype=np.int64)])
+                view = np.frombuffer(mm, dtype=np.uint8).reshape(n, self.codec.row_bytes)
+                self._map = (n, view, view.ctypes.data)
+            return self._map[1], self._map[2]
+
+    def gather(self, rows: np.ndarray, count: int | None = None) -> torch.Tensor:
+        """The given rows ``[len(rows), row_bytes]`` uint8 (a copy), of the first ``count``
+        committed rows (default: all)."""
+        return torch.from_numpy(self._mapped(count)[0][np.asarray(rows, dtype=np.int64)])
+
+    def top(self, q: torch.Tensor, qnorm: float, rows: torch.Tensor, k: int, count: int | None = None):
+        """One unit query ``q [1, dim]`` (CPU) against the given rows (int64), read in place:
+        the best ``k`` as ``(scores [k] float32, times qnorm; positions [k] in rows)``, best
+        first; ``None`` without a native kernel for this format."""
+        layout = self.codec.dense_layout()
+        if layout is None:
+            return None
+        view, address = self._mapped(count)  # the map stays alive while `view` does
+        return scans.dense_top(q, qnorm, (address, *view.shape), rows, k, self.codec.dim, *layout)
 
     def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> None:
         """Write the given rows, in order, to a new file ``path`` (fsynced)."""

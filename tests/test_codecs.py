@@ -276,3 +276,30 @@ def test_binary_candidates_kernel_matches_the_two_torch_stages(dim, nq, masked, 
     assert torch.equal(picked, torch.gather(first, 1, order))
     if masked:
         assert valid[picked.flatten()].all()
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp16"])
+@pytest.mark.parametrize("dim", DIMS)
+def test_dense_top_reads_picked_rows_in_place_like_score_then_a_stable_sort(fmt, dim):
+    """The one-query rescoring kernel against its reference: the codec's scores of the
+    gathered rows, a stable descending sort, times the query norm in float64, clipped."""
+    if scans.LIBRARY.get() is None:
+        pytest.skip("no C compiler")
+    codec = make_codec(fmt, dim)
+    x = unit(300, dim, 5) * torch.rand(300, 1, generator=torch.Generator().manual_seed(2)) * 10
+    x[100:110] = x[7]  # equal scores: ties keep the earlier pick
+    rows = codec.encode(x).numpy()
+    q = unit(1, dim, 6)
+    gen = torch.Generator().manual_seed(dim)
+    pick = torch.cat([torch.arange(100, 110), torch.tensor([7]), torch.randperm(300, generator=gen)[:60]])
+    for k, qnorm in [(1, 1.0), (10, 3.5), (len(pick), 1e38)]:
+        scores, pos = scans.dense_top(q, qnorm, (rows.ctypes.data, *rows.shape), pick, k, dim, *codec.dense_layout())
+        ref = codec.score(q, torch.from_numpy(rows[pick.numpy()]))[0]
+        order = torch.sort(ref, descending=True, stable=True).indices[:k].numpy()
+        np.testing.assert_array_equal(pos, order)
+        expect = np.clip(ref.numpy()[order].astype(np.float64) * qnorm, -3.4028234663852886e38, 3.4028234663852886e38)
+        np.testing.assert_allclose(scores, expect.astype(np.float32), rtol=1e-5, atol=1e-5 * qnorm)
+        assert np.isfinite(scores).all()
+    for bad in (torch.tensor([0, 300]), torch.tensor([-1, 2])):
+        with pytest.raises(ValueError, match="picked rows"):
+            scans.dense_top(q, 1.0, (rows.ctypes.data, *rows.shape), bad, 1, dim, *codec.dense_layout())

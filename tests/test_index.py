@@ -54,6 +54,33 @@ def test_custom_ids_and_single_query_vector(codec):
     assert index.add(unit(1, 8, 9)).tolist() == [120]  # auto ids continue after the largest
 
 
+@pytest.mark.parametrize("rescore_dtype", ["int8", "fp16"])
+def test_one_query_path_equals_the_batch_path(codec, rescore_dtype, kernel_path):
+    """One query takes its own path (rescored in place by one native call on the CPU); its
+    ids and scores are those of the same query in a batch: with deletions, a selection, odd
+    norms, k larger than what is left, and a rescore copy of either precision."""
+    x = unit(900, 97, 3) * np.random.default_rng(4).uniform(0.1, 40, (900, 1)).astype(np.float32)
+    x[500:520] = x[5]  # equal scores
+    index = QuantizedIndex(97, codec=codec, block_size=16, rescore_dtype=rescore_dtype)
+    index.add(x)
+    index.remove(np.arange(0, 900, 7))
+    q = np.concatenate([unit(12, 97, 5) * 3, x[5:6] * 1e30, x[600:601]])
+    allowed = np.arange(3, 900, 3)
+    for kwargs in ({"k": 10}, {"k": 10, "allowed_ids": allowed}, {"k": 10, "allowed_ids": allowed[:5]}, {"k": 5000}):
+        batch = index.search(q, **kwargs)
+        for i in range(len(q)):
+            one = index.search(q[i], **kwargs)
+            tol = 1e-5 * np.abs(batch.scores[i]).max()
+            np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=1e-5, atol=tol)
+            # the same ids in the same order, up to near-ties (a batch sums in another order)
+            of_batch = dict(zip(batch.ids[i].tolist(), batch.scores[i].tolist()))
+            for j in np.flatnonzero(one.ids[0] != batch.ids[i]):
+                near = of_batch.get(int(one.ids[0, j]), batch.scores[i, -1])
+                assert abs(near - one.scores[0, j]) <= 2 * tol, (kwargs, i, j)
+            assert (one.ids[0] == batch.ids[i]).mean() > 0.95
+            assert not np.isin(one.ids, np.arange(0, 900, 7)).any()
+
+
 def test_k_is_capped_and_filters_apply_before_top_k(codec):
     x = unit(200, 16)
     index = QuantizedIndex(16, codec=codec, block_size=8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -28,9 +29,13 @@ def split_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if x.device.type == "cpu" and x.shape[0] <= _SMALL:  # a few queries: numpy's per-call cost is lower
         x64 = x.numpy().astype(np.float64)
-        norms = np.sqrt(np.einsum("nd,nd->n", x64, x64))[:, None]
-        u = x64 / np.maximum(norms, _TINY)
-        norms = np.minimum(norms[:, 0], FLOAT32_MAX)
+        sq = np.einsum("nd,nd->n", x64, x64)
+        if len(sq) == 1:  # one query: the same steps on a scalar
+            norm = math.sqrt(sq[0])
+            u, norms = x64 / max(norm, _TINY), np.array([min(norm, FLOAT32_MAX)])
+        else:
+            norms = np.sqrt(sq)
+            u, norms = x64 / np.maximum(norms, _TINY)[:, None], np.minimum(norms, FLOAT32_MAX)
         return torch.from_numpy(u.astype(np.float32)), torch.from_numpy(norms.astype(np.float32))
     x64 = x.double()
     norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True)
@@ -97,6 +102,12 @@ class Codec:
         minus the Hamming distance, int32). ``valid`` (``[n]`` bool) is a hint: a kernel may
         skip rows where it is False, and their scores are then meaningless."""
         raise NotImplementedError
+
+    def dense_layout(self) -> tuple[torch.dtype, int, int] | None:
+        """``(dtype, factor_offset, n_factors)`` when a row is ``dim`` values of ``dtype`` (int8
+        or float16) and then ``n_factors`` float32 factors at byte ``factor_offset``, whose
+        product scales the dot product (the native dense kernels read such rows in place)."""
+        return None
 
     # ------------------------------------------------------------------ search stages
     def scans_in_place(self, device: torch.device) -> bool:

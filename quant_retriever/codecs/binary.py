@@ -184,7 +184,7 @@ class Binary(Codec):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = min(max(n_cand, WIDEN * k), n_valid)
         if not gpu.available(codes.device):  # CUDA: the Triton select below
-            both = scans.binary_candidates(encode(q), q, codes, mask, width, n_cand)
+            both = scans.binary_candidates(q, codes, mask, width, n_cand)
             if both is not None:  # the CPU kernel: both stages in one call
                 return both
         _, rows = scan(width)

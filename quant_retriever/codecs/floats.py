@@ -66,6 +66,9 @@ class Float16(_Float):
         out = scans.dense_scan(q, rows, torch.float16, self.dim, self._width, 1, valid)
         return out if out is not None else super().score(q, rows)
 
+    def dense_layout(self) -> tuple[torch.dtype, int, int]:
+        return torch.float16, self._width, 1
+
     def scans_in_place(self, device: torch.device) -> bool:
         return scans.available(device)
 

@@ -69,7 +69,7 @@ def decode_unit(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
 def score(q: torch.Tensor, rows: torch.Tensor, dim: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Float queries ``[nq, dim]`` against rows ``[n, row_bytes]`` -> ``[nq, n]`` float32
     ``norm * scale * <q, code>``: the rows are never decoded on the CPU (native kernel)."""
-    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2, valid)
+    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2, valid)  # Int8.dense_layout
     if out is not None:
         return out
     codes, norms, scales = _fields(rows, dim)
@@ -94,6 +94,9 @@ class Int8(Codec):
 
     def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return score(q, rows, self.dim, valid)
+
+    def dense_layout(self) -> tuple[torch.dtype, int, int]:
+        return torch.int8, _d4(self.dim), 2
 
     def scans_in_place(self, device: torch.device) -> bool:
         return scans.available(device)

@@ -190,11 +190,12 @@ def _install(built: Path, directory: Path, name: str) -> None:
 
 
 def signature(*kinds: str) -> list:
-    """ctypes argtypes from short names: ``p`` pointer, ``i64``, ``i32``, ``f32``."""
+    """ctypes argtypes from short names: ``p`` pointer, ``i64``, ``i32``, ``f32``, ``f64``."""
     table: dict[str, Callable] = {
         "p": ctypes.c_void_p,
         "i64": ctypes.c_int64,
         "i32": ctypes.c_int,
         "f32": ctypes.c_float,
+        "f64": ctypes.c_double,
     }
     return [table[k] for k in kinds]

@@ -2,6 +2,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <math.h>
+#include <float.h>
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -204,6 +205,39 @@ void NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64
 DENSE_SCAN(dense_scan_i8, int8_t, load_i8)
 DENSE_SCAN(dense_scan_f16, uint16_t, load_f16)
 
+/* One query's rescoring: the dense rows (layout as above) pick[0..m) of `codes` [n rows]
+   scored against q [p16], the best k (ties: the earlier pick) into pos_out (positions in
+   pick) and score_out, best first; each score times qnorm in double precision, clipped to
+   the float range (the index's final scores). Returns -1, writing nothing, if a pick is
+   outside [0, n); else 0. */
+#define DENSE_TOP(NAME, T, LOAD)                                                                    \
+int NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
+         const int64_t* pick, int64_t m, const float* q, int64_t p16, int64_t k, double qnorm,     \
+         float* score_out, int64_t* pos_out) {                                                      \
+    for (int64_t c = 0; c < m; c++)                                                              \
+        if (pick[c] < 0 || pick[c] >= n) return -1;                                              \
+    float* buf = (float*)calloc((size_t)(p16 + m), sizeof(float));                               \
+    float* s = buf + p16;                                                                        \
+    for (int64_t c = 0; c < m; c++) {                                                            \
+        const uint8_t* raw = codes + pick[c] * row_bytes;                                        \
+        LOAD((const T*)raw, dim, buf);                                                           \
+        row_dots(buf, q, p16, 1, row_factor(raw, fo, nf), s, 1, c);                               \
+    }                                                                                            \
+    int64_t kept = 0;                                                                            \
+    for (int64_t c = 0; c < m; c++) {                                                            \
+        if (kept == k && !(s[c] > s[pos_out[k - 1]])) continue;                                  \
+        int64_t j = kept < k ? kept++ : k - 1;                                                   \
+        for (; j > 0 && s[c] > s[pos_out[j - 1]]; j--) pos_out[j] = pos_out[j - 1];              \
+        pos_out[j] = c;                                                                          \
+    }                                                                                            \
+    for (int64_t j = 0; j < kept; j++)                                                           \
+        score_out[j] = (float)fmin(fmax((double)s[pos_out[j]] * qnorm, -FLT_MAX), FLT_MAX);      \
+    free(buf);                                                                                   \
+    return 0;                                                                                    \
+}
+DENSE_TOP(dense_top_i8, int8_t, load_i8)
+DENSE_TOP(dense_top_f16, uint16_t, load_f16)
+
 /* Keep the `keep` smallest distances of a candidate list (cnt >= keep entries, in row order;
    ties at the cut-off keep the earlier rows), in place. Returns the cut-off distance c: a row
    seen later belongs in the list only if its distance is < c. */
@@ -227,6 +261,21 @@ static inline __attribute__((always_inline)) int64_t hamming_words(const uint64_
     for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(a[w] ^ b[w]);
     return d;
 }
+
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+/* Hamming distances of 8 consecutive rows of w <= 8 words to the query qv (its words in the
+   lanes below w, zeros above): lane i = distance of row i. Each row is one masked load and
+   popcount; the 8 vectors of per-word counts are summed by a transpose-and-add tree. */
+static inline __m512i hamming8(const uint64_t* rows, int64_t w, __mmask8 words, __m512i qv) {
+    __m512i v[8], a[4], b[2];
+    for (int i = 0; i < 8; i++) v[i] = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_maskz_loadu_epi64(words, rows + i * w), qv));
+    for (int i = 0; i < 4; i++)
+        a[i] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi64(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        b[i] = _mm512_add_epi64(_mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0x88), _mm512_shuffle_i64x2(a[2 * i], a[2 * i + 1], 0xDD));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(b[0], b[1], 0x88), _mm512_shuffle_i64x2(b[0], b[1], 0xDD));
+}
+#endif
 
 /* Hamming top-k in one streaming pass, without a distance matrix. Each thread scans a block
    of rows and keeps, per query, a list of up to `cap` candidates and a threshold: a row
@@ -264,19 +313,39 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
         int64_t* hist = (int64_t*)malloc((size_t)(maxd + 1) * sizeof(int64_t));
         for (int64_t qi = 0; qi < nqp; qi++) thr[qi] = qi < nq ? maxd + 1 : 0;  /* padding never enters */
         /* one query: a loop of its own, unrolled for the usual widths (128 to 1024 bits) */
-#define SCAN_ONE(W)                                                                                 \
-        for (int64_t r = lo; r < hi; r++) {                                                          \
-            if (valid && !valid[r]) continue;                                                        \
-            const int64_t d = hamming_words(codes + r * (W), q, (W));                                \
-            if (d >= thr[0]) continue;                                                               \
-            bd[cnt[0]] = (int32_t)d;                                                                 \
-            br[cnt[0]] = (int32_t)r;                                                                 \
+#define TAKE_ONE(d, r)                                                                              \
+        if ((d) < thr[0] && !(valid && !valid[r])) {                                                 \
+            bd[cnt[0]] = (int32_t)(d);                                                               \
+            br[cnt[0]] = (int32_t)(r);                                                               \
             if (++cnt[0] == cap && cap > keep) {                                                     \
                 thr[0] = hamming_compact(bd, br, cap, keep, maxd, hist);                             \
                 cnt[0] = keep;                                                                       \
             }                                                                                        \
         }
-        if (nq == 1) {
+#define SCAN_ONE(W)                                                                                 \
+        for (int64_t r = lo8; r < hi; r++) {                                                         \
+            const int64_t d = hamming_words(codes + r * (W), q, (W));                                \
+            TAKE_ONE(d, r)                                                                           \
+        }
+        int64_t lo8 = lo;  /* rows before lo8 are done */
+#if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
+        if (nq == 1 && row_words <= 8) {  /* 8 rows a step, a compare to the threshold for all 8 */
+            const __mmask8 words = (__mmask8)((1u << row_words) - 1);
+            const __m512i qv = _mm512_maskz_loadu_epi64(words, q);
+            for (; lo8 + 8 <= hi; lo8 += 8) {
+                const __m512i d8 = hamming8(codes + lo8 * row_words, row_words, words, qv);
+                __mmask8 hit = _mm512_cmplt_epi64_mask(d8, _mm512_set1_epi64(thr[0]));
+                if (!hit) continue;
+                int64_t dd[8];
+                _mm512_storeu_si512(dd, d8);
+                for (; hit; hit &= hit - 1) {  /* in row order; the threshold may drop on the way */
+                    const int i = __builtin_ctz(hit);
+                    TAKE_ONE(dd[i], lo8 + i)
+                }
+            }
+        }
+#endif
+        if (nq == 1) {  /* the rows left (all of them without the 8-row loop) */
             switch (row_words) {
                 case 2: SCAN_ONE(2) break;
                 case 4: SCAN_ONE(4) break;
@@ -333,6 +402,7 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
             }
         }
 #undef SCAN_ONE
+#undef TAKE_ONE
         for (int64_t qi = 0; qi < nq; qi++) {
             int32_t* d = bd + qi * cap;
             int32_t* rr = br + qi * cap;
@@ -384,16 +454,13 @@ void hamming_scan(const uint64_t* codes, int64_t n, int64_t row_words, const uin
     }
 }
 
-/* Binary candidates (see codecs/binary.py): the `width` rows of smallest Hamming distance per
-   query (hamming_select), re-ranked by the float query against their +-1 codes, best
-   `n_cand` of them into score_out/rows_out [nq, n_cand], best first (equal scores keep the
-   Hamming order). qf [nq, row_words * 64]: the float queries, zero-padded. The +-1 score of a
-   row is 2 * sum(q over its set bits) - sum(q), read from a per-query table of the sums over
-   each byte value, so no row is decoded. Rows hamming_select padded with (distance INT32_MAX)
-   score -inf. */
+/* One query's second stage (see binary_candidates): the +-1 scores of its `width` rows
+   (d, r: their distances and rows), from a table of the query's sums over each byte value
+   (or masked adds of the query, for fewer rows); the best `n_cand` into score_out/rows_out.
+   Scratch: lut, score [width], best [n_cand]. */
 static void binary_rerank(const uint64_t* codes, int64_t row_words, const float* q, const int32_t* d,
                           const int64_t* r, int64_t width, int64_t n_cand, float* lut, float* score,
-                          float* score_out, int64_t* rows_out) {
+                          int64_t* best, float* score_out, int64_t* rows_out) {
     const int64_t nbytes = row_words * 8;
     float qsum = 0.f;
     for (int64_t i = 0; i < nbytes * 8; i++) qsum += q[i];
@@ -427,46 +494,56 @@ static void binary_rerank(const uint64_t* codes, int64_t row_words, const float*
             score[c] = 2.f * s - qsum;
         }
     }
-    /* the best n_cand by (score desc, distance asc, row asc): one selection pass per slot */
-    for (int64_t slot = 0; slot < n_cand; slot++) {
-        int64_t best = -1;
-        for (int64_t c = 0; c < width; c++) {
-            if (score[c] != score[c]) continue;  /* taken (NaN marks it) */
-            if (best < 0 || score[c] > score[best] ||
-                (score[c] == score[best] && (d[c] < d[best] || (d[c] == d[best] && r[c] < r[best])))) best = c;
-        }
-        score_out[slot] = score[best];
-        rows_out[slot] = r[best];
-        score[best] = NAN;
+    /* the best n_cand by (score desc, distance asc, row asc), kept sorted by insertion */
+#define BETTER(a, b) (score[a] > score[b] || (score[a] == score[b] && (d[a] < d[b] || (d[a] == d[b] && r[a] < r[b]))))
+    int64_t m = 0;
+    for (int64_t c = 0; c < width; c++) {
+        if (m == n_cand && !BETTER(c, best[m - 1])) continue;
+        int64_t j = m < n_cand ? m++ : n_cand - 1;
+        for (; j > 0 && BETTER(c, best[j - 1]); j--) best[j] = best[j - 1];
+        best[j] = c;
     }
+#undef BETTER
+    for (int64_t j = 0; j < n_cand; j++) { score_out[j] = score[best[j]]; rows_out[j] = r[best[j]]; }
 }
 
 /* Binary candidates (see codecs/binary.py): the `width` rows of smallest Hamming distance per
    query (hamming_select), re-ranked by the float query against their +-1 codes, best
    `n_cand` of them into score_out/rows_out [nq, n_cand], best first (equal scores keep the
    Hamming order: distance, then row). qf [nq, row_words * 64]: the float queries,
-   zero-padded. The +-1 score of a row is 2 * sum(q over its set bits) - sum(q), read from a
-   per-query table of the sums over each byte value, so no row is decoded. Rows
+   zero-padded; their sign bits (bit 7 - i of byte j: qf[8j + i] > 0) are packed here. The
+   +-1 score of a row is 2 * sum(q over its set bits) - sum(q), so no row is decoded. Rows
    hamming_select padded with (distance INT32_MAX) score -inf. */
-void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* qbits, const float* qf,
+void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, const float* qf,
                        int64_t nq, const uint8_t* valid, int64_t width, int64_t n_cand,
                        float* score_out, int64_t* rows_out, int nthreads) {
+    const int64_t nbytes = row_words * 8;
+    uint8_t* qbits = (uint8_t*)malloc((size_t)(nq * nbytes));
+    for (int64_t i = 0; i < nq * nbytes; i++) {
+        uint8_t b = 0;
+        for (int j = 0; j < 8; j++) b = (uint8_t)(b << 1 | (qf[i * 8 + j] > 0.f));
+        qbits[i] = b;
+    }
     int32_t* dist = (int32_t*)malloc((size_t)(nq * width) * sizeof(int32_t));
     int64_t* rows = (int64_t*)malloc((size_t)(nq * width) * sizeof(int64_t));
-    hamming_select(codes, n, row_words, qbits, nq, valid, width, dist, rows, nthreads);
-    const int64_t nbytes = row_words * 8;
+    hamming_select(codes, n, row_words, (const uint64_t*)qbits, nq, valid, width, dist, rows, nthreads);
+    free(qbits);
+    /* per thread: the table (256 floats a byte), the scores and the kept order */
+    const size_t scratch = (size_t)(nbytes * 256 + width) * sizeof(float) + (size_t)n_cand * sizeof(int64_t);
     if (nq == 1) {  /* no thread team for one query */
-        float* lut = (float*)malloc((size_t)(nbytes * 256 + width) * sizeof(float));
-        binary_rerank(codes, row_words, qf, dist, rows, width, n_cand, lut, lut + nbytes * 256, score_out, rows_out);
+        float* lut = (float*)malloc(scratch);
+        binary_rerank(codes, row_words, qf, dist, rows, width, n_cand, lut, lut + nbytes * 256,
+                      (int64_t*)(lut + nbytes * 256 + width), score_out, rows_out);
         free(lut);
     } else {
         #pragma omp parallel num_threads(nthreads)
         {
-            float* lut = (float*)malloc((size_t)(nbytes * 256 + width) * sizeof(float));
+            float* lut = (float*)malloc(scratch);
             #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++)
                 binary_rerank(codes, row_words, qf + qi * nbytes * 8, dist + qi * width, rows + qi * width, width,
-                              n_cand, lut, lut + nbytes * 256, score_out + qi * n_cand, rows_out + qi * n_cand);
+                              n_cand, lut, lut + nbytes * 256, (int64_t*)(lut + nbytes * 256 + width),
+                              score_out + qi * n_cand, rows_out + qi * n_cand);
             free(lut);
         }
     }

@@ -6,6 +6,7 @@ tensor not on the CPU); the codecs then run their eager-torch reference instead.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from quant_retriever.kernels.build import Library, signature
@@ -18,10 +19,12 @@ __all__ = [
     "hamming_select",
     "binary_candidates",
     "dense_scan",
+    "dense_top",
     "FUSED_MAX_QUERIES",
 ]
 
 _DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32")
+_DENSE_TOP = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "p", "i64", "i64", "f64", "p", "p")
 LIBRARY = Library(
     "scans.c",
     {
@@ -29,9 +32,11 @@ LIBRARY = Library(
         "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
-        "binary_candidates": signature("p", "i64", "i64", "p", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
+        "binary_candidates": signature("p", "i64", "i64", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "dense_scan_i8": _DENSE,
         "dense_scan_f16": _DENSE,
+        "dense_top_i8": _DENSE_TOP,
+        "dense_top_f16": _DENSE_TOP,
     },
 )
 
@@ -49,8 +54,9 @@ def _threads(rows: int, queries: int = 1) -> int:
 
 
 def _usable(*tensors: torch.Tensor):
-    if any(t.device.type != "cpu" for t in tensors):
-        return None
+    for t in tensors:
+        if t.device.type != "cpu":
+            return None
     return LIBRARY.get()
 
 
@@ -177,17 +183,17 @@ def hamming_select(
 
 
 def binary_candidates(
-    qbits: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, width: int, n_cand: int
+    q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, width: int, n_cand: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Binary's two stages in one call: the ``width`` rows of smallest Hamming distance to the
-    packed queries ``qbits [nq, row_bytes]``, re-ranked by the float queries ``q [nq, dim]``
+    sign bits of the float queries ``q [nq, dim]`` (packed in the kernel), re-ranked by ``q``
     against their +-1 codes; the best ``n_cand``: ``(scores [nq, n_cand] float32, rows
     [nq, n_cand] int64)``, best first."""
-    lib = _usable(qbits, codes)
+    lib = _usable(q, codes)
     if lib is None:
         return None
-    codes, qbits = codes.contiguous(), qbits.contiguous()
-    nq, n, words = qbits.shape[0], codes.shape[0], codes.shape[1] // 8
+    codes = codes.contiguous()
+    nq, n, words = q.shape[0], codes.shape[0], codes.shape[1] // 8
     if not 0 < n_cand <= width <= n < 2**31:
         raise ValueError(f"binary_candidates needs 0 < n_cand <= width <= rows < 2**31; got {n_cand}, {width}, {n}.")
     keep, vp = _valid_ptr(valid, n)
@@ -198,7 +204,6 @@ def binary_candidates(
         codes.data_ptr(),
         n,
         words,
-        qbits.data_ptr(),
         qf.data_ptr(),
         nq,
         vp,
@@ -248,3 +253,51 @@ def dense_scan(
         _threads(n, nq),
     )
     return out
+
+
+def dense_top(
+    q: torch.Tensor,
+    qnorm: float,
+    codes: tuple[int, int, int],
+    pick: torch.Tensor,
+    k: int,
+    dim: int,
+    dtype: torch.dtype,
+    factor_offset: int,
+    n_factors: int,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One unit query ``q [1, dim]`` against the dense rows ``pick`` (int64) of ``codes``
+    (``(address, n, row_bytes)`` of C-contiguous uint8 rows, e.g. a memory map, read in place;
+    layout as in :func:`dense_scan`): the best ``k`` as ``(scores [k] float32, times ``qnorm``
+    and clipped to the float32 range; positions [k] in pick)``, best first, ties to the
+    earlier pick. ``ValueError`` for a pick outside the rows."""
+    lib = _usable(q, pick)
+    if lib is None:
+        return None
+    m = len(pick)
+    if not 0 < k <= m or pick.dtype != torch.int64:
+        raise ValueError(f"dense_top needs 0 < k <= len(pick) and int64 picks; got k={k}, {m} {pick.dtype}.")
+    fn = {torch.int8: lib.dense_top_i8, torch.float16: lib.dense_top_f16}[dtype]
+    qs, p16 = _padded_queries(q.float())
+    pick = pick.contiguous()
+    scores, pos = torch.empty(k, dtype=torch.float32), torch.empty(k, dtype=torch.int64)
+    address, n, row_bytes = codes
+    bad = fn(
+        address,
+        n,
+        row_bytes,
+        dim,
+        factor_offset,
+        n_factors,
+        pick.data_ptr(),
+        m,
+        qs.data_ptr(),
+        p16,
+        k,
+        qnorm,
+        scores.data_ptr(),
+        pos.data_ptr(),
+    )
+    if bad:
+        raise ValueError(f"dense_top: picked rows must be in [0, {n}).")
+    return scores.numpy(), pos.numpy()

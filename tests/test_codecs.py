@@ -76,14 +76,19 @@ def test_int4_constant_zero_and_out_of_range_blocks():
 
 
 @pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("nq", [1, 3, 9, 33])  # fused kernel up to 4 queries, decoded kernel above
-def test_int4_score_equals_decoded_dot(dim, nq, kernel_path):
+@pytest.mark.parametrize("nq", [1, 2, 3, 4, 9, 33])  # fused kernel up to 4 queries, decoded kernel above
+@pytest.mark.parametrize("block", [16, 32, 64])  # the fused kernel's AVX-512 loop takes blocks of 32k
+def test_int4_score_equals_decoded_dot(dim, nq, block, kernel_path):
     x, q = unit(200, dim, 1), unit(nq, dim, 2)
-    codes = int4.encode(x)
-    expected = q @ int4.decode(codes, dim).T
-    torch.testing.assert_close(int4.score(q, codes, dim), expected, atol=1e-4, rtol=1e-4)
-    strided = int4.encode(unit(400, dim, 1))[::2]  # rows of a non-contiguous view
-    torch.testing.assert_close(int4.score(q, strided, dim), q @ int4.decode(strided, dim).T, atol=1e-4, rtol=1e-4)
+    codes = int4.encode(x, block)
+    expected = q @ int4.decode(codes, dim, block).T
+    torch.testing.assert_close(int4.score(q, codes, dim, block), expected, atol=1e-4, rtol=1e-4)
+    strided = int4.encode(unit(400, dim, 1), block)[::2]  # rows of a non-contiguous view
+    got = int4.score(q, strided, dim, block)
+    torch.testing.assert_close(got, q @ int4.decode(strided, dim, block).T, atol=1e-4, rtol=1e-4)
+    valid = torch.arange(200) % 3 != 0
+    masked = int4.score(q, strided, dim, block, valid)
+    torch.testing.assert_close(masked[:, valid], got[:, valid])
 
 
 @pytest.mark.parametrize("dim", DIMS)

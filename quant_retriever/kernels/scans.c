@@ -95,6 +95,87 @@ static inline void skip_row(float* out, int64_t n, int64_t r, int64_t nq) {
     for (int64_t qi = 0; qi < nq; qi++) out[qi * n + r] = -INFINITY;
 }
 
+/* ---------------------------------------------------------------- batch scans
+   A row format plugs in a decoder: fill buf [p16] with row r as floats (zeros past its
+   elements) and return the factor its dots are multiplied by. */
+typedef float (*decode_fn)(const void* ctx, int64_t r, float* buf);
+
+#ifdef __AVX512F__
+#define TILE 8  /* rows a tile: 8 rows x 2 vectors of 16 queries = 16 accumulators */
+/* Dots of a tile of m <= TILE decoded rows buf [TILE, p] with the queries qt [p, nqt]
+   (transposed, zero-padded to nqt, a multiple of 32): each step broadcasts one element of
+   each row against 32 queries, so every query value loaded serves 8 rows.
+   out[qi * n + i] = f[i] * <buf[i], q[qi]> for i < m, qi < nq. W: vectors of 16 queries. */
+static inline __attribute__((always_inline)) void tile_dots(const float* buf, const float* qt, int64_t p,
+                                                            int64_t nqt, int64_t g, int64_t nq, const float* f,
+                                                            int64_t m, float* out, int64_t n, const int W) {
+    __m512 acc[TILE][2];
+    for (int i = 0; i < TILE; i++)
+        for (int w = 0; w < W; w++) acc[i][w] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < p; j++) {
+        __m512 qv[2];
+        for (int w = 0; w < W; w++) qv[w] = _mm512_loadu_ps(qt + j * nqt + g + 16 * w);
+        for (int i = 0; i < TILE; i++) {
+            const __m512 x = _mm512_set1_ps(buf[i * p + j]);
+            for (int w = 0; w < W; w++) acc[i][w] = _mm512_fmadd_ps(x, qv[w], acc[i][w]);
+        }
+    }
+    for (int64_t i = 0; i < m; i++) {
+        float s[32];
+        for (int w = 0; w < W; w++) _mm512_storeu_ps(s + 16 * w, _mm512_mul_ps(acc[i][w], _mm512_set1_ps(f[i])));
+        const int64_t lanes = nq - g < 16 * W ? nq - g : 16 * W;
+        for (int64_t l = 0; l < lanes; l++) out[(g + l) * n + i] = s[l];
+    }
+}
+#endif
+
+/* Scores out [nq, n] of the queries q [nqp, p16] (see row_dots) against rows 0..n of a format
+   (decode, ctx); rows with valid[r] == 0 (valid may be NULL) score -inf. Few queries: each
+   row decoded then dotted with every query (row_dots). From 8 queries, with AVX-512: tiles
+   of TILE rows against the transposed queries (tile_dots), a GEMM-like register blocking. */
+static inline __attribute__((always_inline)) void scan_rows(const void* ctx, decode_fn decode, int64_t n,
+                                                            const float* q, int64_t nq, int64_t p16,
+                                                            const uint8_t* valid, float* out, int nthreads) {
+#ifdef __AVX512F__
+    if (nq >= 8) {
+        const int64_t nqt = (nq + 31) / 32 * 32;
+        float* qt = (float*)calloc((size_t)(p16 * nqt), sizeof(float));
+        for (int64_t qi = 0; qi < nq; qi++)
+            for (int64_t j = 0; j < p16; j++) qt[j * nqt + qi] = q[qi * p16 + j];
+        #pragma omp parallel num_threads(nthreads)
+        {
+            float* buf = (float*)calloc((size_t)(TILE * p16), sizeof(float));
+            float f[TILE];
+            #pragma omp for schedule(static)
+            for (int64_t r0 = 0; r0 < n; r0 += TILE) {
+                const int64_t m = n - r0 < TILE ? n - r0 : TILE;
+                for (int64_t i = 0; i < m; i++) f[i] = decode(ctx, r0 + i, buf + i * p16);
+                for (int64_t g = 0; g < nq; g += 32) {
+                    if (nq - g > 16) tile_dots(buf, qt, p16, nqt, g, nq, f, m, out + r0, n, 2);
+                    else tile_dots(buf, qt, p16, nqt, g, nq, f, m, out + r0, n, 1);
+                }
+                for (int64_t i = 0; i < m; i++)
+                    if (valid && !valid[r0 + i]) skip_row(out, n, r0 + i, nq);
+            }
+            free(buf);
+        }
+        free(qt);
+        return;
+    }
+#endif
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* buf = (float*)calloc((size_t)p16, sizeof(float));
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
+            const float f = decode(ctx, r, buf);
+            row_dots(buf, q, p16, nq, f, out, n, r);
+        }
+        free(buf);
+    }
+}
+
 #ifdef __AVX512F__
 /* One INT4 row against nq <= 4 queries (int4_scan_fused's layout), 16 bytes a step: the
    nibbles decoded to floats once, multiplied by every query; each block's sum scaled once. */
@@ -177,43 +258,42 @@ void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t
 }
 
 /* Same scores, for batches: each row decoded once into floats (even elements, then odd ones),
-   then register-blocked dots against the queries. q [nqp, p16]: each query's even elements,
-   then its odd ones, zero-padded to p16 (a multiple of 16 >= 2 * half_p); see row_dots. */
+   then dotted with the queries (scan_rows). q [nqp, p16]: each query's even elements, then
+   its odd ones, zero-padded to p16 (a multiple of 16 >= 2 * half_p); see row_dots. */
+typedef struct { const uint8_t* codes; int64_t row_bytes, half_p, nb; } int4_rows;
+
+static float decode_int4(const void* ctx, int64_t r, float* buf) {
+    const int4_rows* c = (const int4_rows*)ctx;
+    const int64_t half_p = c->half_p, nb = c->nb, bb = half_p / nb;
+    const uint8_t* row = c->codes + r * c->row_bytes;
+    const uint16_t* meta = (const uint16_t*)(row + half_p);
+    for (int64_t b = 0; b < nb; b++) {
+        const float sc = h2f(meta[b]), off = h2f(meta[nb + b]);
+        const uint8_t* pb = row + b * bb;
+        float* de = buf + b * bb;
+        float* dod = buf + half_p + b * bb;
+        int64_t j = 0;
+#ifdef __AVX512F__
+        const __m512 vs = _mm512_set1_ps(sc), vo = _mm512_set1_ps(off);
+        const __m512i m15 = _mm512_set1_epi32(15);
+        for (; j + 16 <= bb; j += 16) {
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(pb + j)));
+            _mm512_storeu_ps(de + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_and_si512(v, m15)), vo));
+            _mm512_storeu_ps(dod + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), vo));
+        }
+#endif
+        for (; j < bb; j++) {
+            de[j] = off + sc * (float)(pb[j] & 15);
+            dod[j] = off + sc * (float)(pb[j] >> 4);
+        }
+    }
+    return row_factor(row, half_p + 4 * nb, 1);
+}
+
 void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
                        const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) {
-    const int64_t bb = half_p / nb;
-    #pragma omp parallel num_threads(nthreads)
-    {
-        float* buf = (float*)calloc((size_t)p16, sizeof(float));
-        #pragma omp for schedule(static)
-        for (int64_t r = 0; r < n; r++) {
-            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
-            const uint8_t* row = codes + r * row_bytes;
-            const uint16_t* meta = (const uint16_t*)(row + half_p);
-            for (int64_t b = 0; b < nb; b++) {
-                const float sc = h2f(meta[b]), off = h2f(meta[nb + b]);
-                const uint8_t* pb = row + b * bb;
-                float* de = buf + b * bb;
-                float* dod = buf + half_p + b * bb;
-                int64_t j = 0;
-#ifdef __AVX512F__
-                const __m512 vs = _mm512_set1_ps(sc), vo = _mm512_set1_ps(off);
-                const __m512i m15 = _mm512_set1_epi32(15);
-                for (; j + 16 <= bb; j += 16) {
-                    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(pb + j)));
-                    _mm512_storeu_ps(de + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_and_si512(v, m15)), vo));
-                    _mm512_storeu_ps(dod + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), vo));
-                }
-#endif
-                for (; j < bb; j++) {
-                    de[j] = off + sc * (float)(pb[j] & 15);
-                    dod[j] = off + sc * (float)(pb[j] >> 4);
-                }
-            }
-            row_dots(buf, q, p16, nq, row_factor(row, half_p + 4 * nb, 1), out, n, r);
-        }
-        free(buf);
-    }
+    const int4_rows ctx = {codes, row_bytes, half_p, nb};
+    scan_rows(&ctx, decode_int4, n, q, nq, p16, valid, out, nthreads);
 }
 
 /* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
@@ -236,21 +316,19 @@ static inline void load_f16(const uint16_t* x, int64_t dim, float* buf) {
     for (; d < dim; d++) buf[d] = h2f(x[d]);
 }
 
+typedef struct { const uint8_t* codes; int64_t row_bytes, dim, fo, nf; } dense_rows;
+
 #define DENSE_SCAN(NAME, T, LOAD)                                                                    \
+static float NAME##_row(const void* ctx, int64_t r, float* buf) {                                   \
+    const dense_rows* c = (const dense_rows*)ctx;                                                    \
+    const uint8_t* raw = c->codes + r * c->row_bytes;                                                \
+    LOAD((const T*)raw, c->dim, buf);                                                                \
+    return row_factor(raw, c->fo, c->nf);                                                            \
+}                                                                                                    \
 void NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
           const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) { \
-    _Pragma("omp parallel num_threads(nthreads)")                                                    \
-    {                                                                                                \
-        float* buf = (float*)calloc((size_t)p16, sizeof(float));                                    \
-        _Pragma("omp for schedule(static)")                                                          \
-        for (int64_t r = 0; r < n; r++) {                                                            \
-            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }                           \
-            const uint8_t* raw = codes + r * row_bytes;                                              \
-            LOAD((const T*)raw, dim, buf);                                                           \
-            row_dots(buf, q, p16, nq, row_factor(raw, fo, nf), out, n, r);                           \
-        }                                                                                            \
-        free(buf);                                                                                   \
-    }                                                                                                \
+    const dense_rows ctx = {codes, row_bytes, dim, fo, nf};                                          \
+    scan_rows(&ctx, NAME##_row, n, q, nq, p16, valid, out, nthreads);                                \
 }
 DENSE_SCAN(dense_scan_i8, int8_t, load_i8)
 DENSE_SCAN(dense_scan_f16, uint16_t, load_f16)

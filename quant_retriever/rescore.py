@@ -120,7 +120,8 @@ class RescoreFile:
         if layout is None:
             return None
         view, address = self._mapped(count)  # the map stays alive while `view` does
-        return scans.dense_top(q, qnorm, (address, *view.shape), rows, k, self.codec.dim, *layout)
+        rows_in_view = (address, self.count if count is None else count, view.shape[1])
+        return scans.dense_top(q, qnorm, rows_in_view, rows, k, self.codec.dim, *layout)
 
     def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> None:
         """Write the given rows, in order, to a new file ``path`` (fsynced)."""

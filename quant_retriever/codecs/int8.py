@@ -69,7 +69,7 @@ def decode_unit(rows: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tenso
 def score(q: torch.Tensor, rows: torch.Tensor, dim: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Float queries ``[nq, dim]`` against rows ``[n, row_bytes]`` -> ``[nq, n]`` float32
     ``norm * scale * <q, code>``: the rows are never decoded on the CPU (native kernel)."""
-    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2, valid)  # Int8.dense_layout
+    out = scans.dense_scan(q, rows, torch.int8, dim, _d4(dim), 2, valid)
     if out is not None:
         return out
     codes, norms, scales = _fields(rows, dim)

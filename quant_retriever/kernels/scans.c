@@ -30,45 +30,12 @@ static inline float row_factor(const uint8_t* row, int64_t offset, int64_t count
 }
 
 /* ---------------------------------------------------------------- dots of one decoded row
-   buf [p] floats (p a multiple of 16, zero-padded), queries q [nqp, p] (nqp = nq rounded up to
-   16 when nq >= 8, zero rows past nq); out[qi * n + r] = f * <q[qi], buf> for qi < nq. */
-#ifdef __AVX512F__
-/* 16 vectors -> one vector of their 16 lane sums, in order (a transpose-and-add tree). */
-static inline __m512 reduce16(__m512* v) {
-    __m512 w[8], z[4], u[2];
-    for (int i = 0; i < 8; i++)
-        w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; i++)
-        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88), _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
-    for (int i = 0; i < 2; i++)
-        u[i] = _mm512_add_ps(_mm512_unpacklo_ps(z[2 * i], z[2 * i + 1]), _mm512_unpackhi_ps(z[2 * i], z[2 * i + 1]));
-    const __m512 f = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u[0]), _mm512_castps_pd(u[1]))),
-                                   _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u[0]), _mm512_castps_pd(u[1]))));
-    /* lane 4k + j now holds vector 4j + k */
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(order, f);
-}
-#endif
-
+   buf [p] floats (p a multiple of 16, zero-padded), queries q [nq, p] (zero-padded the same
+   way); out[qi * n + r] = f * <q[qi], buf> for qi < nq. Batches go through tiles instead
+   (tile_dots). */
 static inline void row_dots(const float* buf, const float* q, int64_t p, int64_t nq, float f,
                             float* out, int64_t n, int64_t r) {
 #ifdef __AVX512F__
-    if (nq >= 8) {
-        for (int64_t g = 0; g < nq; g += 16) {
-            __m512 acc[16];
-            for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-            const float* qg = q + g * p;
-            for (int64_t j = 0; j < p; j += 16) {
-                const __m512 x = _mm512_loadu_ps(buf + j);
-                for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i * p + j), x, acc[i]);
-            }
-            float sums[16];
-            _mm512_storeu_ps(sums, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(f)));
-            const int64_t m = nq - g < 16 ? nq - g : 16;
-            for (int64_t i = 0; i < m; i++) out[(g + i) * n + r] = sums[i];
-        }
-        return;
-    }
     for (int64_t qi = 0; qi < nq; qi++) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         const float* qq = q + qi * p;
@@ -129,7 +96,7 @@ static inline __attribute__((always_inline)) void tile_dots(const float* buf, co
 }
 #endif
 
-/* Scores out [nq, n] of the queries q [nqp, p16] (see row_dots) against rows 0..n of a format
+/* Scores out [nq, n] of the queries q [nq, p16] (see row_dots) against rows 0..n of a format
    (decode, ctx); rows with valid[r] == 0 (valid may be NULL) score -inf. Few queries: each
    row decoded then dotted with every query (row_dots). From 8 queries, with AVX-512: tiles
    of TILE rows against the transposed queries (tile_dots), a GEMM-like register blocking. */
@@ -258,7 +225,7 @@ void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t
 }
 
 /* Same scores, for batches: each row decoded once into floats (even elements, then odd ones),
-   then dotted with the queries (scan_rows). q [nqp, p16]: each query's even elements, then
+   then dotted with the queries (scan_rows). q [nq, p16]: each query's even elements, then
    its odd ones, zero-padded to p16 (a multiple of 16 >= 2 * half_p); see row_dots. */
 typedef struct { const uint8_t* codes; int64_t row_bytes, half_p, nb; } int4_rows;
 
@@ -297,7 +264,7 @@ void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64
 }
 
 /* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
-   factors at byte `fo`; score = <q, values> * product(factors). q [nqp, p16] zero-padded (see
+   factors at byte `fo`; score = <q, values> * product(factors). q [nq, p16] zero-padded (see
    row_dots); out [nq, n]; rows with valid[r] == 0 (valid may be NULL) score -inf. */
 static inline void load_i8(const int8_t* x, int64_t dim, float* buf) {
     int64_t d = 0;

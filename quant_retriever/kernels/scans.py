@@ -66,11 +66,11 @@ def available(device: torch.device) -> bool:
 
 
 def _padded_queries(q: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Queries ``[nq, p]`` zero-padded to ``[nqp, p16]`` for the register-blocked dots
-    (``p16``: ``p`` rounded up to 16; ``nqp``: ``nq`` rounded up to 16 from 8 queries on)."""
+    """Queries ``[nq, p]`` zero-padded to ``[nq, p16]`` (``p16``: ``p`` rounded up to 16), the
+    width the kernels' vector loops step through."""
     nq, p = q.shape
     p16 = -(-p // 16) * 16
-    return _zero_padded(q, -(-nq // 16) * 16 if nq >= 8 else nq, p16), p16
+    return _zero_padded(q, nq, p16), p16
 
 
 def _zero_padded(q: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

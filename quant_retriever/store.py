@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +86,14 @@ VERSION = 2
 DB_FILE = "store.sqlite"
 CREATING = DB_FILE + ".creating"
 INDEX_DIR = "index"
-#: Filters whose key sets a store remembers (until its next write).
+#: Filters whose key sets a store remembers; a write updates them from its own documents.
 FILTER_CACHE = 16
+#: Writes remembered for that (their dead and added keys); a key set older than them, or
+#: behind writes that added more than CATCH_UP_MAX documents, is evaluated again in full.
+WRITES_KEPT = 64
+CATCH_UP_MAX = 10_000
+#: SQLite with ``json_each`` built in, which the catch-up's restricted statements use.
+_JSON_EACH = sqlite3.sqlite_version_info >= (3, 38, 0)
 #: Attempts of a search racing writes before it waits for them (see the module docstring).
 SEARCH_ATTEMPTS = 3
 
@@ -367,6 +373,7 @@ class QuantizedStore:
         self._publish_lock = threading.Lock()  # a commit and its index snapshot, as one step
         self._version = 0  # published writes
         self._filters: OrderedDict = OrderedDict()  # (filter, ids) -> (version, Selection)
+        self._writes: deque = deque(maxlen=WRITES_KEPT)  # (version, dead keys, added keys)
         self._universe: tuple[int, np.ndarray] | None = None  # (version, every key)
         self._dir_lock: DirectoryLock | None = None
         self._index: QuantizedIndex | None = None
@@ -587,6 +594,7 @@ class QuantizedStore:
                 before = len(self._all_keys())
                 self._pin(self._db)
                 self._version += 1
+                self._writes.clear()  # another process's writes: cached key sets start over
                 changed = self._index is not None and self._index.refresh()
                 if self._index is not None:
                     self._reconcile()
@@ -696,6 +704,8 @@ class QuantizedStore:
                     if self._index is not None:
                         self._index._publish(staged, dead)
                     self._version += 1
+                    added = staged.ids if staged is not None else np.zeros(0, dtype=np.int64)
+                    self._writes.append((self._version, dead, added))
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -746,6 +756,7 @@ class QuantizedStore:
                 with self._publish_lock:
                     self._index.compact()
                     self._version += 1
+                    self._writes.append((self._version, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
 
     def clear(self) -> None:
         """Delete every document."""
@@ -835,7 +846,7 @@ class QuantizedStore:
 
     def _selection(self, where: Filter | None, ids: list[str] | None, version: int, index: QuantizedIndex):
         """The index selection for a filter and/or ids (``None`` for neither), from a small
-        cache that every write invalidates."""
+        cache: a filter's key set is brought up to date with the documents written since."""
         if where is None and ids is None:
             return None
         cache_key = (where, None if ids is None else tuple(ids))
@@ -845,7 +856,11 @@ class QuantizedStore:
             cache_key, cached = None, None
         if cached is not None and cached[0] == version:
             return cached[1]
-        keys = self._matching(where) if where is not None else None
+        keys = None
+        if cached is not None and ids is None:
+            keys = self._caught_up(where, cached[1].ids, cached[0], version)
+        if keys is None:
+            keys = self._matching(where) if where is not None else None
         if ids is not None:
             wanted = np.unique(np.fromiter(self._keys_of(ids).values(), dtype=np.int64))
             keys = wanted if keys is None else np.intersect1d(keys, wanted, assume_unique=True)
@@ -858,12 +873,29 @@ class QuantizedStore:
                     self._filters.popitem(last=False)
         return selection
 
-    def _matching(self, where: Filter) -> np.ndarray:
-        """Sorted keys of the documents matching a filter."""
+    def _caught_up(self, where: Filter, keys: np.ndarray, since: int, version: int) -> np.ndarray | None:
+        """The keys matching ``where`` at ``version``, from ``keys`` (those at ``since``) and the
+        writes in between: their dead keys leave, their added documents alone are tested.
+        ``None`` when those writes are not all remembered or added too many documents."""
+        with self._publish_lock:
+            writes = [w for w in self._writes if since < w[0] <= version]
+        if not _JSON_EACH or len(writes) != version - since:
+            return None
+        dead = np.unique(np.concatenate([w[1] for w in writes] + [np.zeros(0, dtype=np.int64)]))
+        added = np.setdiff1d(np.concatenate([w[2] for w in writes] + [np.zeros(0, dtype=np.int64)]), dead)
+        if len(added) > CATCH_UP_MAX:
+            return None
+        fresh = self._matching(where, within=added) if len(added) else added
+        return np.union1d(np.setdiff1d(keys, dead, assume_unique=True), fresh)
+
+    def _matching(self, where: Filter, within: np.ndarray | None = None) -> np.ndarray:
+        """Sorted keys of the documents matching a filter (among the keys ``within``)."""
         check_filter(where)
         with self._db_lock:
             self._check_open()
-            return matching_keys(where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys)
+            return matching_keys(
+                where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys, within
+            )
 
     def _lookup(self, column: Literal["id", "key"], values: list, columns: str) -> list[tuple]:
         """Rows (``columns``) whose ``column`` is one of ``values``: every value is bound as a

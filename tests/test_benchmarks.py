@@ -40,7 +40,9 @@ def test_a_benchmark_imports_and_has_a_main(path):
 def test_bench_paths_runs_every_path_at_a_tiny_size(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QUANT_RETRIEVER_CACHE", str(tmp_path))
     bench = _load(BENCHMARKS / "bench_paths.py")
-    bench.main(["--n-real", "300", "--n-random", "3000", "--runs", "70", "--embed-precision", "int8"])
+    bench.main(
+        ["--n-real", "300", "--n-random", "3000", "--runs", "70", "--embed-precision", "int8", "--thread-rounds", "1"]
+    )
     out = capsys.readouterr().out
     for row in (
         "int4 store search, filter matching 1/5, after a write",

@@ -272,6 +272,83 @@ PROPERTY = settings(
 )
 
 
+writes = st.lists(
+    st.tuples(
+        st.sampled_from(["upsert", "delete", "delete_where", "compact"]),
+        st.lists(metadata, max_size=4),
+        st.integers(0, 9),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@PROPERTY
+@given(docs=st.lists(metadata, min_size=1, max_size=6), writes=writes, specs=st.lists(trees, min_size=1, max_size=3))
+def test_cached_filters_follow_every_write(docs, writes, specs):
+    """A filter's cached key set is brought up to date by each write from the documents it
+    wrote (added, replaced, deleted; compactions move rows): after every write, every filter
+    selects exactly the documents the reference selects."""
+    store = QuantizedStore(codec="int8")
+    current: dict[str, dict] = {}
+
+    def upsert(mds: list[dict], start: int) -> None:
+        ids = list(dict.fromkeys(f"d{(start + i) % 10}" for i in range(len(mds))))
+        mds = mds[: len(ids)]
+        store.upsert(ids, np.array([vec(i) for i in range(len(ids))], np.float32), ids, mds)
+        current.update(zip(ids, mds))
+
+    def check() -> None:
+        for tree in specs:
+            got = {r.id for r, _ in store.search(vec(99), k=10, where=to_core(tree))[0]}
+            assert got == {i for i, md in current.items() if reference(tree, md)}, tree
+
+    upsert(docs, 0)
+    for op, mds, start in writes:
+        check()  # the key sets of this version are cached
+        if op == "upsert" and mds:
+            upsert(mds, start)
+        elif op == "delete":
+            store.delete([f"d{start}", f"d{(start + 3) % 10}"])
+            current.pop(f"d{start}", None), current.pop(f"d{(start + 3) % 10}", None)
+        elif op == "delete_where":
+            store.delete_where(to_core(specs[0]))
+            current = {i: md for i, md in current.items() if not reference(specs[0], md)}
+        elif op == "compact":
+            store.compact()
+        check()
+
+
+def test_a_write_tests_only_its_own_documents_against_cached_filters(monkeypatch):
+    store = QuantizedStore(codec="int8")
+    ids = [f"d{i}" for i in range(50)]
+    store.upsert(ids, np.array([vec(i) for i in range(50)], np.float32), ids, [{"g": i % 5} for i in range(50)])
+    where = Or((Cond("g", "eq", 3), Not(Cond("g", "lt", 2))))
+    assert len(store.search(vec(99), k=50, where=where)[0]) == 30
+    seen = []
+    original = store._matching
+    monkeypatch.setattr(store, "_matching", lambda w, within=None: seen.append(within) or original(w, within))
+    store.upsert(["d3", "new"], np.array([vec(3), vec(51)], np.float32), ["d3", "new"], [{"g": 0}, {"g": 4}])
+    store.delete(["d4"])
+    hits = {r.id for r, _ in store.search(vec(99), k=50, where=where)[0]}
+    assert hits == {f"d{i}" for i in range(50) if i % 5 >= 2 and i not in (3, 4)} | {"new"}
+    assert [len(w) for w in seen] == [2]  # the two documents written, not all 50
+
+
+def test_filters_differing_only_in_value_types_are_different_cache_entries():
+    store = QuantizedStore(codec="int8")
+    mds = [{"v": False}, {"v": 0}, {"v": 0.0}, {"v": True}, {"v": 1}, {"v": [1]}, {"v": [True]}]
+    ids = [f"d{i}" for i in range(len(mds))]
+    store.upsert(ids, np.array([vec(i) for i in range(len(mds))], np.float32), ids, mds)
+    for value in (False, 0, 0.0, True, 1):
+        expected = {i for i, md in zip(ids, mds) if reference(("leaf", "v", "eq", value), md)}
+        assert {r.id for r, _ in store.search(vec(99), k=7, where=Cond("v", "eq", value))[0]} == expected, value
+    assert Cond("v", "eq", False) != Cond("v", "eq", 0) and Cond("v", "in", [1]) != Cond("v", "in", [True])
+    assert (
+        Cond("v", "in", [1, 2.5]) == Cond("v", "in", (1, 2.5)) and len({Cond("v", "eq", 0), Cond("v", "eq", 0.0)}) == 2
+    )
+
+
 @PROPERTY
 @given(
     docs=st.lists(metadata, min_size=2, max_size=8),

@@ -23,7 +23,6 @@ import torch
 
 from quant_retriever.codecs import Codec
 from quant_retriever.files import open_nofollow, write_all
-from quant_retriever.kernels import scans
 
 __all__ = ["RescoreFile"]
 
@@ -116,12 +115,8 @@ class RescoreFile:
         """One unit query ``q [1, dim]`` (CPU) against the given rows (int64), read in place:
         the best ``k`` as ``(scores [k] float32, times qnorm; positions [k] in rows)``, best
         first; ``None`` without a native kernel for this format."""
-        layout = self.codec.dense_layout()
-        if layout is None:
-            return None
         view, address = self._mapped(count)  # the map stays alive while `view` does
-        rows_in_view = (address, self.count if count is None else count, view.shape[1])
-        return scans.dense_top(q, qnorm, rows_in_view, rows, k, self.codec.dim, *layout)
+        return self.codec.top_in_place(q, qnorm, (address, self.count if count is None else count), rows, k)
 
     def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> None:
         """Write the given rows, in order, to a new file ``path`` (fsynced)."""

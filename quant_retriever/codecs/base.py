@@ -9,6 +9,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from quant_retriever.kernels import scans
+
 __all__ = ["Codec", "split_norm", "FLOAT32_MAX"]
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -108,6 +110,18 @@ class Codec:
         or float16) and then ``n_factors`` float32 factors at byte ``factor_offset``, whose
         product scales the dot product (the native dense kernels read such rows in place)."""
         return None
+
+    def top_in_place(
+        self, q: torch.Tensor, qnorm: float, rows: tuple[int, int], pick: torch.Tensor, k: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """One unit query ``q [1, dim]`` against the rows ``pick`` of the ``rows = (address,
+        count)`` rows of this format in memory (a memory map, read in place): the best ``k`` as
+        ``(scores [k] float32 times qnorm, positions [k] in pick)``; ``None`` without a native
+        kernel for this format (see :func:`~quant_retriever.kernels.scans.dense_top`)."""
+        layout = self.dense_layout()
+        if layout is None:
+            return None
+        return scans.dense_top(q, qnorm, (*rows, self.row_bytes), pick, k, self.dim, *layout)
 
     # ------------------------------------------------------------------ search stages
     def scans_in_place(self, device: torch.device) -> bool:

@@ -295,6 +295,15 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
     return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
 
 
+def _sorted_member(x: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``x``'s entries that are in ``sorted_keys`` (sorted), as a bool mask: one binary search
+    each, so a short ``sorted_keys`` costs next to nothing against a long ``x``."""
+    if not len(sorted_keys) or not len(x):
+        return np.zeros(len(x), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, x), len(sorted_keys) - 1)
+    return sorted_keys[pos] == x
+
+
 class QuantizedStore:
     """Documents (id, text, metadata) in SQLite plus their vectors in a ``QuantizedIndex``.
 
@@ -881,12 +890,15 @@ class QuantizedStore:
             writes = [w for w in self._writes if since < w[0] <= version]
         if not _JSON_EACH or len(writes) != version - since:
             return None
-        dead = np.unique(np.concatenate([w[1] for w in writes] + [np.zeros(0, dtype=np.int64)]))
-        added = np.setdiff1d(np.concatenate([w[2] for w in writes] + [np.zeros(0, dtype=np.int64)]), dead)
+        dead = np.sort(np.concatenate([w[1] for w in writes] + [np.zeros(0, dtype=np.int64)]))
+        added = np.sort(np.concatenate([w[2] for w in writes] + [np.zeros(0, dtype=np.int64)]))
+        added = added[~_sorted_member(added, dead)]
         if len(added) > CATCH_UP_MAX:
             return None
+        keys = keys[~_sorted_member(keys, dead)]
         fresh = self._matching(where, within=added) if len(added) else added
-        return np.union1d(np.setdiff1d(keys, dead, assume_unique=True), fresh)
+        fresh = fresh[~_sorted_member(fresh, keys)]  # already there if the key set was newer than `since`
+        return np.insert(keys, np.searchsorted(keys, fresh), fresh)
 
     def _matching(self, where: Filter, within: np.ndarray | None = None) -> np.ndarray:
         """Sorted keys of the documents matching a filter (among the keys ``within``)."""

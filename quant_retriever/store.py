@@ -6,7 +6,8 @@ Metadata is stored as JSON (see :func:`metadata_json` for what is accepted), and
 top-level fields once more in the indexed ``fields`` table, so a filter becomes the set of
 matching keys by indexed lookups (:func:`quant_retriever.filters.matching_keys`); that set
 restricts the search before top-k, so a filtered search still returns ``k`` hits when ``k``
-documents match. The last few filters' key sets are cached until the next write.
+documents match. The last few filters' key sets are cached; a write brings them up to date by
+testing only the documents it wrote (their SQL restricted to those keys).
 
 Persistent layout (``path``): ``store.sqlite`` (tables ``docs``, ``fields`` and ``meta``; the
 schema is checked object by object before anything else runs, so a file carrying triggers or
@@ -89,7 +90,7 @@ INDEX_DIR = "index"
 #: Filters whose key sets a store remembers; a write updates them from its own documents.
 FILTER_CACHE = 16
 #: Writes remembered for that (their dead and added keys); a key set older than them, or
-#: behind writes that added more than CATCH_UP_MAX documents, is evaluated again in full.
+#: behind writes that touched more than CATCH_UP_MAX documents, is evaluated again in full.
 WRITES_KEPT = 64
 CATCH_UP_MAX = 10_000
 #: SQLite with ``json_each`` built in, which the catch-up's restricted statements use.
@@ -713,8 +714,7 @@ class QuantizedStore:
                     if self._index is not None:
                         self._index._publish(staged, dead)
                     self._version += 1
-                    added = staged.ids if staged is not None else np.zeros(0, dtype=np.int64)
-                    self._writes.append((self._version, dead, added))
+                    self._remember_write(dead, staged.ids if staged is not None else np.zeros(0, dtype=np.int64))
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -765,7 +765,7 @@ class QuantizedStore:
                 with self._publish_lock:
                     self._index.compact()
                     self._version += 1
-                    self._writes.append((self._version, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+                    self._remember_write(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
 
     def clear(self) -> None:
         """Delete every document."""
@@ -882,18 +882,24 @@ class QuantizedStore:
                     self._filters.popitem(last=False)
         return selection
 
+    def _remember_write(self, dead: np.ndarray, added: np.ndarray) -> None:
+        """Record the write just published (under the publish lock) for :meth:`_caught_up`; a
+        write too large to catch up with is recorded without its keys."""
+        small = len(dead) + len(added) <= CATCH_UP_MAX
+        self._writes.append((self._version, dead if small else None, added if small else None))
+
     def _caught_up(self, where: Filter, keys: np.ndarray, since: int, version: int) -> np.ndarray | None:
         """The keys matching ``where`` at ``version``, from ``keys`` (those at ``since``) and the
         writes in between: their dead keys leave, their added documents alone are tested.
         ``None`` when those writes are not all remembered or added too many documents."""
         with self._publish_lock:
             writes = [w for w in self._writes if since < w[0] <= version]
-        if not _JSON_EACH or len(writes) != version - since:
+        if not _JSON_EACH or len(writes) != version - since or any(w[1] is None for w in writes):
             return None
         dead = np.sort(np.concatenate([w[1] for w in writes] + [np.zeros(0, dtype=np.int64)]))
         added = np.sort(np.concatenate([w[2] for w in writes] + [np.zeros(0, dtype=np.int64)]))
         added = added[~_sorted_member(added, dead)]
-        if len(added) > CATCH_UP_MAX:
+        if len(dead) + len(added) > CATCH_UP_MAX:
             return None
         keys = keys[~_sorted_member(keys, dead)]
         fresh = self._matching(where, within=added) if len(added) else added

@@ -335,6 +335,37 @@ def test_a_write_tests_only_its_own_documents_against_cached_filters(monkeypatch
     assert [len(w) for w in seen] == [2]  # the two documents written, not all 50
 
 
+def test_writes_too_large_or_too_many_to_catch_up_with_evaluate_the_filter_again(monkeypatch):
+    import quant_retriever.store as store_mod
+
+    monkeypatch.setattr(store_mod, "CATCH_UP_MAX", 3)
+    store = QuantizedStore(codec="int8")
+    where = Not(Cond("g", "eq", 1))
+    store._writes = store_mod.deque(maxlen=2)  # two writes remembered
+    seen = []
+    original = store._matching
+    monkeypatch.setattr(store, "_matching", lambda w, within=None: seen.append(within) or original(w, within))
+    expected: dict[str, int] = {}
+
+    def write(start: int, n: int) -> None:
+        ids = [f"d{i}" for i in range(start, start + n)]
+        store.upsert(ids, np.array([vec(i) for i in range(n)], np.float32), ids, [{"g": i % 2} for i in range(n)])
+        expected.update((i, j % 2) for j, i in enumerate(ids))
+
+    def hits() -> set:
+        return {r.id for r, _ in store.search(vec(99), k=50, where=where)[0]}
+
+    write(0, 6)
+    assert hits() == {i for i, g in expected.items() if g != 1} and seen[-1] is None
+    write(6, 2)  # small: caught up
+    assert hits() == {i for i, g in expected.items() if g != 1} and len(seen[-1]) == 2
+    write(8, 4)  # more than CATCH_UP_MAX documents: evaluated again
+    assert hits() == {i for i, g in expected.items() if g != 1} and seen[-1] is None
+    for start in (12, 13, 14):  # three small writes, two remembered
+        write(start, 1)
+    assert hits() == {i for i, g in expected.items() if g != 1} and seen[-1] is None
+
+
 def test_filters_differing_only_in_value_types_are_different_cache_entries():
     store = QuantizedStore(codec="int8")
     mds = [{"v": False}, {"v": 0}, {"v": 0.0}, {"v": True}, {"v": 1}, {"v": [1]}, {"v": [True]}]

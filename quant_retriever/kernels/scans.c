@@ -624,11 +624,12 @@ void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, cons
     hamming_select(codes, n, row_words, (const uint64_t*)qbits, nq, valid, width, dist, rows, nthreads);
     free(qbits);
     /* per thread: the table (256 floats a byte), the scores and the kept order */
-    const size_t scratch = (size_t)(nbytes * 256 + width) * sizeof(float) + (size_t)n_cand * sizeof(int64_t);
+    const int64_t floats = (nbytes * 256 + width + 1) / 2 * 2;  /* the kept order after them, 8-byte aligned */
+    const size_t scratch = (size_t)floats * sizeof(float) + (size_t)n_cand * sizeof(int64_t);
     if (nq == 1) {  /* no thread team for one query */
         float* lut = (float*)malloc(scratch);
         binary_rerank(codes, row_words, qf, dist, rows, width, n_cand, lut, lut + nbytes * 256,
-                      (int64_t*)(lut + nbytes * 256 + width), score_out, rows_out);
+                      (int64_t*)(lut + floats), score_out, rows_out);
         free(lut);
     } else {
         #pragma omp parallel num_threads(nthreads)
@@ -637,7 +638,7 @@ void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, cons
             #pragma omp for schedule(dynamic, 1)
             for (int64_t qi = 0; qi < nq; qi++)
                 binary_rerank(codes, row_words, qf + qi * nbytes * 8, dist + qi * width, rows + qi * width, width,
-                              n_cand, lut, lut + nbytes * 256, (int64_t*)(lut + nbytes * 256 + width),
+                              n_cand, lut, lut + nbytes * 256, (int64_t*)(lut + floats),
                               score_out + qi * n_cand, rows_out + qi * n_cand);
             free(lut);
         }

@@ -285,53 +285,56 @@ static inline void load_f16(const uint16_t* x, int64_t dim, float* buf) {
 
 typedef struct { const uint8_t* codes; int64_t row_bytes, dim, fo, nf; } dense_rows;
 
-#define DENSE_SCAN(NAME, T, LOAD)                                                                    \
-static float NAME##_row(const void* ctx, int64_t r, float* buf) {                                   \
+/* One query's rescoring: rows pick[0..m) of a format (decode, ctx; n rows) scored against
+   q [p16], the best k (ties: the earlier pick) into pos_out (positions in pick) and
+   score_out, best first; each score times qnorm in double precision, clipped to the float
+   range (the index's final scores). Returns -1, writing nothing, if a pick is outside
+   [0, n); else 0. */
+static inline __attribute__((always_inline)) int top_picked(const void* ctx, decode_fn decode, int64_t n,
+                                                            const int64_t* pick, int64_t m, const float* q,
+                                                            int64_t p16, int64_t k, double qnorm, float* score_out,
+                                                            int64_t* pos_out) {
+    for (int64_t c = 0; c < m; c++)
+        if (pick[c] < 0 || pick[c] >= n) return -1;
+    float* buf = (float*)calloc((size_t)(p16 + m), sizeof(float));
+    float* s = buf + p16;
+    for (int64_t c = 0; c < m; c++) row_dots(buf, q, p16, 1, decode(ctx, pick[c], buf), s, 1, c);
+    int64_t kept = 0;  /* the best k, kept sorted by insertion */
+    for (int64_t c = 0; c < m; c++) {
+        if (kept == k && !(s[c] > s[pos_out[k - 1]])) continue;
+        int64_t j = kept < k ? kept++ : k - 1;
+        for (; j > 0 && s[c] > s[pos_out[j - 1]]; j--) pos_out[j] = pos_out[j - 1];
+        pos_out[j] = c;
+    }
+    for (int64_t j = 0; j < kept; j++)
+        score_out[j] = (float)fmin(fmax((double)s[pos_out[j]] * qnorm, -FLT_MAX), FLT_MAX);
+    free(buf);
+    return 0;
+}
+
+/* Dense rows, for each value type: the row decoder, the scan (scan_rows) and one query's
+   rescoring (top_picked). */
+#define DENSE(SUFFIX, T, LOAD)                                                                       \
+static float dense_row_##SUFFIX(const void* ctx, int64_t r, float* buf) {                           \
     const dense_rows* c = (const dense_rows*)ctx;                                                    \
     const uint8_t* raw = c->codes + r * c->row_bytes;                                                \
     LOAD((const T*)raw, c->dim, buf);                                                                \
     return row_factor(raw, c->fo, c->nf);                                                            \
 }                                                                                                    \
-void NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
-          const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) { \
+void dense_scan_##SUFFIX(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, \
+                         int64_t nf, const float* q, int64_t nq, int64_t p16, const uint8_t* valid,  \
+                         float* out, int nthreads) {                                                 \
     const dense_rows ctx = {codes, row_bytes, dim, fo, nf};                                          \
-    scan_rows(&ctx, NAME##_row, n, q, nq, p16, valid, out, nthreads);                                \
+    scan_rows(&ctx, dense_row_##SUFFIX, n, q, nq, p16, valid, out, nthreads);                        \
+}                                                                                                    \
+int dense_top_##SUFFIX(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo,  \
+                       int64_t nf, const int64_t* pick, int64_t m, const float* q, int64_t p16,      \
+                       int64_t k, double qnorm, float* score_out, int64_t* pos_out) {                \
+    const dense_rows ctx = {codes, row_bytes, dim, fo, nf};                                          \
+    return top_picked(&ctx, dense_row_##SUFFIX, n, pick, m, q, p16, k, qnorm, score_out, pos_out);   \
 }
-DENSE_SCAN(dense_scan_i8, int8_t, load_i8)
-DENSE_SCAN(dense_scan_f16, uint16_t, load_f16)
-
-/* One query's rescoring: the dense rows (layout as above) pick[0..m) of `codes` [n rows]
-   scored against q [p16], the best k (ties: the earlier pick) into pos_out (positions in
-   pick) and score_out, best first; each score times qnorm in double precision, clipped to
-   the float range (the index's final scores). Returns -1, writing nothing, if a pick is
-   outside [0, n); else 0. */
-#define DENSE_TOP(NAME, T, LOAD)                                                                    \
-int NAME(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, int64_t nf,  \
-         const int64_t* pick, int64_t m, const float* q, int64_t p16, int64_t k, double qnorm,     \
-         float* score_out, int64_t* pos_out) {                                                      \
-    for (int64_t c = 0; c < m; c++)                                                              \
-        if (pick[c] < 0 || pick[c] >= n) return -1;                                              \
-    float* buf = (float*)calloc((size_t)(p16 + m), sizeof(float));                               \
-    float* s = buf + p16;                                                                        \
-    for (int64_t c = 0; c < m; c++) {                                                            \
-        const uint8_t* raw = codes + pick[c] * row_bytes;                                        \
-        LOAD((const T*)raw, dim, buf);                                                           \
-        row_dots(buf, q, p16, 1, row_factor(raw, fo, nf), s, 1, c);                               \
-    }                                                                                            \
-    int64_t kept = 0;                                                                            \
-    for (int64_t c = 0; c < m; c++) {                                                            \
-        if (kept == k && !(s[c] > s[pos_out[k - 1]])) continue;                                  \
-        int64_t j = kept < k ? kept++ : k - 1;                                                   \
-        for (; j > 0 && s[c] > s[pos_out[j - 1]]; j--) pos_out[j] = pos_out[j - 1];              \
-        pos_out[j] = c;                                                                          \
-    }                                                                                            \
-    for (int64_t j = 0; j < kept; j++)                                                           \
-        score_out[j] = (float)fmin(fmax((double)s[pos_out[j]] * qnorm, -FLT_MAX), FLT_MAX);      \
-    free(buf);                                                                                   \
-    return 0;                                                                                    \
-}
-DENSE_TOP(dense_top_i8, int8_t, load_i8)
-DENSE_TOP(dense_top_f16, uint16_t, load_f16)
+DENSE(i8, int8_t, load_i8)
+DENSE(f16, uint16_t, load_f16)
 
 /* Keep the `keep` smallest distances of a candidate list (cnt >= keep entries, in row order;
    ties at the cut-off keep the earlier rows), in place. Returns the cut-off distance c: a row

@@ -144,6 +144,13 @@ static inline __attribute__((always_inline)) void scan_rows(const void* ctx, dec
 }
 
 #ifdef __AVX512F__
+/* 16 bytes of INT4 nibbles as floats: lo = the low nibbles (even elements), hi = the high ones. */
+static inline void nibbles16(const uint8_t* p, __m512* lo, __m512* hi) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
+    *lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
+    *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+}
+
 /* One INT4 row against nq <= 4 queries (int4_scan_fused's layout), 16 bytes a step: the
    nibbles decoded to floats once, multiplied by every query; each block's sum scaled once. */
 static inline __attribute__((always_inline)) void int4_row_avx512(
@@ -158,9 +165,8 @@ static inline __attribute__((always_inline)) void int4_row_avx512(
         __m512 t[4];
         for (int qi = 0; qi < nq; qi++) t[qi] = _mm512_setzero_ps();
         for (int64_t j = b * bb; j < (b + 1) * bb; j += 16) {
-            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + j)));
-            const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15)));
-            const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+            __m512 lo, hi;
+            nibbles16(row + j, &lo, &hi);
             for (int qi = 0; qi < nq; qi++) {
                 t[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(qe + qi * half_p + j), lo, t[qi]);
                 t[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(qo + qi * half_p + j), hi, t[qi]);
@@ -242,11 +248,11 @@ static float decode_int4(const void* ctx, int64_t r, float* buf) {
         int64_t j = 0;
 #ifdef __AVX512F__
         const __m512 vs = _mm512_set1_ps(sc), vo = _mm512_set1_ps(off);
-        const __m512i m15 = _mm512_set1_epi32(15);
         for (; j + 16 <= bb; j += 16) {
-            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(pb + j)));
-            _mm512_storeu_ps(de + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_and_si512(v, m15)), vo));
-            _mm512_storeu_ps(dod + j, _mm512_fmadd_ps(vs, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), vo));
+            __m512 lo, hi;
+            nibbles16(pb + j, &lo, &hi);
+            _mm512_storeu_ps(de + j, _mm512_fmadd_ps(vs, lo, vo));
+            _mm512_storeu_ps(dod + j, _mm512_fmadd_ps(vs, hi, vo));
         }
 #endif
         for (; j < bb; j++) {

@@ -32,9 +32,11 @@ import math
 import os
 import sqlite3
 import threading
+import uuid
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -380,6 +382,9 @@ class QuantizedStore:
         self._opens = 1
         self._write_lock = threading.RLock()  # one writer at a time
         self._db_lock = threading.RLock()  # the SQLite connection, for short statements
+        self._readers: list[sqlite3.Connection] = []  # idle connections for searches' record reads
+        self._readers_lock = threading.Lock()
+        self._memory_uri = f"file:quant_retriever-{uuid.uuid4().hex}?mode=memory&cache=shared"
         self._publish_lock = threading.Lock()  # a commit and its index snapshot, as one step
         self._version = 0  # published writes
         self._filters: OrderedDict = OrderedDict()  # (filter, ids) -> (version, Selection)
@@ -391,10 +396,11 @@ class QuantizedStore:
 
     # ------------------------------------------------------------------ opening
     def _connect(self) -> sqlite3.Connection:
-        """The SQLite connection: ``:memory:`` without a path; read-only URI opening for a
-        read-only store (immutable when SQLite cannot otherwise read without writing)."""
-        if self.path is None:
-            db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        """The SQLite connection: a private in-memory database without a path; read-only URI
+        opening for a read-only store (immutable when SQLite cannot otherwise read without
+        writing)."""
+        if self.path is None:  # shared cache: searches read it through their own connections
+            db = sqlite3.connect(self._memory_uri, uri=True, check_same_thread=False, isolation_level=None)
         elif self._read_only:
             uri = (self.path / DB_FILE).resolve().as_uri()
             try:
@@ -611,6 +617,10 @@ class QuantizedStore:
                 return bool(changed) or len(self._all_keys()) != before
 
     def _release(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for db in readers:
+            db.close()
         if self._db is not None:
             self._db.close()
         if self._index is not None:
@@ -648,6 +658,52 @@ class QuantizedStore:
         with self._db_lock:
             self._check_open()
             return self._db.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Callable[[str, Any], list]]:
+        """A query function for a search to read the records of its hits without the
+        connection lock, so parallel searches and a write's transaction never wait on each
+        other: a connection of its own from a pool. It reads the committed state of a file, or
+        an in-memory store's shared cache without table locks, uncommitted rows included (which
+        the search's check tolerates: records are never updated, only deleted, and a missing
+        one means a write raced it). A read-only store reads its pinned state, under the lock."""
+        with self._readers_lock:
+            self._check_open()
+            db = self._readers.pop() if self._readers else None
+        if db is None and not self._read_only:
+            db = self._open_reader()
+        if db is None:
+            yield self._query
+            return
+        try:
+            yield lambda sql, params: db.execute(sql, params).fetchall()
+        finally:
+            with self._readers_lock:
+                if self._closed:
+                    db.close()
+                else:
+                    self._readers.append(db)
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """A new read connection for :meth:`_reading` (``None`` if SQLite cannot open one, e.g.
+        a build without shared cache: reads then share the main connection)."""
+        if self.path is None:
+            uri = self._memory_uri
+        else:
+            uri = f"{(self.path / DB_FILE).resolve().as_uri()}?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error:
+            return None
+        try:
+            db.execute("PRAGMA trusted_schema=OFF")
+            db.execute("PRAGMA query_only=ON")
+            db.execute("PRAGMA read_uncommitted=ON")  # shared cache only: no table locks
+            db.execute("SELECT key FROM docs LIMIT 0").fetchall()
+        except sqlite3.Error:
+            db.close()
+            return None
+        return db
 
     def _all_keys(self) -> np.ndarray:
         """Every key, sorted (cached until the next write)."""
@@ -842,12 +898,12 @@ class QuantizedStore:
         selection = self._selection(where, ids, version, index)
         res = index.search(q, k=k, rescore_multiplier=mult, allowed_ids=selection, snapshot=snapshot)
         scores = np.clip(res.scores, -1.0, 1.0) if self.metric == "cosine" else res.scores
-        by_key = {
-            r[3]: Record(r[0], r[1], json.loads(r[2]), r[3])
-            for r in self._lookup("key", np.unique(res.ids).tolist(), "id, text, metadata, key")
-        }
-        if self._version != version or len(by_key) != len(np.unique(res.ids)):
+        hits = np.unique(res.ids).tolist()
+        with self._reading() as query:
+            rows = self._lookup("key", hits, "id, text, metadata, key", query)
+        if self._version != version or len(rows) != len(hits):
             return False, []
+        by_key = {r[3]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows}
         return True, [
             [(by_key[int(key)], float(score)) for key, score in zip(row_ids, row_scores)]
             for row_ids, row_scores in zip(res.ids, scores)
@@ -915,14 +971,16 @@ class QuantizedStore:
                 where, lambda sql, params: self._db.execute(sql, params).fetchall(), self._all_keys, within
             )
 
-    def _lookup(self, column: Literal["id", "key"], values: list, columns: str) -> list[tuple]:
+    def _lookup(self, column: Literal["id", "key"], values: list, columns: str, query=None) -> list[tuple]:
         """Rows (``columns``) whose ``column`` is one of ``values``: every value is bound as a
-        parameter (so any string, NUL included, matches exactly), in chunks of any length."""
+        parameter (so any string, NUL included, matches exactly), in chunks of any length;
+        ``query`` runs the SQL (the main connection by default)."""
+        query = query or self._query
         rows: list[tuple] = []
         for start in range(0, len(values), _LOOKUP_CHUNK):
             part = values[start : start + _LOOKUP_CHUNK]
             marks = ", ".join("?" * len(part))
-            rows += self._query(f"SELECT {columns} FROM docs WHERE {column} IN ({marks})", part)
+            rows += query(f"SELECT {columns} FROM docs WHERE {column} IN ({marks})", part)
         return rows
 
     def save(self, path: str | os.PathLike) -> None:

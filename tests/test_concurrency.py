@@ -3,6 +3,7 @@ returned by a search that started after its delete returned, no torn rows."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
@@ -170,3 +171,90 @@ def test_a_repeated_filter_runs_no_sql_until_the_next_write():
     statements.clear()
     store.search(vec(2), k=5, where=where)
     assert [s for s in statements if "fields" in s]  # the write invalidated it
+
+
+class PausedWrite:
+    """The store's real SQLite connection, except that a write's last statement (its
+    metadata fields) waits until released: the write held inside its open transaction, its
+    documents already inserted and replaced ones deleted, uncommitted."""
+
+    def __init__(self, db):
+        self._db, self.reached, self.release = db, threading.Event(), threading.Event()
+
+    def executemany(self, sql, *args):
+        if sql.startswith("INSERT INTO fields"):
+            self.reached.set()
+            assert self.release.wait(60)
+        return self._db.executemany(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def finished_within(seconds: float, fn):
+    """``fn()``'s result if it returns within ``seconds`` in another thread; else fails."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"still waiting after {seconds} s"
+    return out[0]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_searches_do_not_wait_for_a_write_inside_its_transaction(tmp_path, persistent, monkeypatch):
+    """Searches read their hits' records through their own connections, not the writer's:
+    a write held inside its transaction delays no search whose hits it does not touch, and is
+    seen wholly or not at all."""
+    store = QuantizedStore(32, "int4", tmp_path / "s" if persistent else None)
+    store.upsert([f"d{i}" for i in range(50)], np.stack([vec(i) for i in range(50)]), [f"t{i}" for i in range(50)])
+    paused = PausedWrite(store._db)
+    monkeypatch.setattr(store, "_db", paused)
+    write = threading.Thread(  # adds "new" (as close to vec 7 as d7) and replaces d20
+        target=lambda: store.upsert(["new", "d20"], np.stack([vec(7), vec(20)]), ["new", "replaced"], [{}, {"n": 2}])
+    )
+    write.start()
+    assert paused.reached.wait(60)
+    for i in (7, 33):
+        hits = finished_within(10, lambda i=i: store.search(vec(i), k=2)[0])
+        assert hits[0][0].id == f"d{i}" and "new" not in {r.id for r, _ in hits}
+    replaced: list = []
+    if persistent:  # the committed version, without waiting
+        replaced.append(finished_within(10, lambda: store.search(vec(20), k=1)[0][0][0].text))
+    else:  # the shared in-memory database shows the deletion uncommitted: the search waits it out
+        waiter = threading.Thread(target=lambda: replaced.append(store.search(vec(20), k=1)[0][0][0].text))
+        waiter.start()
+    paused.release.set()
+    write.join(60)
+    if not persistent:
+        waiter.join(60)
+    assert replaced == ["t20" if persistent else "replaced"]
+    assert store.search(vec(20), k=1)[0][0][0].text == "replaced"
+    assert {r.id for r, _ in store.search(vec(7), k=2)[0]} == {"d7", "new"}
+    assert store.verify() == []
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_closing_a_store_closes_the_connections_searches_used(tmp_path, persistent):
+    store = QuantizedStore(32, "int4", tmp_path / "s" if persistent else None)
+    store.upsert([f"d{i}" for i in range(50)], np.stack([vec(i) for i in range(50)]), ["t"] * 50)
+    barrier = threading.Barrier(4)
+
+    def search(i: int) -> None:
+        barrier.wait()
+        for j in range(20):
+            assert store.search(vec(i + j), k=3)[0]
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    readers = list(store._readers)
+    assert 1 <= len(readers) <= 4  # reused, at most one per concurrent search
+    store.close()
+    for db in readers:
+        with pytest.raises(sqlite3.ProgrammingError):
+            db.execute("SELECT 1")
+    with pytest.raises(ValueError, match="closed"):
+        store.search(vec(1), k=1)

@@ -917,7 +917,8 @@ class QuantizedIndex:
             stop = min(start + step, n)
             valid = None if mask is None else mask[start:stop]
             top_s, top_r = self._codec.top(q, codes[start:stop], valid, min(n_top, stop - start))
-            top_r += start
+            if start:
+                top_r += start
             if best_s is not None:
                 top_s, top_r = torch.cat([best_s, top_s], dim=1), torch.cat([best_r, top_r], dim=1)
                 if top_s.shape[1] > n_top:  # stable: equal scores keep the lower row (earlier chunk)

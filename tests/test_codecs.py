@@ -326,3 +326,53 @@ def test_batch_scans_tile_rows_and_queries_exactly_like_decoded_dots(fmt, nq, n,
     torch.testing.assert_close(masked[:, valid], expected[:, valid], atol=1e-4, rtol=1e-4)
     if kernel_path != "eager":  # the kernels mark rows they skip; eager leaves that to the caller
         assert (masked[:, ~valid] == -float("inf")).all()
+
+
+@pytest.mark.parametrize("fmt", ["int4", "int8", "fp16"])
+@pytest.mark.parametrize("nq", [1, 3, 4, 8, 33])  # int4: fused up to 4 queries; from 8: tiles
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scans_keep_the_best_rows_like_scores_then_a_stable_sort(fmt, nq, threads, kernel_path, monkeypatch):
+    """``top`` keeps each query's best rows while scanning (the CPU kernels hold no score per
+    row): the rows and scores of scoring every row then sorting, ties to the lower row for
+    any thread count, rows outside ``valid`` last (only when too few are valid)."""
+    monkeypatch.setattr(scans, "PARALLEL_MIN_WORK", 0)  # split even small scans across threads
+    codec = make_codec(fmt, 97)
+    x, q = unit(300, 97, 3), unit(nq, 97, 4)
+    x[150:290] = x[:140]  # identical codes: ties, in both halves' blocks
+    rows = codec.encode(x)
+    valid = torch.arange(300) % 4 != 1
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for mask, keep in [(None, 1), (None, 57), (valid, 57), (None, 300), (valid, 240)]:
+            scores, pos = codec.top(q, rows, mask, keep)
+            full = codec.score(q, rows)
+            if mask is not None:
+                full = full.masked_fill(~mask, -float("inf"))
+            order = np.argsort(-full.numpy(), axis=1, kind="stable")[:, :keep]
+            if kernel_path == "eager":  # torch.topk: any order among equal scores, masked rows lowest
+                real = keep if mask is None else min(keep, 225)
+                torch.testing.assert_close(scores[:, :real], torch.gather(full, 1, torch.from_numpy(order))[:, :real])
+                continue
+            np.testing.assert_array_equal(pos.numpy(), order)
+            np.testing.assert_array_equal(scores.numpy(), np.take_along_axis(full.numpy(), order, axis=1))
+            if keep == 240:  # 225 valid rows, then invalid ones by row
+                assert valid[pos[:, :225].flatten()].all() and not valid[pos[:, 225:].flatten()].any()
+    finally:
+        torch.set_num_threads(saved)
+    if kernel_path != "eager":
+        with pytest.raises(ValueError, match="keep"):
+            codec.top(q, rows, None, 301)
+
+
+def test_scans_rank_nan_scores_last(kernel_path):
+    """A row whose stored factor is NaN (a damaged file) ranks below every real score."""
+    if kernel_path == "eager":
+        pytest.skip("eager ranking is torch.topk's")
+    codec = make_codec("int8", 32)
+    x, q = unit(200, 32, 5), unit(2, 32, 6)
+    rows = codec.encode(x)
+    rows.view(torch.float32)[:10, -1] = float("nan")  # the scale of rows 0..9
+    scores, pos = codec.top(q, rows, None, 195)
+    assert not np.isin(pos[:, :190].numpy(), np.arange(10)).any()
+    assert (scores[:, 190:] == -float("inf")).all() and (pos[:, 190:] == torch.arange(10)[:5]).all()

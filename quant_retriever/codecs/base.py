@@ -129,14 +129,21 @@ class Codec:
         return False
 
     def selects_in_place(self, device: torch.device) -> bool:
-        """Whether ``top`` keeps only candidate lists, never a score per row (no chunking)."""
-        return False
+        """Whether ``top`` keeps only candidate lists, never a score per row (no chunking):
+        the native dense scans do."""
+        return self.dense_layout() is not None and scans.available(device)
 
     def top(
         self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n`` best rows per query: ``(scores [nq, n], positions [nq, n])``, best first;
         rows where ``valid`` (``[rows]`` bool) is False score lowest."""
+        layout = self.dense_layout()
+        if layout is not None:
+            dtype, factor_offset, n_factors = layout
+            picked = scans.dense_scan(q, rows, dtype, self.dim, factor_offset, n_factors, valid, keep=n)
+            if picked is not None:
+                return picked
         s = self.score(q, rows, valid)
         if valid is not None:
             low = torch.finfo(s.dtype).min if s.dtype.is_floating_point else torch.iinfo(s.dtype).min

@@ -118,11 +118,16 @@ def score(
     fallback) the rows given are decoded, so callers bound memory by passing chunks.
     """
     p = _padded(dim, block_size)
-    q = queries.float()
-    if p > dim:
-        q = torch.nn.functional.pad(q, (0, p - dim))
+    q = _padded_queries(queries, dim, block_size)
     out = scans.int4_scan(q, codes, p // 2, p // block_size, valid)
     return out if out is not None else _score_eager(q, codes, dim, block_size)
+
+
+def _padded_queries(queries: torch.Tensor, dim: int, block_size: int) -> torch.Tensor:
+    """Float queries zero-padded to the padded width (padding elements are never scored)."""
+    p = _padded(dim, block_size)
+    q = queries.float()
+    return torch.nn.functional.pad(q, (0, p - dim)) if p > dim else q
 
 
 def _score_eager(q: torch.Tensor, codes: torch.Tensor, dim: int, block_size: int) -> torch.Tensor:
@@ -173,11 +178,14 @@ class Int4(Codec):
         return scans.available(device) or gpu.available(device)
 
     def selects_in_place(self, device: torch.device) -> bool:
-        return gpu.available(device)  # the Triton kernel keeps a running top-k, no score per row
+        return scans.available(device) or gpu.available(device)  # a running top-k, no score per row
 
     def top(
         self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if gpu.available(rows.device):  # CUDA: scores and top-k fused in one Triton kernel
             return gpu.int4_topk(q, rows, valid, n, self.dim, self.block_size)
-        return super().top(q, rows, valid, n)
+        p = _padded(self.dim, self.block_size)
+        padded = _padded_queries(q, self.dim, self.block_size)
+        picked = scans.int4_scan(padded, rows, p // 2, p // self.block_size, valid, keep=n)
+        return picked if picked is not None else super().top(q, rows, valid, n)

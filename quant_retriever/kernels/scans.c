@@ -62,13 +62,137 @@ static inline void skip_row(float* out, int64_t n, int64_t r, int64_t nq) {
     for (int64_t qi = 0; qi < nq; qi++) out[qi * n + r] = -INFINITY;
 }
 
+/* ---------------------------------------------------------------- all scores, or the best kept
+   Scans score BLK rows at a time into s [nq, BLK] and hand the block to a sink: every score
+   into out [nq, n], or (out NULL) each query's best `keep` rows, kept in a heap per thread
+   and merged at the end into top_s / top_r [nq, keep], best first. The order is total:
+   higher score first, ties to the lower row, NaN as -inf; rows a scan skips score -inf, so
+   they come last (and only when fewer than `keep` rows are valid). */
+#define BLK 64
+typedef struct {
+    float* out;
+    int64_t n, nq, keep;
+    float* top_s;
+    int64_t* top_r;
+    float* hs;      /* [threads, nq, keep] heaps: the worst kept entry at the root */
+    int64_t* hr;
+    int64_t* cnt;   /* [threads, nq] */
+    int threads;
+} sink;
+
+static int sink_open(sink* k, float* out, int64_t n, int64_t nq, int64_t keep, float* top_s, int64_t* top_r,
+                     int threads) {
+    *k = (sink){out, n, nq, keep, top_s, top_r, NULL, NULL, NULL, threads};
+    if (out) return 0;
+    const size_t slots = (size_t)threads * (size_t)nq * (size_t)keep;
+    k->hs = (float*)malloc(slots * sizeof(float));
+    k->hr = (int64_t*)malloc(slots * sizeof(int64_t));
+    k->cnt = (int64_t*)calloc((size_t)threads * (size_t)nq, sizeof(int64_t));
+    if (k->hs && k->hr && k->cnt) return 0;
+    free(k->hs); free(k->hr); free(k->cnt);
+    return -1;
+}
+
+static inline int worse(const float* hs, const int64_t* hr, int64_t a, int64_t b) {
+    return hs[a] < hs[b] || (hs[a] == hs[b] && hr[a] > hr[b]);
+}
+
+static inline void heap_swap(float* hs, int64_t* hr, int64_t a, int64_t b) {
+    const float s = hs[a]; hs[a] = hs[b]; hs[b] = s;
+    const int64_t r = hr[a]; hr[a] = hr[b]; hr[b] = r;
+}
+
+/* Replace the root (the worst kept entry) and restore the heap. */
+static inline void heap_replace(float* hs, int64_t* hr, int64_t cnt, float s, int64_t r) {
+    hs[0] = s; hr[0] = r;
+    for (int64_t i = 0;;) {
+        const int64_t a = 2 * i + 1, b = a + 1;
+        int64_t w = i;
+        if (a < cnt && worse(hs, hr, a, w)) w = a;
+        if (b < cnt && worse(hs, hr, b, w)) w = b;
+        if (w == i) return;
+        heap_swap(hs, hr, i, w);
+        i = w;
+    }
+}
+
+static inline void heap_add(float* hs, int64_t* hr, int64_t* cnt, float s, int64_t r) {
+    int64_t i = (*cnt)++;
+    hs[i] = s; hr[i] = r;
+    for (; i > 0 && worse(hs, hr, i, (i - 1) / 2); i = (i - 1) / 2) heap_swap(hs, hr, i, (i - 1) / 2);
+}
+
+/* Rows r0..r0+m of one thread (each thread sees its rows in increasing order, so a later row
+   scoring equal to the root is the worse one and stays out). */
+static inline void sink_block(const sink* k, int t, const float* s, int64_t r0, int64_t m) {
+    if (k->out) {
+        for (int64_t qi = 0; qi < k->nq; qi++)
+            for (int64_t i = 0; i < m; i++) k->out[qi * k->n + r0 + i] = s[qi * BLK + i];
+        return;
+    }
+    for (int64_t qi = 0; qi < k->nq; qi++) {
+        const int64_t h = ((int64_t)t * k->nq + qi);
+        float* hs = k->hs + h * k->keep;
+        int64_t* hr = k->hr + h * k->keep;
+        int64_t* cnt = k->cnt + h;
+        const float* sq = s + qi * BLK;
+        int64_t i = 0;
+        for (; i < m && *cnt < k->keep; i++) heap_add(hs, hr, cnt, sq[i] == sq[i] ? sq[i] : -INFINITY, r0 + i);
+#ifdef __AVX512F__
+        for (; i + 16 <= m; i += 16) {  /* most blocks hold nothing better than the root */
+            __mmask16 hit = _mm512_cmp_ps_mask(_mm512_loadu_ps(sq + i), _mm512_set1_ps(hs[0]), _CMP_GT_OQ);
+            for (; hit; hit &= hit - 1) {
+                const int b = __builtin_ctz(hit);
+                if (sq[i + b] > hs[0]) heap_replace(hs, hr, *cnt, sq[i + b], r0 + i + b);
+            }
+        }
+#endif
+        for (; i < m; i++)
+            if (sq[i] > hs[0]) heap_replace(hs, hr, *cnt, sq[i], r0 + i);
+    }
+}
+
+typedef struct { float s; int64_t r; } scored;
+
+static int better_first(const void* a, const void* b) {
+    const scored* x = (const scored*)a;
+    const scored* y = (const scored*)b;
+    if (x->s != y->s) return x->s > y->s ? -1 : 1;
+    return (x->r > y->r) - (x->r < y->r);
+}
+
+/* Merge the threads' heaps into top_s / top_r and free them. Returns -1 without memory. */
+static int sink_close(sink* k) {
+    int status = 0;
+    if (!k->out) {
+        scored* all = (scored*)malloc((size_t)k->threads * (size_t)k->keep * sizeof(scored));
+        for (int64_t qi = 0; all && qi < k->nq; qi++) {
+            int64_t c = 0;
+            for (int t = 0; t < k->threads; t++) {
+                const int64_t h = (int64_t)t * k->nq + qi;
+                for (int64_t j = 0; j < k->cnt[h]; j++)
+                    all[c++] = (scored){k->hs[h * k->keep + j], k->hr[h * k->keep + j]};
+            }
+            qsort(all, (size_t)c, sizeof(scored), better_first);
+            for (int64_t j = 0; j < k->keep; j++) {
+                k->top_s[qi * k->keep + j] = all[j].s;
+                k->top_r[qi * k->keep + j] = all[j].r;
+            }
+        }
+        status = all ? 0 : -1;
+        free(all);
+    }
+    free(k->hs); free(k->hr); free(k->cnt);
+    return status;
+}
+
 /* ---------------------------------------------------------------- batch scans
    A row format plugs in a decoder: fill buf [p16] with row r as floats (zeros past its
    elements) and return the factor its dots are multiplied by. */
 typedef float (*decode_fn)(const void* ctx, int64_t r, float* buf);
 
-#ifdef __AVX512F__
 #define TILE 8  /* rows a tile: 8 rows x 2 vectors of 16 queries = 16 accumulators */
+#ifdef __AVX512F__
 /* Dots of a tile of m <= TILE decoded rows buf [TILE, p] with the queries qt [p, nqt]
    (transposed, zero-padded to nqt, a multiple of 32): each step broadcasts one element of
    each row against 32 queries, so every query value loaded serves 8 rows.
@@ -96,51 +220,64 @@ static inline __attribute__((always_inline)) void tile_dots(const float* buf, co
 }
 #endif
 
-/* Scores out [nq, n] of the queries q [nq, p16] (see row_dots) against rows 0..n of a format
-   (decode, ctx); rows with valid[r] == 0 (valid may be NULL) score -inf. Few queries: each
-   row decoded then dotted with every query (row_dots). From 8 queries, with AVX-512: tiles
-   of TILE rows against the transposed queries (tile_dots), a GEMM-like register blocking. */
-static inline __attribute__((always_inline)) void scan_rows(const void* ctx, decode_fn decode, int64_t n,
-                                                            const float* q, int64_t nq, int64_t p16,
-                                                            const uint8_t* valid, float* out, int nthreads) {
+/* The queries q [nq, p16] (see row_dots) against rows 0..n of a format (decode, ctx), into
+   a sink; rows with valid[r] == 0 (valid may be NULL) score -inf. Few queries: each row
+   decoded then dotted with every query (row_dots). From 8 queries, with AVX-512: tiles of
+   TILE rows against the transposed queries (tile_dots), a GEMM-like register blocking.
+   Returns -1 without memory. */
+static inline __attribute__((always_inline)) int scan_rows(const void* ctx, decode_fn decode, int64_t n,
+                                                           const float* q, int64_t nq, int64_t p16,
+                                                           const uint8_t* valid, sink* k) {
+    float* qt = NULL;
+    int64_t nqt = 0;
 #ifdef __AVX512F__
     if (nq >= 8) {
-        const int64_t nqt = (nq + 31) / 32 * 32;
-        float* qt = (float*)calloc((size_t)(p16 * nqt), sizeof(float));
+        nqt = (nq + 31) / 32 * 32;
+        qt = (float*)calloc((size_t)(p16 * nqt), sizeof(float));
+        if (!qt) return -1;
         for (int64_t qi = 0; qi < nq; qi++)
             for (int64_t j = 0; j < p16; j++) qt[j * nqt + qi] = q[qi * p16 + j];
-        #pragma omp parallel num_threads(nthreads)
-        {
-            float* buf = (float*)calloc((size_t)(TILE * p16), sizeof(float));
-            float f[TILE];
-            #pragma omp for schedule(static)
-            for (int64_t r0 = 0; r0 < n; r0 += TILE) {
-                const int64_t m = n - r0 < TILE ? n - r0 : TILE;
-                for (int64_t i = 0; i < m; i++) f[i] = decode(ctx, r0 + i, buf + i * p16);
-                for (int64_t g = 0; g < nq; g += 32) {
-                    if (nq - g > 16) tile_dots(buf, qt, p16, nqt, g, nq, f, m, out + r0, n, 2);
-                    else tile_dots(buf, qt, p16, nqt, g, nq, f, m, out + r0, n, 1);
-                }
-                for (int64_t i = 0; i < m; i++)
-                    if (valid && !valid[r0 + i]) skip_row(out, n, r0 + i, nq);
-            }
-            free(buf);
-        }
-        free(qt);
-        return;
     }
 #endif
-    #pragma omp parallel num_threads(nthreads)
+    int failed = 0;
+    #pragma omp parallel num_threads(k->threads)
     {
-        float* buf = (float*)calloc((size_t)p16, sizeof(float));
+        float* buf = (float*)calloc((size_t)((qt ? TILE : 1) * p16), sizeof(float));
+        float* s = (float*)malloc((size_t)(nq * BLK) * sizeof(float));
+        float f[TILE];
+        if (!buf || !s) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
-        for (int64_t r = 0; r < n; r++) {
-            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
-            const float f = decode(ctx, r, buf);
-            row_dots(buf, q, p16, nq, f, out, n, r);
+        for (int64_t r0 = 0; r0 < n; r0 += BLK) {
+            if (!buf || !s) continue;
+            const int64_t m = n - r0 < BLK ? n - r0 : BLK;
+#ifdef __AVX512F__
+            if (qt) {
+                for (int64_t i0 = 0; i0 < m; i0 += TILE) {
+                    const int64_t mt = m - i0 < TILE ? m - i0 : TILE;
+                    for (int64_t i = 0; i < mt; i++) f[i] = decode(ctx, r0 + i0 + i, buf + i * p16);
+                    for (int64_t g = 0; g < nq; g += 32) {
+                        if (nq - g > 16) tile_dots(buf, qt, p16, nqt, g, nq, f, mt, s + i0, BLK, 2);
+                        else tile_dots(buf, qt, p16, nqt, g, nq, f, mt, s + i0, BLK, 1);
+                    }
+                }
+                for (int64_t i = 0; i < m; i++)
+                    if (valid && !valid[r0 + i]) skip_row(s, BLK, i, nq);
+            } else
+#endif
+            for (int64_t i = 0; i < m; i++) {
+                if (valid && !valid[r0 + i]) { skip_row(s, BLK, i, nq); continue; }
+                row_dots(buf, q, p16, nq, decode(ctx, r0 + i, buf), s, BLK, i);
+            }
+            sink_block(k, omp_get_thread_num(), s, r0, m);
         }
         free(buf);
+        free(s);
     }
+    free(qt);
+    return failed ? -1 : 0;
 }
 
 #ifdef __AVX512F__
@@ -151,8 +288,8 @@ static inline void nibbles16(const uint8_t* p, __m512* lo, __m512* hi) {
     *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
 }
 
-/* One INT4 row against nq <= 4 queries (int4_scan_fused's layout), 16 bytes a step: the
-   nibbles decoded to floats once, multiplied by every query; each block's sum scaled once. */
+/* One INT4 row against nq <= 4 queries (int4_fused's layout), 16 bytes a step: the nibbles
+   decoded to floats once, multiplied by every query; each block's sum scaled once. */
 static inline __attribute__((always_inline)) void int4_row_avx512(
     const uint8_t* row, int64_t half_p, int64_t nb, const float* qe, const float* qo, const float* qsum,
     const int nq, float* out, int64_t n) {
@@ -184,55 +321,72 @@ static inline __attribute__((always_inline)) void int4_row_avx512(
 }
 #endif
 
-/* INT4 rows (see codecs/int4.py): nibbles in bytes [0, half_p), then float16 scales[nb],
-   offsets[nb], then the float32 norm. qe/qo: even/odd elements of each query [nq, half_p]; qsum [nq, nb].
-   out [nq, n]; rows with valid[r] == 0 (valid may be NULL) score -inf. Best for a few queries:
-   one fused pass per query. */
-void int4_scan_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
-                     const float* qe, const float* qo, const float* qsum, int64_t nq, const uint8_t* valid,
-                     float* out, int nthreads) {
+/* One INT4 row (see int4_scan) against every query, scalar: out[qi * n]. */
+static inline void int4_row(const uint8_t* row, int64_t half_p, int64_t nb, const float* qe, const float* qo,
+                            const float* qsum, int64_t nq, float* out, int64_t n) {
     const int64_t bb = half_p / nb;
-#ifdef __AVX512F__
-    if (bb % 16 == 0 && nq <= 4) {  /* 16 bytes (32 elements) a step, decoded once for every query */
-        #pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (int64_t r = 0; r < n; r++) {
-            if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
-            switch (nq) {  /* constant query counts: the accumulators stay in registers */
-                case 1: int4_row_avx512(codes + r * row_bytes, half_p, nb, qe, qo, qsum, 1, out + r, n); break;
-                case 2: int4_row_avx512(codes + r * row_bytes, half_p, nb, qe, qo, qsum, 2, out + r, n); break;
-                case 3: int4_row_avx512(codes + r * row_bytes, half_p, nb, qe, qo, qsum, 3, out + r, n); break;
-                default: int4_row_avx512(codes + r * row_bytes, half_p, nb, qe, qo, qsum, 4, out + r, n);
-            }
+    const uint16_t* meta = (const uint16_t*)(row + half_p);
+    const float norm = row_factor(row, half_p + 4 * nb, 1);
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const float* e = qe + qi * half_p;
+        const float* o = qo + qi * half_p;
+        float acc = 0.f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t* pb = row + b * bb;
+            const float* eb = e + b * bb;
+            const float* ob = o + b * bb;
+            float s = 0.f;
+            for (int64_t j = 0; j < bb; j++) s += eb[j] * (float)(pb[j] & 15) + ob[j] * (float)(pb[j] >> 4);
+            acc += h2f(meta[b]) * s + h2f(meta[nb + b]) * qsum[qi * nb + b];
         }
-        return;
-    }
-#endif
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-        if (valid && !valid[r]) { skip_row(out, n, r, nq); continue; }
-        const uint8_t* row = codes + r * row_bytes;
-        const uint16_t* meta = (const uint16_t*)(row + half_p);
-        const float norm = row_factor(row, half_p + 4 * nb, 1);
-        for (int64_t qi = 0; qi < nq; qi++) {
-            const float* e = qe + qi * half_p;
-            const float* o = qo + qi * half_p;
-            float acc = 0.f;
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t* pb = row + b * bb;
-                const float* eb = e + b * bb;
-                const float* ob = o + b * bb;
-                float s = 0.f;
-                for (int64_t j = 0; j < bb; j++) s += eb[j] * (float)(pb[j] & 15) + ob[j] * (float)(pb[j] >> 4);
-                acc += h2f(meta[b]) * s + h2f(meta[nb + b]) * qsum[qi * nb + b];
-            }
-            out[qi * n + r] = acc * norm;
-        }
+        out[qi * n] = acc * norm;
     }
 }
 
-/* Same scores, for batches: each row decoded once into floats (even elements, then odd ones),
-   then dotted with the queries (scan_rows). q [nq, p16]: each query's even elements, then
-   its odd ones, zero-padded to p16 (a multiple of 16 >= 2 * half_p); see row_dots. */
+/* A few queries: one fused pass over the nibbles per row. qe/qo: even/odd elements of each
+   query [nq, half_p]; qsum [nq, nb] (each block's sum of the query). */
+static int int4_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
+                      const float* qe, const float* qo, const float* qsum, int64_t nq, const uint8_t* valid,
+                      sink* k) {
+    const int vector = (half_p / nb) % 16 == 0 && nq <= 4;  /* AVX-512: 16 bytes (32 elements) a step */
+    int failed = 0;
+    #pragma omp parallel num_threads(k->threads)
+    {
+        float* s = (float*)malloc((size_t)(nq * BLK) * sizeof(float));
+        if (!s) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < n; r0 += BLK) {
+            if (!s) continue;
+            const int64_t m = n - r0 < BLK ? n - r0 : BLK;
+            for (int64_t i = 0; i < m; i++) {
+                const uint8_t* row = codes + (r0 + i) * row_bytes;
+                if (valid && !valid[r0 + i]) { skip_row(s, BLK, i, nq); continue; }
+#ifdef __AVX512F__
+                if (vector) {
+                    switch (nq) {  /* constant query counts: the accumulators stay in registers */
+                        case 1: int4_row_avx512(row, half_p, nb, qe, qo, qsum, 1, s + i, BLK); break;
+                        case 2: int4_row_avx512(row, half_p, nb, qe, qo, qsum, 2, s + i, BLK); break;
+                        case 3: int4_row_avx512(row, half_p, nb, qe, qo, qsum, 3, s + i, BLK); break;
+                        default: int4_row_avx512(row, half_p, nb, qe, qo, qsum, 4, s + i, BLK);
+                    }
+                    continue;
+                }
+#endif
+                (void)vector;
+                int4_row(row, half_p, nb, qe, qo, qsum, nq, s + i, BLK);
+            }
+            sink_block(k, omp_get_thread_num(), s, r0, m);
+        }
+        free(s);
+    }
+    return failed ? -1 : 0;
+}
+
+/* Batches: each row decoded once into floats (even elements, then odd ones), then dotted
+   with the queries (scan_rows), whose elements are laid out the same way. */
 typedef struct { const uint8_t* codes; int64_t row_bytes, half_p, nb; } int4_rows;
 
 static float decode_int4(const void* ctx, int64_t r, float* buf) {
@@ -263,15 +417,57 @@ static float decode_int4(const void* ctx, int64_t r, float* buf) {
     return row_factor(row, half_p + 4 * nb, 1);
 }
 
-void int4_scan_decoded(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
-                       const float* q, int64_t nq, int64_t p16, const uint8_t* valid, float* out, int nthreads) {
-    const int4_rows ctx = {codes, row_bytes, half_p, nb};
-    scan_rows(&ctx, decode_int4, n, q, nq, p16, valid, out, nthreads);
+#define FUSED_MAX_QUERIES 4
+
+/* INT4 rows (see codecs/int4.py): nibbles in bytes [0, half_p), then float16 scales[nb],
+   offsets[nb], then the float32 norm; queries q [nq, 2 * half_p] (zero-padded past dim).
+   Scores into out [nq, n], or with out NULL the best `keep` per query into top_s / top_r
+   (see sink); rows with valid[r] == 0 (valid may be NULL) score -inf. Up to
+   FUSED_MAX_QUERIES queries one fused pass over the nibbles, above that decoded rows.
+   Returns -1 without memory (nothing meaningful written), else 0. */
+int int4_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb, const float* q,
+              int64_t nq, const uint8_t* valid, float* out, int64_t keep, float* top_s, int64_t* top_r,
+              int nthreads) {
+    const int64_t bb = half_p / nb, p16 = (2 * half_p + 15) / 16 * 16;
+    const int fused = nq <= FUSED_MAX_QUERIES;
+    float* qs = (float*)calloc((size_t)(nq * (fused ? 2 * half_p + nb : p16)), sizeof(float));
+    sink k;
+    if (!qs || sink_open(&k, out, n, nq, keep, top_s, top_r, nthreads)) {
+        free(qs);
+        return -1;
+    }
+    int status;
+    if (fused) {  /* [nq, half_p] even elements, [nq, half_p] odd ones, [nq, nb] block sums */
+        float *qe = qs, *qo = qs + nq * half_p, *qsum = qs + 2 * nq * half_p;
+        for (int64_t qi = 0; qi < nq; qi++)
+            for (int64_t j = 0; j < half_p; j++) {
+                qe[qi * half_p + j] = q[qi * 2 * half_p + 2 * j];
+                qo[qi * half_p + j] = q[qi * 2 * half_p + 2 * j + 1];
+            }
+        for (int64_t qi = 0; qi < nq; qi++)
+            for (int64_t b = 0; b < nb; b++) {
+                float t = 0.f;
+                for (int64_t j = 0; j < 2 * bb; j++) t += q[qi * 2 * half_p + b * 2 * bb + j];
+                qsum[qi * nb + b] = t;
+            }
+        status = int4_fused(codes, n, row_bytes, half_p, nb, qe, qo, qsum, nq, valid, &k);
+    } else {  /* each query's even elements, then its odd ones, zero-padded to p16 */
+        for (int64_t qi = 0; qi < nq; qi++)
+            for (int64_t j = 0; j < half_p; j++) {
+                qs[qi * p16 + j] = q[qi * 2 * half_p + 2 * j];
+                qs[qi * p16 + half_p + j] = q[qi * 2 * half_p + 2 * j + 1];
+            }
+        const int4_rows ctx = {codes, row_bytes, half_p, nb};
+        status = scan_rows(&ctx, decode_int4, n, qs, nq, p16, valid, &k);
+    }
+    free(qs);
+    return sink_close(&k) || status ? -1 : 0;
 }
 
 /* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
    factors at byte `fo`; score = <q, values> * product(factors). q [nq, p16] zero-padded (see
-   row_dots); out [nq, n]; rows with valid[r] == 0 (valid may be NULL) score -inf. */
+   row_dots); scores into a sink as int4_scan's; rows with valid[r] == 0 (valid may be NULL)
+   score -inf. */
 static inline void load_i8(const int8_t* x, int64_t dim, float* buf) {
     int64_t d = 0;
 #ifdef __AVX512F__
@@ -327,11 +523,14 @@ static float dense_row_##SUFFIX(const void* ctx, int64_t r, float* buf) {       
     LOAD((const T*)raw, c->dim, buf);                                                                \
     return row_factor(raw, c->fo, c->nf);                                                            \
 }                                                                                                    \
-void dense_scan_##SUFFIX(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo, \
-                         int64_t nf, const float* q, int64_t nq, int64_t p16, const uint8_t* valid,  \
-                         float* out, int nthreads) {                                                 \
+int dense_scan_##SUFFIX(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo,  \
+                        int64_t nf, const float* q, int64_t nq, int64_t p16, const uint8_t* valid,   \
+                        float* out, int64_t keep, float* top_s, int64_t* top_r, int nthreads) {      \
     const dense_rows ctx = {codes, row_bytes, dim, fo, nf};                                          \
-    scan_rows(&ctx, dense_row_##SUFFIX, n, q, nq, p16, valid, out, nthreads);                        \
+    sink k;                                                                                          \
+    if (sink_open(&k, out, n, nq, keep, top_s, top_r, nthreads)) return -1;                          \
+    const int status = scan_rows(&ctx, dense_row_##SUFFIX, n, q, nq, p16, valid, &k);                \
+    return sink_close(&k) || status ? -1 : 0;                                                        \
 }                                                                                                    \
 int dense_top_##SUFFIX(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t dim, int64_t fo,  \
                        int64_t nf, const int64_t* pick, int64_t m, const float* q, int64_t p16,      \

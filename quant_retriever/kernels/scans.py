@@ -20,16 +20,14 @@ __all__ = [
     "binary_candidates",
     "dense_scan",
     "dense_top",
-    "FUSED_MAX_QUERIES",
 ]
 
-_DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32")
+_DENSE = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i64", "p", "p", "i32")
 _DENSE_TOP = signature("p", "i64", "i64", "i64", "i64", "i64", "p", "i64", "p", "i64", "i64", "f64", "p", "p")
 LIBRARY = Library(
     "scans.c",
     {
-        "int4_scan_fused": signature("p", "i64", "i64", "i64", "i64", "p", "p", "p", "i64", "p", "p", "i32"),
-        "int4_scan_decoded": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "i64", "p", "p", "i32"),
+        "int4_scan": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
         "binary_candidates": signature("p", "i64", "i64", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
@@ -39,10 +37,6 @@ LIBRARY = Library(
         "dense_top_f16": _DENSE_TOP,
     },
 )
-
-#: Up to this many queries, ``int4_scan`` runs the fused kernel; above, the decoded one.
-FUSED_MAX_QUERIES = 4
-
 
 #: Below this many (row, query) pairs a scan runs on one thread: starting and joining an
 #: OpenMP team costs more than it saves, and much more on a busy machine.
@@ -92,44 +86,57 @@ def _valid_ptr(valid: torch.Tensor | None, n: int):
     return v, v.data_ptr()
 
 
-def int4_scan(
-    q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid: torch.Tensor | None = None
-) -> torch.Tensor | None:
+def _sink(nq: int, n: int, keep: int | None):
+    """Outputs of a scan: ``(scores [nq, n], None, None)``, or with ``keep`` the best rows'
+    ``(None, scores [nq, keep], rows [nq, keep])``; numpy arrays (no torch op on the way)."""
+    if keep is None:
+        return np.empty((nq, n), dtype=np.float32), None, None
+    if not 0 < keep <= n:
+        raise ValueError(f"a scan keeps 0 < keep <= rows; got keep={keep}, rows={n}.")
+    return None, np.empty((nq, keep), dtype=np.float32), np.empty((nq, keep), dtype=np.int64)
+
+
+def _address(a: np.ndarray | None):
+    return None if a is None else a.ctypes.data
+
+
+def _scanned(status: int, out, top_s, top_r):
+    if status:
+        raise MemoryError("the scan kernel could not allocate its buffers.")
+    if out is not None:
+        return torch.from_numpy(out)
+    return torch.from_numpy(top_s), torch.from_numpy(top_r)
+
+
+def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid: torch.Tensor | None = None, keep=None):
     """Scores ``[nq, n]`` of zero-padded float queries ``q: [nq, 2 * half_p]`` against INT4 rows
-    ``codes: [n, row_bytes]`` (see ``codecs/int4.py``); rows where ``valid`` is False score -inf."""
+    ``codes: [n, row_bytes]`` (see ``codecs/int4.py``); rows where ``valid`` is False score -inf.
+    With ``keep``: only each query's best ``keep`` rows, ``(scores, rows)`` each ``[nq, keep]``,
+    best first (ties to the lower row), never a score per row."""
     lib = _usable(q, codes)
     if lib is None:
         return None
     codes = codes.contiguous()
-    q = q.float().contiguous()
+    q = (q if q.dtype == torch.float32 else q.float()).contiguous()
     nq, n = q.shape[0], codes.shape[0]
-    keep, vp = _valid_ptr(valid, n)
-    out = torch.empty(nq, n, dtype=torch.float32)
-    threads = _threads(n, nq)
-    qe, qo = q[:, 0::2], q[:, 1::2]
-    if nq <= FUSED_MAX_QUERIES:
-        qe, qo = qe.contiguous(), qo.contiguous()
-        qsum = q.view(nq, nb, -1).sum(dim=2).contiguous()
-        lib.int4_scan_fused(
-            codes.data_ptr(),
-            n,
-            codes.shape[1],
-            half_p,
-            nb,
-            qe.data_ptr(),
-            qo.data_ptr(),
-            qsum.data_ptr(),
-            nq,
-            vp,
-            out.data_ptr(),
-            threads,
-        )
-    else:  # rows are decoded as [even elements, odd elements]: split the queries the same way
-        qs, p16 = _padded_queries(torch.cat([qe, qo], dim=1))
-        lib.int4_scan_decoded(
-            codes.data_ptr(), n, codes.shape[1], half_p, nb, qs.data_ptr(), nq, p16, vp, out.data_ptr(), threads
-        )
-    return out
+    keep_alive, vp = _valid_ptr(valid, n)
+    out, top_s, top_r = _sink(nq, n, keep)
+    status = lib.int4_scan(
+        codes.data_ptr(),
+        n,
+        codes.shape[1],
+        half_p,
+        nb,
+        q.data_ptr(),
+        nq,
+        vp,
+        _address(out),
+        keep or 0,
+        _address(top_s),
+        _address(top_r),
+        _threads(n, nq),
+    )
+    return _scanned(status, out, top_s, top_r)
 
 
 def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
@@ -224,21 +231,23 @@ def dense_scan(
     factor_offset: int,
     n_factors: int,
     valid: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+    keep: int | None = None,
+):
     """``[nq, n]`` float32: ``<q, row values> * product(row factors)`` for float queries
     ``q [nq, dim]`` and rows ``codes [n, row_bytes]`` uint8 that hold ``dim`` values of
     ``dtype`` (int8 or float16) and ``n_factors`` float32 factors at byte ``factor_offset``;
-    rows where ``valid`` is False score -inf."""
+    rows where ``valid`` is False score -inf. With ``keep``: the best rows as in
+    :func:`int4_scan`."""
     lib = _usable(q, codes)
     if lib is None:
         return None
     fn = {torch.int8: lib.dense_scan_i8, torch.float16: lib.dense_scan_f16}[dtype]
     codes = codes.contiguous()
     n, nq = codes.shape[0], q.shape[0]
-    keep, vp = _valid_ptr(valid, n)
-    qs, p16 = _padded_queries(q.float())
-    out = torch.empty(nq, n, dtype=torch.float32)
-    fn(
+    keep_alive, vp = _valid_ptr(valid, n)
+    qs, p16 = _padded_queries(q)
+    out, top_s, top_r = _sink(nq, n, keep)
+    status = fn(
         codes.data_ptr(),
         n,
         codes.shape[1],
@@ -249,10 +258,13 @@ def dense_scan(
         nq,
         p16,
         vp,
-        out.data_ptr(),
+        _address(out),
+        keep or 0,
+        _address(top_s),
+        _address(top_r),
         _threads(n, nq),
     )
-    return out
+    return _scanned(status, out, top_s, top_r)
 
 
 def dense_top(
@@ -278,9 +290,9 @@ def dense_top(
     if not 0 < k <= m or pick.dtype != torch.int64:
         raise ValueError(f"dense_top needs 0 < k <= len(pick) and int64 picks; got k={k}, {m} {pick.dtype}.")
     fn = {torch.int8: lib.dense_top_i8, torch.float16: lib.dense_top_f16}[dtype]
-    qs, p16 = _padded_queries(q.float())
+    qs, p16 = _padded_queries(q)
     pick = pick.contiguous()
-    scores, pos = torch.empty(k, dtype=torch.float32), torch.empty(k, dtype=torch.int64)
+    scores, pos = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.int64)
     address, n, row_bytes = codes
     bad = fn(
         address,
@@ -295,9 +307,9 @@ def dense_top(
         p16,
         k,
         qnorm,
-        scores.data_ptr(),
-        pos.data_ptr(),
+        scores.ctypes.data,
+        pos.ctypes.data,
     )
     if bad:
         raise ValueError(f"dense_top: picked rows must be in [0, {n}).")
-    return scores.numpy(), pos.numpy()
+    return scores, pos

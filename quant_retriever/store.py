@@ -396,10 +396,11 @@ class QuantizedStore:
 
     # ------------------------------------------------------------------ opening
     def _connect(self) -> sqlite3.Connection:
-        """The SQLite connection: a private in-memory database without a path; read-only URI
+        """The SQLite connection: without a path, an in-memory database under a random name
+        (shared cache, which searches read through their own connections); read-only URI
         opening for a read-only store (immutable when SQLite cannot otherwise read without
         writing)."""
-        if self.path is None:  # shared cache: searches read it through their own connections
+        if self.path is None:
             db = sqlite3.connect(self._memory_uri, uri=True, check_same_thread=False, isolation_level=None)
         elif self._read_only:
             uri = (self.path / DB_FILE).resolve().as_uri()

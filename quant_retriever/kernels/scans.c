@@ -343,12 +343,15 @@ static inline void int4_row(const uint8_t* row, int64_t half_p, int64_t nb, cons
     }
 }
 
-/* A few queries: one fused pass over the nibbles per row. qe/qo: even/odd elements of each
-   query [nq, half_p]; qsum [nq, nb] (each block's sum of the query). */
+/* A few queries (nq <= FUSED_MAX_QUERIES): one fused pass over the nibbles per row. qe/qo:
+   even/odd elements of each query [nq, half_p]; qsum [nq, nb] (each block's sum of the query). */
+#define FUSED_MAX_QUERIES 4
 static int int4_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p, int64_t nb,
                       const float* qe, const float* qo, const float* qsum, int64_t nq, const uint8_t* valid,
                       sink* k) {
-    const int vector = (half_p / nb) % 16 == 0 && nq <= 4;  /* AVX-512: 16 bytes (32 elements) a step */
+#ifdef __AVX512F__
+    const int vector = (half_p / nb) % 16 == 0;  /* 16 bytes (32 elements) a step */
+#endif
     int failed = 0;
     #pragma omp parallel num_threads(k->threads)
     {
@@ -375,7 +378,6 @@ static int int4_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_
                     continue;
                 }
 #endif
-                (void)vector;
                 int4_row(row, half_p, nb, qe, qo, qsum, nq, s + i, BLK);
             }
             sink_block(k, omp_get_thread_num(), s, r0, m);
@@ -416,8 +418,6 @@ static float decode_int4(const void* ctx, int64_t r, float* buf) {
     }
     return row_factor(row, half_p + 4 * nb, 1);
 }
-
-#define FUSED_MAX_QUERIES 4
 
 /* INT4 rows (see codecs/int4.py): nibbles in bytes [0, half_p), then float16 scales[nb],
    offsets[nb], then the float32 norm; queries q [nq, 2 * half_p] (zero-padded past dim).

@@ -11,8 +11,8 @@ documents; "cold" is its first search after a write (the filter's SQL runs), "wa
 (its key set is cached). Random data: ``--n-random`` unit vectors for the batch and codec rows and
 the FP32 torch matmul they are compared with (the int4 batch goal is stated against it).
 Peers (faiss, and Chroma / Qdrant local when installed: ``pip install chromadb qdrant-client``)
-search the same vectors. Medians of ``--runs`` searches; ratios are measured side by side, so
-compare within one run.
+search the same vectors. Medians of ``--runs`` searches; the two sides of a ratio (filtered and
+unfiltered, ours and faiss binary) alternate call by call, and compare within one run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from quant_retriever import QuantizedIndex
 from quant_retriever._demo_corpus import embed_cached, stdlib_docstrings
-from quant_retriever.bench import median_ms
+from quant_retriever.bench import interleaved_ms, median_ms
 
 K = 10
 
@@ -93,10 +93,9 @@ def store_paths(args, table: list) -> None:
             store.store.upsert(ids[a : a + 5000], x[a : a + 5000], texts[a : a + 5000], metas[a : a + 5000])
         queries = itertools.cycle(q)
         search = lambda **kw: store.similarity_search_by_vector(next(queries).tolist(), k=K, **kw)  # noqa: E731
-        base = median_ms(search, args.runs)
-        row(table, f"{codec} store search, unfiltered", base)
         flt = {"group": 3}
-        warm = median_ms(lambda: search(filter=flt), args.runs)
+        base, warm = interleaved_ms(search, lambda: search(filter=flt), runs=args.runs)
+        row(table, f"{codec} store search, unfiltered", base)
         cold = []
         for i in range(min(args.runs, 20)):
             store.store.upsert([f"extra{i}"], x[i : i + 1], ["extra"], [{"group": 3}])  # a write: cache invalid
@@ -177,10 +176,13 @@ def peers(x: np.ndarray, q: np.ndarray, table: list, args) -> None:
     for size in (1000, n):
         index = QuantizedIndex(384, codec="binary")
         index.add(x[:size])
-        ours = median_ms(lambda: index.search(next(queries), k=K), args.runs)
         flat = faiss.IndexBinaryFlat(384)
         flat.add(np.packbits(x[:size] > 0, axis=1))
-        theirs = median_ms(lambda: flat.search(np.packbits(next(queries)[None] > 0, axis=1), K), args.runs)
+        ours, theirs = interleaved_ms(
+            lambda: index.search(next(queries), k=K),
+            lambda: flat.search(np.packbits(next(queries)[None] > 0, axis=1), K),
+            runs=args.runs,
+        )
         row(table, f"binary + rescore x4, {size} vectors (QuantizedIndex)", ours, f"{ours / theirs:.2f}x faiss binary")
         row(table, f"faiss IndexBinaryFlat, {size} vectors", theirs)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,13 @@ def test_bench_paths_runs_every_path_at_a_tiny_size(tmp_path, monkeypatch, capsy
         "faiss SQ QT_4bit",
     ):
         assert row in out, row
+
+
+def test_interleaved_timings_alternate_their_calls():
+    """Ratios in the benchmarks come from calls made in turn, so a burst of load falls on both."""
+    from quant_retriever.bench import interleaved_ms
+
+    calls: list[str] = []
+    fast, slow = interleaved_ms(lambda: calls.append("a"), lambda: (calls.append("b"), time.sleep(0.002)), runs=9)
+    assert calls == ["a", "b"] * 9
+    assert fast < 1.0 <= 2.0 <= slow

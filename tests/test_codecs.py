@@ -376,3 +376,26 @@ def test_scans_rank_nan_scores_last(kernel_path):
     scores, pos = codec.top(q, rows, None, 195)
     assert not np.isin(pos[:, :190].numpy(), np.arange(10)).any()
     assert (scores[:, 190:] == -float("inf")).all() and (pos[:, 190:] == torch.arange(10)[:5]).all()
+
+
+def test_a_scan_with_long_kept_lists_runs_on_fewer_threads(kernel_path, monkeypatch):
+    """Each thread keeps its own lists: a large batch with a large keep runs on fewer threads
+    rather than multiply its memory, with the same result."""
+    if kernel_path == "eager":
+        pytest.skip("no kept lists in eager torch")
+    monkeypatch.setattr(scans, "PARALLEL_MIN_WORK", 0)
+    codec = make_codec("int4", 64)
+    x, q = unit(2000, 64, 7), unit(9, 64, 8)
+    rows = codec.encode(x)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        expected = codec.top(q, rows, None, 500)
+        assert scans._threads(2000, 9, 500) == 4
+        monkeypatch.setattr(scans, "KEPT_BYTES_MAX", 12 * 9 * 500 * 2)  # room for two threads' lists
+        assert scans._threads(2000, 9, 500) == 2 and scans._threads(2000, 9, 5000) == 1
+        got = codec.top(q, rows, None, 500)
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)

@@ -5,7 +5,7 @@ the scripts in ``benchmarks/``:
   the installed baselines);
 - :mod:`~quant_retriever.bench.metrics`: held-out queries, qrels, recall, MRR, NDCG, MAP and
   score correlations;
-- :mod:`~quant_retriever.bench.run`: running an index benchmark, and :func:`median_ms`;
+- :mod:`~quant_retriever.bench.run`: running an index benchmark, and :func:`median_ms` and :func:`interleaved_ms`;
 - :mod:`~quant_retriever.bench.sweep`: loading, warming up and timing the precisions of one
   model side by side (shared by the two below);
 - :mod:`~quant_retriever.bench.encoders`: :func:`evaluate_encoders`, embedding precisions
@@ -22,7 +22,7 @@ from quant_retriever.bench.metrics import load_vectors, qrels_from_sources, read
 from quant_retriever.bench.plots import plot_encoders, plot_index, plot_rerankers
 from quant_retriever.bench.report import encoder_table, format_table, index_table, reranker_table, write_results
 from quant_retriever.bench.rerankers import RerankerReport, demo_cross_encoder, evaluate_rerankers, read_rerank_pairs
-from quant_retriever.bench.run import IndexBenchmark, IndexRow, median_ms, run_index_benchmark
+from quant_retriever.bench.run import IndexBenchmark, IndexRow, interleaved_ms, median_ms, run_index_benchmark
 
 __all__ = [
     "Method",
@@ -46,6 +46,7 @@ __all__ = [
     "encoder_table",
     "reranker_table",
     "format_table",
+    "interleaved_ms",
     "median_ms",
     "write_results",
     "plot_index",

@@ -105,6 +105,13 @@ def median_ms(fn: Callable[[], Any], runs: int = 20) -> float:
     return float(np.median(_timed_ms(lambda _: fn(), range(runs))))
 
 
+def interleaved_ms(*fns: Callable[[], Any], runs: int = 20) -> list[float]:
+    """Median wall times (ms) of ``runs`` calls of each of ``fns``, called in turn, so that a
+    burst of load on a shared machine falls on all of them alike (for ratios)."""
+    times = _timed_ms(lambda i: fns[i % len(fns)](), range(runs * len(fns))).reshape(runs, len(fns))
+    return [float(m) for m in np.median(times, axis=0)]
+
+
 def _evaluate(method: Method, x, q, truth, qrels, k, exact, n_single, n_batches, batch_size) -> IndexRow:
     k_search = max(k, AT) if qrels is not None else k
     k_search = min(k_search, len(x))

@@ -43,8 +43,16 @@ LIBRARY = Library(
 PARALLEL_MIN_WORK = 1 << 15
 
 
-def _threads(rows: int, queries: int = 1) -> int:
-    return 1 if rows * queries < PARALLEL_MIN_WORK else torch.get_num_threads()
+#: A scan that keeps each query's best rows holds a list per thread (12 bytes an entry): past
+#: this many bytes in all, it runs on fewer threads rather than multiply a large batch's lists.
+KEPT_BYTES_MAX = 1 << 28
+
+
+def _threads(rows: int, queries: int = 1, keep: int | None = None) -> int:
+    if rows * queries < PARALLEL_MIN_WORK:
+        return 1
+    threads = torch.get_num_threads()
+    return max(1, min(threads, KEPT_BYTES_MAX // (12 * queries * keep))) if keep else threads
 
 
 def _usable(*tensors: torch.Tensor):
@@ -134,7 +142,7 @@ def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid:
         keep or 0,
         _address(top_s),
         _address(top_r),
-        _threads(n, nq),
+        _threads(n, nq, keep),
     )
     return _scanned(status, out, top_s, top_r)
 
@@ -262,7 +270,7 @@ def dense_scan(
         keep or 0,
         _address(top_s),
         _address(top_r),
-        _threads(n, nq),
+        _threads(n, nq, keep),
     )
     return _scanned(status, out, top_s, top_r)
 

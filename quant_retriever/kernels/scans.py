@@ -94,26 +94,24 @@ def _valid_ptr(valid: torch.Tensor | None, n: int):
     return v, v.data_ptr()
 
 
-def _sink(nq: int, n: int, keep: int | None):
-    """Outputs of a scan: ``(scores [nq, n], None, None)``, or with ``keep`` the best rows'
-    ``(None, scores [nq, keep], rows [nq, keep])``; numpy arrays (no torch op on the way)."""
-    if keep is None:
-        return np.empty((nq, n), dtype=np.float32), None, None
-    if not 0 < keep <= n:
-        raise ValueError(f"a scan keeps 0 < keep <= rows; got keep={keep}, rows={n}.")
-    return None, np.empty((nq, keep), dtype=np.float32), np.empty((nq, keep), dtype=np.int64)
-
-
-def _address(a: np.ndarray | None):
+def _address(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
 
-def _scanned(status: int, out, top_s, top_r):
-    if status:
+def _scan(fn, args: tuple, valid: torch.Tensor | None, n: int, nq: int, keep: int | None):
+    """Run a scan kernel ``fn(*args, valid, out, keep, top_s, top_r, threads)`` over ``n`` rows:
+    scores ``[nq, n]``, or with ``keep`` each query's best rows ``(scores, rows)`` ``[nq, keep]``
+    (outputs allocated in numpy: no torch op on the way)."""
+    if keep is not None and not 0 < keep <= n:
+        raise ValueError(f"a scan keeps 0 < keep <= rows; got keep={keep}, rows={n}.")
+    mask, vp = _valid_ptr(valid, n)  # the mask's contiguous copy lives until the call returns
+    if keep is None:
+        out, top_s, top_r = np.empty((nq, n), dtype=np.float32), None, None
+    else:
+        out, top_s, top_r = None, np.empty((nq, keep), dtype=np.float32), np.empty((nq, keep), dtype=np.int64)
+    if fn(*args, vp, _address(out), keep or 0, _address(top_s), _address(top_r), _threads(n, nq, keep)):
         raise MemoryError("the scan kernel could not allocate its buffers.")
-    if out is not None:
-        return torch.from_numpy(out)
-    return torch.from_numpy(top_s), torch.from_numpy(top_r)
+    return torch.from_numpy(out) if keep is None else (torch.from_numpy(top_s), torch.from_numpy(top_r))
 
 
 def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid: torch.Tensor | None = None, keep=None):
@@ -127,24 +125,8 @@ def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid:
     codes = codes.contiguous()
     q = (q if q.dtype == torch.float32 else q.float()).contiguous()
     nq, n = q.shape[0], codes.shape[0]
-    keep_alive, vp = _valid_ptr(valid, n)
-    out, top_s, top_r = _sink(nq, n, keep)
-    status = lib.int4_scan(
-        codes.data_ptr(),
-        n,
-        codes.shape[1],
-        half_p,
-        nb,
-        q.data_ptr(),
-        nq,
-        vp,
-        _address(out),
-        keep or 0,
-        _address(top_s),
-        _address(top_r),
-        _threads(n, nq, keep),
-    )
-    return _scanned(status, out, top_s, top_r)
+    args = (codes.data_ptr(), n, codes.shape[1], half_p, nb, q.data_ptr(), nq)
+    return _scan(lib.int4_scan, args, valid, n, nq, keep)
 
 
 def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:
@@ -252,27 +234,9 @@ def dense_scan(
     fn = {torch.int8: lib.dense_scan_i8, torch.float16: lib.dense_scan_f16}[dtype]
     codes = codes.contiguous()
     n, nq = codes.shape[0], q.shape[0]
-    keep_alive, vp = _valid_ptr(valid, n)
     qs, p16 = _padded_queries(q)
-    out, top_s, top_r = _sink(nq, n, keep)
-    status = fn(
-        codes.data_ptr(),
-        n,
-        codes.shape[1],
-        dim,
-        factor_offset,
-        n_factors,
-        qs.data_ptr(),
-        nq,
-        p16,
-        vp,
-        _address(out),
-        keep or 0,
-        _address(top_s),
-        _address(top_r),
-        _threads(n, nq, keep),
-    )
-    return _scanned(status, out, top_s, top_r)
+    args = (codes.data_ptr(), n, codes.shape[1], dim, factor_offset, n_factors, qs.data_ptr(), nq, p16)
+    return _scan(fn, args, valid, n, nq, keep)
 
 
 def dense_top(

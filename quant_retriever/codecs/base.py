@@ -31,11 +31,11 @@ def split_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if x.device.type == "cpu" and x.shape[0] <= _SMALL:  # a few queries: numpy's per-call cost is lower
         x64 = x.numpy().astype(np.float64)
-        sq = np.einsum("nd,nd->n", x64, x64)
-        if len(sq) == 1:  # one query: the same steps on a scalar
-            norm = math.sqrt(sq[0])
+        if len(x64) == 1:  # one query: the same steps on a scalar
+            norm = math.sqrt(np.dot(x64[0], x64[0]))
             u, norms = x64 / max(norm, _TINY), np.array([min(norm, FLOAT32_MAX)])
         else:
+            sq = np.einsum("nd,nd->n", x64, x64)
             norms = np.sqrt(sq)
             u, norms = x64 / np.maximum(norms, _TINY)[:, None], np.minimum(norms, FLOAT32_MAX)
         return torch.from_numpy(u.astype(np.float32)), torch.from_numpy(norms.astype(np.float32))

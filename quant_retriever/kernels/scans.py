@@ -195,8 +195,8 @@ def binary_candidates(
         raise ValueError(f"binary_candidates needs 0 < n_cand <= width <= rows < 2**31; got {n_cand}, {width}, {n}.")
     keep, vp = _valid_ptr(valid, n)
     qf = _zero_padded(q, nq, words * 64)
-    scores = torch.empty(nq, n_cand, dtype=torch.float32)
-    rows = torch.empty(nq, n_cand, dtype=torch.int64)
+    scores = np.empty((nq, n_cand), dtype=np.float32)
+    rows = np.empty((nq, n_cand), dtype=np.int64)
     lib.binary_candidates(
         codes.data_ptr(),
         n,
@@ -206,11 +206,11 @@ def binary_candidates(
         vp,
         width,
         n_cand,
-        scores.data_ptr(),
-        rows.data_ptr(),
+        scores.ctypes.data,
+        rows.ctypes.data,
         _threads(n, nq),
     )
-    return scores, rows
+    return torch.from_numpy(scores), torch.from_numpy(rows)
 
 
 def dense_scan(

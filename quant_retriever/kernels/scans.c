@@ -436,14 +436,20 @@ int int4_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p
         free(qs);
         return -1;
     }
+    /* The queries split like the nibbles: fused, [nq, half_p] even elements, [nq, half_p] odd
+       ones, then [nq, nb] block sums; decoded, each query's even elements then its odd ones,
+       zero-padded to p16. */
+    float* qe = qs;
+    float* qo = fused ? qs + nq * half_p : qs + half_p;
+    const int64_t stride = fused ? half_p : p16;
+    for (int64_t qi = 0; qi < nq; qi++)
+        for (int64_t j = 0; j < half_p; j++) {
+            qe[qi * stride + j] = q[qi * 2 * half_p + 2 * j];
+            qo[qi * stride + j] = q[qi * 2 * half_p + 2 * j + 1];
+        }
     int status;
-    if (fused) {  /* [nq, half_p] even elements, [nq, half_p] odd ones, [nq, nb] block sums */
-        float *qe = qs, *qo = qs + nq * half_p, *qsum = qs + 2 * nq * half_p;
-        for (int64_t qi = 0; qi < nq; qi++)
-            for (int64_t j = 0; j < half_p; j++) {
-                qe[qi * half_p + j] = q[qi * 2 * half_p + 2 * j];
-                qo[qi * half_p + j] = q[qi * 2 * half_p + 2 * j + 1];
-            }
+    if (fused) {
+        float* qsum = qs + 2 * nq * half_p;
         for (int64_t qi = 0; qi < nq; qi++)
             for (int64_t b = 0; b < nb; b++) {
                 float t = 0.f;
@@ -451,12 +457,7 @@ int int4_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p
                 qsum[qi * nb + b] = t;
             }
         status = int4_fused(codes, n, row_bytes, half_p, nb, qe, qo, qsum, nq, valid, &k);
-    } else {  /* each query's even elements, then its odd ones, zero-padded to p16 */
-        for (int64_t qi = 0; qi < nq; qi++)
-            for (int64_t j = 0; j < half_p; j++) {
-                qs[qi * p16 + j] = q[qi * 2 * half_p + 2 * j];
-                qs[qi * p16 + half_p + j] = q[qi * 2 * half_p + 2 * j + 1];
-            }
+    } else {
         const int4_rows ctx = {codes, row_bytes, half_p, nb};
         status = scan_rows(&ctx, decode_int4, n, qs, nq, p16, valid, &k);
     }

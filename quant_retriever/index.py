@@ -35,7 +35,8 @@ file              content
 ================  ================================================================
 manifest.json     format, version (2), dim, codec, codec_params, rescore,
                   row_bytes, rescore_dtype, generation, count (rows committed), n_deleted,
-                  next_id: the commit point, rewritten atomically
+                  next_id, checksums (the CRC-32 of each file's committed bytes): the
+                  commit point, rewritten atomically
 codes.G.u8        ``count`` rows of ``row_bytes`` uint8 codes
 ids.G.i64         ``count`` int64 ids, little-endian
 deleted.G.i64     ``n_deleted`` int64 row numbers that were removed
@@ -43,9 +44,13 @@ rescore.G.<fmt>   the rescore copy (``int8`` or ``fp16`` rows), when rescoring
 ================  ================================================================
 
 Files are append-only within a generation; bytes past what the manifest records (a torn
-append) are ignored and overwritten by the next append, and files of other generations (left
-by an interrupted compaction) are removed when the directory is opened. Version 1 directories
-(per-dimension INT8 calibration) are refused with a clear error.
+append) are ignored and overwritten by the next append. Opening checks every file the manifest
+names (sizes, checksums, and that no stored number is NaN or infinite) before it changes
+anything; only then does a writable open remove the files an interrupted compaction leaves
+(generation ``G - 1`` or ``G + 1`` of the manifest's ``G``) and manifest temporaries. A file
+that fails a check raises ``ValueError`` naming it, with every byte left as it was. Manifests
+without checksums (the first format-2 releases) are checked for sizes and numbers only.
+Version 1 directories (per-dimension INT8 calibration) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -77,15 +82,21 @@ from quant_retriever.devices import resolve_device
 from quant_retriever.files import (
     Bool,
     DirectoryLock,
+    Field,
     Int,
     Object,
     OneOf,
     OpenObjects,
     append_raw,
+    checksum,
+    file_checksum,
+    file_kind,
     fsync_dir,
+    open_file,
     prepare_new_directory,
     read_json,
     read_raw,
+    recover_replacement,
     write_directory,
     write_json_atomic,
 )
@@ -133,12 +144,21 @@ _MANIFEST_SCHEMA = {
     "n_deleted": Int(0, 2**40),
     "next_id": Int(0, MAX_ID + 1),
 }
+_SUMMED = ("codes", "ids", "deleted", "rescore")
+_OPTIONAL = {
+    "checksums": Field(
+        f"an object of CRC-32 values (keys among {', '.join(_SUMMED)})",
+        lambda v: type(v) is dict and all(k in _SUMMED and type(c) is int and 0 <= c < 2**32 for k, c in v.items()),
+    )
+}
 #: Persistent indexes open for writing in this process (opening one again shares it).
 _OPEN = OpenObjects()
 #: A read-only opener that finds a generation's files gone (a writer compacted meanwhile)
 #: reads the new manifest and tries again this many times.
 READ_RETRIES = 5
 _DATA_FILE = re.compile(r"(codes|ids|deleted)\.(\d+)\.(u8|i64)|rescore\.(\d+)\.(int8|fp16)")
+_MANIFEST_TEMP = re.compile(re.escape(MANIFEST) + r"\.[A-Za-z0-9_]+\.tmp")
+_LOCKS = (".lock", ".readers")
 
 
 def _files(generation: int, rescore_dtype: str) -> dict[str, str]:
@@ -151,8 +171,59 @@ def _files(generation: int, rescore_dtype: str) -> dict[str, str]:
     }
 
 
-def _is_data_file(name: str) -> bool:
-    return _DATA_FILE.fullmatch(name) is not None or name == MANIFEST or name.startswith(MANIFEST + ".")
+def _generation_of(name: str) -> int | None:
+    match = _DATA_FILE.fullmatch(name)
+    return None if match is None else int(match.group(2) or match.group(4))
+
+
+def _is_creation_leftover(entry: Path) -> bool:
+    """What an interrupted creation leaves (the manifest, its commit point, is missing): the
+    empty data files of generation 0 and manifest temporaries, as regular files."""
+    if file_kind(entry) != "a regular file" or os.path.lexists(entry.parent / MANIFEST):
+        return False
+    return _MANIFEST_TEMP.fullmatch(entry.name) is not None or (
+        _generation_of(entry.name) == 0 and entry.lstat().st_size == 0
+    )
+
+
+def empty_index_problem(path: Path) -> str | None:
+    """Why ``path`` is not an index directory that provably holds no data (``None`` when it is
+    one): only this format's files, as regular files, and a manifest, if any, committing no row."""
+    if file_kind(path) != "a directory":
+        return f"{path} is {file_kind(path) or 'missing'}, not an index directory"
+    for entry in path.iterdir():
+        known = (
+            entry.name in (MANIFEST, *_LOCKS)
+            or _MANIFEST_TEMP.fullmatch(entry.name) is not None
+            or _generation_of(entry.name) is not None
+        )
+        if not known or file_kind(entry) != "a regular file":
+            return f"{path} holds {entry.name!r}, which is not part of an empty index"
+    if not os.path.lexists(path / MANIFEST):  # an interrupted creation: its data files are empty
+        full = [e.name for e in path.iterdir() if _generation_of(e.name) is not None and e.lstat().st_size]
+        return f"{path} has no manifest but data in {full[0]}" if full else None
+    try:
+        m = read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+    except ValueError as exc:
+        return str(exc)
+    return f"{path / MANIFEST} commits {m['count']} rows" if m["count"] or m["n_deleted"] else None
+
+
+def discard_empty_index(path: Path) -> None:
+    """Remove the index directory ``path`` when it provably holds no data (see
+    :func:`empty_index_problem`). An owner whose own commit point never referred to the index (a
+    store killed before recording its dimension) calls this before creating one there.
+    Anything else raises ``ValueError``, removing nothing."""
+    problem = empty_index_problem(Path(path))
+    if problem is not None:
+        raise ValueError(f"{problem}; it was left as it is.")
+    lock = DirectoryLock(path)
+    try:
+        for entry in Path(path).iterdir():
+            entry.unlink()
+        Path(path).rmdir()
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True)
@@ -222,6 +293,7 @@ class _Staged:
     snapshot: _Snapshot
     next_id: int
     ids: np.ndarray
+    sums: dict  # CRC-32 of every file with the staged rows (see QuantizedIndex._checksums)
 
 
 def _merge_order(snap: _Snapshot, new_ids: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -420,9 +492,7 @@ class QuantizedIndex:
             self._start_empty()
         else:
             p = Path(path)
-            self._dir_lock = prepare_new_directory(
-                p, "index", "QuantizedIndex.load", lambda e: _is_data_file(e.name) and not (p / MANIFEST).exists()
-            )
+            self._dir_lock = prepare_new_directory(p, "index", "QuantizedIndex.load", _is_creation_leftover)
             self._workdir = self._path = p
             try:
                 self._start_empty()
@@ -456,6 +526,7 @@ class QuantizedIndex:
         self._opens = 1  # opens sharing this object (see load)
         self._pending: list[np.ndarray] = []  # rows dead in memory, not yet recorded on disk
         self._snap: _Snapshot | None = None
+        self._sums = dict.fromkeys(("codes", "ids", "deleted"), 0)  # CRC-32 of each file's committed bytes
 
     def _start_empty(self) -> None:
         store = None
@@ -526,7 +597,7 @@ class QuantizedIndex:
             new = self._without(snap, rows)
             self._write_deletions(new, np.concatenate([*self._pending, rows]))  # the commit point
             self._pending, self._snap = [], new
-            self._compact_if_worth_it(quiet=False)
+            self._compact_if_worth_it()
 
     def snapshot(self) -> _Snapshot:
         """The current immutable state (for a consistent multi-step read: pass it to
@@ -547,10 +618,13 @@ class QuantizedIndex:
         start, n = snap.rows, len(x)
         codes = self._codec.encode(x)
         grown = self._grown(snap, start + n)
+        sums = self._checksums()
         if grown.rescore is not None:
-            grown.rescore.append(x)
+            sums["rescore"] = grown.rescore.append(x)
         if self._path is not None:
-            append_raw(self._path / self._file("codes"), start * self._codec.row_bytes, codes.cpu().numpy())
+            host = codes.cpu().numpy()
+            sums.update(codes=checksum(host, sums["codes"]), ids=checksum(new_ids, sums["ids"]))
+            append_raw(self._path / self._file("codes"), start * self._codec.row_bytes, host)
             append_raw(self._path / self._file("ids"), start * 8, new_ids)
         # positions past snap.rows: no published snapshot reads them
         grown.codes[start : start + n] = codes
@@ -564,8 +638,8 @@ class QuantizedIndex:
         if self._path is not None:
             # the commit point on disk; nothing is truncated on failure (the disk may already
             # name these rows), the next append overwrites bytes past the committed rows
-            self._write_manifest(new, next_id=next_id)
-        return _Staged(new, next_id, new_ids)
+            self._write_manifest(new, next_id=next_id, sums=sums)
+        return _Staged(new, next_id, new_ids, sums)
 
     def _publish(self, staged: _Staged | None, dead: np.ndarray | None = None) -> None:
         """Make ``staged`` rows searchable and the ids ``dead`` (not in the index: ignored)
@@ -574,8 +648,9 @@ class QuantizedIndex:
         snap = self._snap
         if staged is not None:
             if staged.snapshot.rescore is not None:
-                staged.snapshot.rescore.commit(staged.snapshot.rows)
+                staged.snapshot.rescore.commit(staged.snapshot.rows, staged.sums["rescore"])
             snap, self._next_id = staged.snapshot, staged.next_id
+            self._sums = {name: staged.sums[name] for name in self._sums}
         if dead is not None and len(dead):
             rows = snap.lookup(np.asarray(dead, dtype=np.int64))
             rows = np.unique(rows[rows >= 0])
@@ -601,7 +676,7 @@ class QuantizedIndex:
             if self._pending and not self._read_only:
                 self._write_deletions(self._snap, np.concatenate(self._pending))
                 self._pending = []
-            self._compact_if_worth_it(quiet=True)
+            self._compact_if_worth_it()
         except OSError as exc:
             warnings.warn(
                 f"quant_retriever: could not record deletions in {self._path} ({exc}); they stay in effect in "
@@ -627,24 +702,27 @@ class QuantizedIndex:
 
     def _write_deletions(self, new: _Snapshot, rows: np.ndarray) -> None:
         """Append dead row numbers to the deletions file and commit them (persistent only)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
         if self._path is not None:
+            crc = checksum(rows, self._sums["deleted"])
             append_raw(self._path / self._file("deleted"), self._n_deleted * 8, rows)
-            self._write_manifest(new, n_deleted=self._n_deleted + len(rows))  # the commit point
+            n_deleted = self._n_deleted + len(rows)
+            self._write_manifest(new, n_deleted=n_deleted, sums={**self._checksums(), "deleted": crc})  # commit point
+            self._sums["deleted"] = crc
         self._n_deleted += len(rows)
 
-    def _compact_if_worth_it(self, quiet: bool) -> None:
+    def _compact_if_worth_it(self) -> None:
+        """Compact when dead rows pass the threshold. Called after a write's commit point, so a
+        failure (a full disk) only warns: the write stands and compaction is tried again later."""
         snap = self._snap
         dead = snap.rows - snap.n_alive
         if not self._read_only and dead >= COMPACT_MIN_DEAD and dead >= COMPACT_FRACTION * snap.rows:
-            if quiet:
-                try:
-                    self.compact()
-                except OSError as exc:
-                    warnings.warn(
-                        f"quant_retriever: compaction of {self._path} postponed ({exc}).", RuntimeWarning, stacklevel=4
-                    )
-            else:
+            try:
                 self.compact()
+            except (OSError, ValueError, MemoryError) as exc:
+                warnings.warn(
+                    f"quant_retriever: compaction of {self._path} postponed ({exc}).", RuntimeWarning, stacklevel=4
+                )
 
     def selection(self, ids) -> Selection:
         """A reusable restriction to ``ids`` for :meth:`search` (``allowed_ids=``): its rows are
@@ -733,21 +811,26 @@ class QuantizedIndex:
             ids = snap.ids[live].copy()
             new_files = _files(gen, self.rescore_dtype)
             rescore = None
+            sums = dict.fromkeys(self._sums, 0)
             try:
                 if snap.rescore is not None:
-                    snap.rescore.copy_rows(self._workdir / new_files["rescore"], live)
+                    crc = snap.rescore.copy_rows(self._workdir / new_files["rescore"], live)
                     rescore = RescoreFile(
                         self._workdir / new_files["rescore"],
                         self._rescore_codec,
                         len(live),
                         durable=self._path is not None,
+                        crc=crc,
                     )
+                    sums["rescore"] = crc
                 new = _Snapshot(codes, ids, None, None, _order_of(ids), len(live), len(live), rescore)
                 if self._path is not None:
-                    append_raw(self._path / new_files["codes"], 0, codes.cpu().numpy())
+                    host = codes.cpu().numpy()
+                    sums.update(codes=checksum(host), ids=checksum(ids))
+                    append_raw(self._path / new_files["codes"], 0, host)
                     append_raw(self._path / new_files["ids"], 0, ids)
                     append_raw(self._path / new_files["deleted"], 0, np.zeros(0, dtype=np.int64))
-                    self._write_manifest(new, n_deleted=0, generation=gen)  # the commit point
+                    self._write_manifest(new, n_deleted=0, generation=gen, sums=sums)  # the commit point
             except BaseException:
                 if rescore is not None:
                     rescore.close()
@@ -756,10 +839,19 @@ class QuantizedIndex:
                 raise
             old_files = _files(self._generation, self.rescore_dtype)
             self._generation, self._n_deleted, self._snap, self._pending = gen, 0, new, []
-            for name in old_files.values():  # readers of the old snapshot keep their descriptor
-                (self._workdir / name).unlink(missing_ok=True)
-            if self._path is not None:
-                fsync_dir(self._path)
+            self._sums = {name: sums[name] for name in self._sums}
+            try:  # after the commit point: a failure only warns (the next open removes the old files)
+                for name in old_files.values():  # readers of the old snapshot keep their descriptor
+                    (self._workdir / name).unlink(missing_ok=True)
+                if self._path is not None:
+                    fsync_dir(self._path)
+            except OSError as exc:
+                warnings.warn(
+                    f"quant_retriever: {self._path} was compacted, but the old generation's files were not all "
+                    f"removed ({exc}); the next writable open removes them.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a compacted copy (deleted rows dropped) to ``path``, a new or empty directory.
@@ -787,6 +879,14 @@ class QuantizedIndex:
         read-only openers (in any process) may sit beside one writer. A read-only index sees
         the state committed when it was opened; :meth:`refresh` moves it to the latest.
         """
+        index = cls._opened(path, device, read_only)
+        index._remove_garbage()
+        return index
+
+    @classmethod
+    def _opened(cls, path: str | os.PathLike, device, read_only: bool) -> QuantizedIndex:
+        """:meth:`load` without removing garbage: an owner with a commit point of its own (the
+        store) checks its records against the index first, then calls :meth:`_remove_garbage`."""
         path = Path(path)
         if not isinstance(read_only, bool):
             raise TypeError(f"read_only must be True or False; got {read_only!r}.")
@@ -865,8 +965,14 @@ class QuantizedIndex:
                 else:
                     try:
                         snap.rescore.check()
+                        bad = snap.rescore.bad_rows(snap.rows)
+                        if len(bad):
+                            problems.append(f"{snap.rescore.path.name}: rows {bad[:5].tolist()} hold NaN or infinities")
                     except ValueError as exc:
                         problems.append(str(exc))
+            bad = self._codec.bad_rows(snap.codes[: snap.rows])
+            if len(bad):
+                problems.append(f"codes: rows {bad[:5].tolist()} hold NaN or infinities")
             if self._path is not None:
                 problems += self._verify_files(snap)
             return problems
@@ -963,6 +1069,7 @@ class QuantizedIndex:
                     return top[0][None], rows[0].numpy()[top[1]][None]
             uniq, inverse = (rows[0].cpu().numpy(), None) if one else np.unique(rows.cpu().numpy(), return_inverse=True)
             cand = snap.rescore.gather(uniq, snap.rows)  # read once per distinct row, for all queries
+            broken = self._rescore_codec.bad_rows(cand)  # a damaged file's rows rank last
             if self.device.type == "cuda":  # one pinned, asynchronous copy to the GPU
                 cand = cand.pin_memory().to(self.device, non_blocking=True)
             if one:
@@ -973,14 +1080,25 @@ class QuantizedIndex:
                     s = torch.gather(self._rescore_codec.score(u, cand), 1, inverse)
                 else:  # each query against its own candidates only
                     s = self._rescore_codec.rescore(u, cand[inverse.reshape(-1)].view(*rows.shape, -1))
+            if len(broken):
+                hit = torch.zeros(len(uniq), dtype=torch.bool, device=s.device)
+                hit[torch.from_numpy(broken).to(s.device)] = True
+                s = s.float().masked_fill(hit[None] if one else hit[inverse], float("-inf"))
         s, pos = torch.sort(s.float(), dim=1, descending=True, stable=True)  # ties: first-stage order
         s, pos = s[:, :k], pos[:, :k]
         scaled = s.cpu().numpy().astype(np.float64) * qnorm.cpu().numpy().astype(np.float64)[:, None]
-        scaled = np.minimum(np.maximum(scaled, -FLOAT32_MAX, out=scaled), FLOAT32_MAX, out=scaled)  # np.clip, faster
+        scaled = np.fmin(np.fmax(scaled, -FLOAT32_MAX, out=scaled), FLOAT32_MAX, out=scaled)  # NaN (-inf * 0) -> -max
         return scaled.astype(np.float32), torch.gather(rows, 1, pos).cpu().numpy()
 
     # ------------------------------------------------------------------ persistence
-    def _manifest(self, snap: _Snapshot, n_deleted: int, next_id: int, generation: int) -> dict:
+    def _checksums(self) -> dict:
+        """The CRC-32 of every file's committed bytes, as the published state has them."""
+        sums = dict(self._sums)
+        if self._snap is not None and self._snap.rescore is not None:
+            sums["rescore"] = self._snap.rescore.crc
+        return sums
+
+    def _manifest(self, snap: _Snapshot, n_deleted: int, next_id: int, generation: int, sums: dict) -> dict:
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -994,14 +1112,16 @@ class QuantizedIndex:
             "count": snap.rows,
             "n_deleted": n_deleted,
             "next_id": next_id,
+            "checksums": sums,
         }
 
-    def _write_manifest(self, snap: _Snapshot, *, n_deleted=None, next_id=None, generation=None) -> None:
+    def _write_manifest(self, snap: _Snapshot, *, n_deleted=None, next_id=None, generation=None, sums=None) -> None:
         m = self._manifest(
             snap,
             self._n_deleted if n_deleted is None else n_deleted,
             self._next_id if next_id is None else next_id,
             self._generation if generation is None else generation,
+            self._checksums() if sums is None else sums,
         )
         write_json_atomic(self._path / MANIFEST, m)
 
@@ -1010,30 +1130,41 @@ class QuantizedIndex:
         live = snap.live_rows()
         files = _files(0, self.rescore_dtype)
         codes = snap.codes[: snap.rows][torch.from_numpy(live).to(self.device)].cpu().numpy()
+        ids = snap.ids[live]
         append_raw(directory / files["codes"], 0, codes)
-        append_raw(directory / files["ids"], 0, snap.ids[live])
+        append_raw(directory / files["ids"], 0, ids)
         append_raw(directory / files["deleted"], 0, np.zeros(0, dtype=np.int64))
+        sums = {"codes": checksum(codes), "ids": checksum(ids), "deleted": 0}
         if snap.rescore is not None:
-            snap.rescore.copy_rows(directory / files["rescore"], live)
+            sums["rescore"] = snap.rescore.copy_rows(directory / files["rescore"], live)
         copy = replace(snap, rows=len(live))
-        write_json_atomic(directory / MANIFEST, self._manifest(copy, 0, self._next_id, 0))
+        write_json_atomic(directory / MANIFEST, self._manifest(copy, 0, self._next_id, 0, sums))
 
     def _verify_files(self, snap: _Snapshot) -> list[str]:
         problems = []
-        expect = {
-            self._file("codes"): snap.rows * self._codec.row_bytes,
-            self._file("ids"): snap.rows * 8,
-            self._file("deleted"): self._n_deleted * 8,
-        }
+        expect = {"codes": snap.rows * self._codec.row_bytes, "ids": snap.rows * 8, "deleted": self._n_deleted * 8}
         if snap.rescore is not None:
-            expect[self._file("rescore")] = snap.rescore.nbytes
-        for name, size in expect.items():
-            p = self._path / name
-            found = p.lstat().st_size if p.is_file() and not p.is_symlink() else -1
-            if found < size:
-                problems.append(f"{name}: {found} bytes on disk, {size} committed")
+            expect["rescore"] = snap.rescore.nbytes
+        sums = self._checksums()
+        for kind, size in expect.items():
+            name = self._file(kind)
+            try:
+                fd = open_file(self._path / name, os.O_RDONLY)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            try:
+                found = os.fstat(fd).st_size
+                if found < size:
+                    problems.append(f"{name}: {found} bytes on disk, {size} committed")
+                elif file_checksum(fd, size) != sums[kind]:
+                    problems.append(f"{name}: the committed bytes on disk do not match their checksum")
+            finally:
+                os.close(fd)
         try:
-            on_disk = read_json(self._path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+            on_disk = self._read_manifest(self._path)
+            if on_disk.get("checksums", sums) != sums:
+                problems.append("manifest.json records other checksums than the open index's")
             if (on_disk["count"], on_disk["n_deleted"], on_disk["generation"]) != (
                 snap.rows,
                 self._n_deleted,
@@ -1051,12 +1182,32 @@ class QuantizedIndex:
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
-        return read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA)
+        return read_json(path / MANIFEST, FORMAT, VERSION, _MANIFEST_SCHEMA, _OPTIONAL)
 
     @classmethod
     def _open(cls, path: Path, device, read_only: bool = False) -> QuantizedIndex:
-        m = cls._read_manifest(path)
-        where = path / MANIFEST
+        path = recover_replacement(path, writable=not read_only)
+        cls._read_manifest(path)  # an index at all? (before the lock file is created in it)
+        lock = DirectoryLock(path, shared=read_only)
+        try:
+            m = cls._read_manifest(path)  # again, locked: a writer that just closed may have committed since
+            codec = cls._codec_of(m, path / MANIFEST)
+            index = cls.__new__(cls)
+            index._setup(m["dim"], codec, m["rescore"], m["rescore_dtype"], resolve_device(device))
+        except BaseException:
+            lock.release()
+            raise
+        index._read_only, index._dir_lock = read_only, lock
+        try:
+            index._workdir = index._path = path
+            index._load_with_retries(m)
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    @staticmethod
+    def _codec_of(m: dict, where: Path) -> Codec:
         try:
             codec = make_codec(m["codec"], m["dim"], **m["codec_params"])
         except (TypeError, ValueError) as exc:
@@ -1067,17 +1218,7 @@ class QuantizedIndex:
             raise ValueError(
                 f"{where}: field 'row_bytes' is {m['row_bytes']} but codec {codec!r} has {codec.row_bytes}."
             )
-        index = cls.__new__(cls)
-        index._setup(m["dim"], codec, m["rescore"], m["rescore_dtype"], resolve_device(device))
-        index._read_only = read_only
-        index._dir_lock = DirectoryLock(path, shared=read_only)
-        try:
-            index._workdir = index._path = path
-            index._load_with_retries(m)
-        except BaseException:
-            index.close()
-            raise
-        return index
+        return codec
 
     def _load_with_retries(self, m: dict) -> None:
         """Load the files ``m`` names; a read-only opener that loses a race with a compacting
@@ -1094,33 +1235,46 @@ class QuantizedIndex:
                 m = fresh
 
     def _load_files(self, m: dict) -> None:
-        path = self._path
+        """Read and check every file ``m`` names, then (writable) remove the garbage an
+        interrupted compaction left; nothing changes, on disk or here, before every check passed."""
+        path, generation = self._path, m["generation"]
         count, n_deleted, next_id = m["count"], m["n_deleted"], m["next_id"]
         if n_deleted > count:
             raise ValueError(f"{path / MANIFEST}: n_deleted ({n_deleted}) is larger than count ({count}).")
-        self._generation = m["generation"]
-        current = set(_files(self._generation, self.rescore_dtype).values())
-        for p in path.iterdir() if not self._read_only else ():  # other generations: an interrupted compaction
-            if _DATA_FILE.fullmatch(p.name) and p.name not in current:
-                p.unlink()
-        row_bytes = self._codec.row_bytes
-        codes = read_raw(path / self._file("codes"), np.uint8, count, row_bytes)
-        ids = read_raw(path / self._file("ids"), np.int64, count)
-        deleted = read_raw(path / self._file("deleted"), np.int64, n_deleted)
+        names = _files(generation, self.rescore_dtype)
+        sums = m.get("checksums", {})
+        codes = read_raw(path / names["codes"], np.uint8, count, self._codec.row_bytes)
+        ids = read_raw(path / names["ids"], np.int64, count)
+        deleted = read_raw(path / names["deleted"], np.int64, n_deleted)
+        for name, data in (("codes", codes), ("ids", ids), ("deleted", deleted)):
+            if name in sums and checksum(data) != sums[name]:
+                raise ValueError(
+                    f"{path / names[name]}: its first {data.nbytes} bytes do not match the checksum in {MANIFEST}; "
+                    "the file was damaged, or comes from another index or generation."
+                )
         if len(deleted) and (deleted.min() < 0 or deleted.max() >= count or len(np.unique(deleted)) != len(deleted)):
-            raise ValueError(f"{path / self._file('deleted')}: row numbers repeat or fall outside 0..{count - 1}.")
+            raise ValueError(f"{path / names['deleted']}: row numbers repeat or fall outside 0..{count - 1}.")
         alive_host = None
         if n_deleted:
             alive_host = np.ones(count, dtype=bool)
             alive_host[deleted] = False
         live_ids = ids if alive_host is None else ids[alive_host]
         if len(live_ids) and (live_ids.min() < 0 or len(np.unique(live_ids)) != len(live_ids)):
-            raise ValueError(f"{path / self._file('ids')}: ids are negative or repeated.")
+            raise ValueError(f"{path / names['ids']}: ids are negative or repeated.")
+        codes_t = torch.from_numpy(codes.reshape(count, self._codec.row_bytes))
+        bad = self._codec.bad_rows(codes_t)
+        if len(bad):
+            raise ValueError(
+                f"{path / names['codes']}: rows {bad[:5].tolist()} hold NaN or infinite numbers, which no encoder "
+                "writes; the file is damaged."
+            )
         rescore = None
         if self.rescore:
-            rescore = RescoreFile(path / self._file("rescore"), self._rescore_codec, count, read_only=self._read_only)
+            rescore = RescoreFile(
+                path / names["rescore"], self._rescore_codec, count, read_only=self._read_only, crc=sums.get("rescore")
+            )
         self._snap = _Snapshot(
-            torch.from_numpy(codes.reshape(count, row_bytes)).to(self.device),
+            codes_t.to(self.device),
             ids,
             alive_host,
             None if alive_host is None else self._on_device(alive_host),
@@ -1129,5 +1283,20 @@ class QuantizedIndex:
             count - n_deleted,
             rescore,
         )
-        self._n_deleted = n_deleted
+        self._generation, self._n_deleted = generation, n_deleted
+        self._sums = {"codes": checksum(codes), "ids": checksum(ids), "deleted": checksum(deleted)}
         self._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
+
+    def _remove_garbage(self) -> None:
+        """Remove what the write protocol provably leaves behind, once the files of the current
+        generation ``G`` were checked (a writable index only): the other generation of an
+        interrupted compaction (``G - 1``, killed after its commit; ``G + 1``, before it) and
+        manifest temporaries, as regular files. Anything else is left alone."""
+        if self._read_only or self._path is None:
+            return
+        generation = self._generation
+        for entry in self._path.iterdir():
+            if file_kind(entry) != "a regular file":
+                continue
+            if _generation_of(entry.name) in (generation - 1, generation + 1) or _MANIFEST_TEMP.fullmatch(entry.name):
+                entry.unlink()

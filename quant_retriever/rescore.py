@@ -2,8 +2,9 @@
 :mod:`quant_retriever.codecs`), in one append-only file read through a memory map.
 
 The file holds ``count`` rows of ``codec.row_bytes`` bytes and nothing else; the owner (the
-index manifest) records ``count``, so bytes past it (a torn append) are cut when the owner
-opens the file. ``gather(rows)`` reads only the requested rows.
+index manifest) records ``count`` and the CRC-32 of those bytes, so bytes past them (a torn
+append) are ignored, and cut by the next :meth:`RescoreFile.append`. ``gather(rows)`` reads
+only the requested rows.
 
 The file is opened once, without following links, and the descriptor is kept: a search maps
 that descriptor, so a file replaced or deleted behind the index's back is detected (the
@@ -22,14 +23,16 @@ import numpy as np
 import torch
 
 from quant_retriever.codecs import Codec
-from quant_retriever.files import open_nofollow, write_all
+from quant_retriever.files import checksum, file_checksum, open_file, write_all
 
 __all__ = ["RescoreFile"]
 
 
 class RescoreFile:
     """Rows of ``codec`` in the file ``path`` (created empty when ``create``), ``count`` committed.
-    ``durable``: fsync every append (a persistent index); off for an in-memory index's copy."""
+    ``durable``: fsync every append (a persistent index); off for an in-memory index's copy.
+    ``crc``: the CRC-32 of the committed rows as the owner recorded it (``None``: not recorded);
+    a file whose rows disagree raises ``ValueError`` (see :meth:`checksum`)."""
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class RescoreFile:
         create: bool = False,
         durable: bool = True,
         read_only: bool = False,
+        crc: int | None = None,
     ):
         self.path = Path(path)
         self.codec = codec
@@ -47,7 +51,7 @@ class RescoreFile:
         self.durable = durable
         flags = os.O_RDONLY if read_only else os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0)
         try:
-            self._fd = open_nofollow(self.path, flags)
+            self._fd = open_file(self.path, flags)
         except FileNotFoundError:
             raise ValueError(f"{self.path}: missing; expected {self.nbytes} bytes ({count} rows).") from None
         self._ino = os.fstat(self._fd).st_ino
@@ -59,6 +63,18 @@ class RescoreFile:
             raise ValueError(
                 f"{self.path}: expected at least {self.nbytes} bytes for {count} rows of {codec.row_bytes}; "
                 f"found {size}."
+            )
+        try:
+            #: CRC-32 of the committed rows (carried forward by appends)
+            self.crc = 0 if create else file_checksum(self._fd, self.nbytes)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        if crc is not None and crc != self.crc:
+            os.close(self._fd)
+            raise ValueError(
+                f"{self.path}: its first {count} rows do not match the checksum the manifest recorded; the file "
+                "was damaged, or comes from another index or generation."
             )
 
     @property
@@ -75,18 +91,36 @@ class RescoreFile:
         if st.st_ino != self._ino:
             raise ValueError(f"{self.path} was replaced while the index was open.")
 
-    def append(self, x: torch.Tensor) -> None:
+    def append(self, x: torch.Tensor) -> int:
         """Encode float vectors ``[n, dim]`` and append them after the committed rows (fsynced).
-        ``count`` is not advanced: the owner calls :meth:`commit` once everything is written."""
+        Returns the CRC-32 of the committed rows and these. ``count`` is not advanced: the
+        owner calls :meth:`commit` once everything is written."""
         self.check()
         rows = self.codec.encode(x.detach().float().cpu()).numpy()
         os.ftruncate(self._fd, self.nbytes)
         write_all(self._fd, rows.tobytes(), self.nbytes)
         if self.durable:
             os.fsync(self._fd)
+        return checksum(rows, self.crc)
 
-    def commit(self, count: int) -> None:
-        self.count = count
+    def commit(self, count: int, crc: int) -> None:
+        self.count, self.crc = count, crc
+
+    def checksum(self) -> int:
+        """The CRC-32 of the committed rows as they are in the file now (reads them all)."""
+        return file_checksum(self._fd, self.nbytes)
+
+    def bad_rows(self, count: int | None = None) -> np.ndarray:
+        """Row numbers (of the first ``count`` committed rows) holding non-finite numbers, which
+        no encoder writes: a damaged file (see :meth:`Codec.bad_rows`)."""
+        view, _ = self._mapped(count)
+        count = self.count if count is None else count
+        step = 65536
+        found = [
+            start + self.codec.bad_rows(torch.from_numpy(view[start : min(start + step, count)].copy()))
+            for start in range(0, count, step)
+        ]
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def _mapped(self, count: int | None) -> tuple[np.ndarray, int]:
         """``(rows [>= count, row_bytes] uint8, their address)``: the map of at least the first
@@ -118,18 +152,20 @@ class RescoreFile:
         view, address = self._mapped(count)  # the map stays alive while `view` does
         return self.codec.top_in_place(q, qnorm, (address, self.count if count is None else count), rows, k)
 
-    def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> None:
-        """Write the given rows, in order, to a new file ``path`` (fsynced)."""
-        fd = open_nofollow(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    def copy_rows(self, path: str | os.PathLike, rows: np.ndarray) -> int:
+        """Write the given rows, in order, to a new file ``path`` (fsynced); returns their CRC-32."""
+        fd = open_file(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        crc = 0
         try:
             offset = 0
             for start in range(0, len(rows), 65536):
                 chunk = self.gather(rows[start : start + 65536]).numpy().tobytes()
                 write_all(fd, chunk, offset)
-                offset += len(chunk)
+                offset, crc = offset + len(chunk), checksum(chunk, crc)
             os.fsync(fd)
         finally:
             os.close(fd)
+        return crc
 
     def close(self) -> None:
         with self._map_lock:

@@ -33,7 +33,6 @@ import os
 import sqlite3
 import threading
 import uuid
-import warnings
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,9 +47,13 @@ from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
 from quant_retriever.files import (
     DirectoryLock,
     OpenObjects,
+    file_kind,
     fsync_dir,
     prepare_new_directory,
+    real_directory,
+    recover_replacement,
     replace_directory,
+    replacement_of,
     write_directory,
 )
 from quant_retriever.filters import (
@@ -66,7 +69,14 @@ from quant_retriever.filters import (
     matching_keys,
 )
 from quant_retriever.index import MANIFEST as INDEX_MANIFEST
-from quant_retriever.index import READ_RETRIES, QuantizedIndex, as_vectors, check_settings
+from quant_retriever.index import (
+    READ_RETRIES,
+    QuantizedIndex,
+    as_vectors,
+    check_settings,
+    discard_empty_index,
+    empty_index_problem,
+)
 
 __all__ = [
     "Record",
@@ -167,17 +177,56 @@ _OPEN = OpenObjects()
 
 
 def _is_leftover(entry: Path) -> bool:
-    """What an interrupted creation can leave in a store directory: the database being built
-    (``store.sqlite.creating`` and its journals: a store's database only appears under its
-    name once complete) and an index directory without a manifest."""
+    """What an interrupted creation can leave in a store directory (whose database, the commit
+    point of the creation, is missing): the database being built (``store.sqlite.creating`` and
+    its journals, regular files) and the index created before it, holding no data."""
     if entry.name.startswith(CREATING):
-        return True
-    return (
-        entry.name == INDEX_DIR
-        and not entry.is_symlink()
-        and not (entry / INDEX_MANIFEST).exists()
-        and not (entry.parent / DB_FILE).exists()
-    )
+        return file_kind(entry) == "a regular file"
+    return entry.name == INDEX_DIR and empty_index_problem(entry) is None
+
+
+def _connect_read_only(db_file: Path) -> sqlite3.Connection:
+    """A connection that never writes to ``db_file``: ``mode=ro`` (which reads the write-ahead
+    log through the ``-shm`` index, read-only if need be), or, where SQLite cannot open that
+    way without creating files (another user's store, a read-only mount) and no write-ahead log
+    holds commits, ``immutable=1``, which is then exact. ``ValueError`` if neither can read it."""
+    uri = db_file.resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return db
+        except sqlite3.Error:
+            db.close()
+            raise
+    except sqlite3.OperationalError:
+        wal = db_file.with_name(db_file.name + "-wal")
+        if os.path.lexists(wal) and wal.lstat().st_size:
+            raise ValueError(
+                f"{db_file}: its write-ahead log ({wal.name}) holds commits that a reader without write access cannot "
+                "apply; open the store once with write access (or copy it where you can write) first."
+            ) from None
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db_file}: not a quant_retriever store ({exc}).") from None
+    try:
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{db_file}: cannot be opened ({exc}).") from None
+
+
+def _check_files(path: Path) -> None:
+    """Before SQLite touches anything: the database is a regular file and its journals, where
+    present, too (SQLite itself would follow a link or block on a FIFO), and ``index`` is a
+    directory, not a link to one. ``ValueError`` naming the first that is not."""
+    kind = file_kind(path / DB_FILE)
+    if kind != "a regular file":
+        raise ValueError(f"{path} is not a quant_retriever store ({DB_FILE} is {kind or 'missing'}).")
+    for suffix in ("-wal", "-shm", "-journal"):
+        kind = file_kind(path / (DB_FILE + suffix))
+        if kind not in (None, "a regular file"):
+            raise ValueError(f"{path / (DB_FILE + suffix)} is {kind}, where SQLite expects a regular file.")
+    if os.path.lexists(path / INDEX_DIR):
+        real_directory(path / INDEX_DIR, "index directory")
 
 
 def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str]]:
@@ -349,11 +398,14 @@ class QuantizedStore:
                 ("version", str(VERSION)),
                 ("settings", json.dumps({**settings, "device": None})),
                 ("metric", metric),
+                *([] if dim is None else [("dim", str(dim))]),
             ]
+            if dim is not None:  # the index first: the database refers to it once renamed into place
+                self._index = QuantizedIndex(dim, path=self._index_path(), **settings)
             if self.path is None:
                 self._db = self._connect()
                 _create_schema(self._db, meta)
-            else:  # built under another name, renamed into place once complete
+            else:  # built under another name, renamed into place once complete: the commit point
                 building = self.path / CREATING
                 db = sqlite3.connect(str(building), isolation_level=None)
                 try:
@@ -364,10 +416,10 @@ class QuantizedStore:
                 os.rename(building, self.path / DB_FILE)
                 fsync_dir(self.path)
                 self._db = self._connect()
-            if dim is not None:
-                self._create_index(dim)
         except BaseException:
             self._release()
+            if self.path is not None and not os.path.lexists(self.path / DB_FILE):
+                self._remove_leftovers()
             raise
         if self.path is not None:
             with _OPEN.lock():
@@ -403,14 +455,7 @@ class QuantizedStore:
         if self.path is None:
             db = sqlite3.connect(self._memory_uri, uri=True, check_same_thread=False, isolation_level=None)
         elif self._read_only:
-            uri = (self.path / DB_FILE).resolve().as_uri()
-            try:
-                db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
-                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-            except sqlite3.OperationalError:  # no write permission for the WAL index: read as a snapshot
-                db = sqlite3.connect(
-                    f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, isolation_level=None
-                )
+            db = _connect_read_only(self.path / DB_FILE)
             self._pin(db)
         else:
             db = sqlite3.connect(str(self.path / DB_FILE), check_same_thread=False, isolation_level=None)
@@ -428,14 +473,37 @@ class QuantizedStore:
         db.execute("BEGIN")
         db.execute("SELECT COUNT(*) FROM meta").fetchone()
 
+    def _index_path(self) -> Path | None:
+        return None if self.path is None else self.path / INDEX_DIR
+
+    def _remove_leftovers(self) -> None:
+        """After a creation that raised, best effort: what it wrote before its commit point (the
+        next creation in this directory removes anything left)."""
+        for entry in self.path.iterdir():
+            try:
+                if _is_leftover(entry):
+                    discard_empty_index(entry) if entry.name == INDEX_DIR else entry.unlink()
+            except (OSError, ValueError, RuntimeError):
+                pass
+
     def _create_index(self, dim: int) -> None:
-        index_path = None if self.path is None else self.path / INDEX_DIR
+        """The index of a store made without a dimension, at its first upsert: created, then
+        the dimension recorded (the commit point). An index directory no recorded dimension
+        refers to holds no data (a first upsert a crash interrupted): it is removed first."""
+        index_path = self._index_path()
+        if index_path is not None and os.path.lexists(index_path):
+            discard_empty_index(index_path)
         index = QuantizedIndex(dim, path=index_path, **self._settings)
         try:
             with self._db_lock, self._db:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
         except BaseException:
             index.close()
+            if index_path is not None:
+                try:
+                    discard_empty_index(index_path)
+                except (OSError, ValueError, RuntimeError):
+                    pass  # removed by the next attempt
             raise
         self._index = index
 
@@ -461,8 +529,10 @@ class QuantizedStore:
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
-        """Whether ``path`` holds a store (to reopen rather than create)."""
-        return (Path(path) / DB_FILE).is_file()
+        """Whether ``path`` holds a store (to reopen rather than create), counting one that an
+        interrupted :meth:`save_replacing` left aside (opening it puts it back)."""
+        path = replacement_of(Path(path)) or Path(path)
+        return file_kind(path / DB_FILE) == "a regular file"
 
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> QuantizedStore:
@@ -495,10 +565,9 @@ class QuantizedStore:
 
     @classmethod
     def _open(cls, path: Path, device, read_only: bool) -> QuantizedStore:
-        db_file = path / DB_FILE
-        if db_file.is_symlink() or not db_file.is_file():
-            raise ValueError(f"{path} is not a quant_retriever store (no {DB_FILE}).")
-        meta = cls._identify(db_file)  # read-only: nothing is written to a file not yet known as ours
+        path = recover_replacement(path, writable=not read_only)
+        _check_files(path)
+        meta = cls._identify(path / DB_FILE)  # read-only: nothing is written to a file not yet known as ours
         store = cls.__new__(cls)
         settings = json.loads(meta["settings"])
         store._setup(path, {**settings, "device": device}, meta["metric"], read_only)
@@ -506,27 +575,43 @@ class QuantizedStore:
             store._dir_lock = DirectoryLock(path, shared=read_only)
             store._db = store._connect()
             if _schema_objects(store._db) not in _KNOWN_SCHEMAS:  # again, on the connection we keep
-                raise ValueError(f"{db_file}: the schema changed while it was being opened.")
-            if "dim" in meta:
-                index_path = path / INDEX_DIR
-                if (index_path / INDEX_MANIFEST).is_file() or read_only:
-                    store._index = QuantizedIndex.load(index_path, device=device, read_only=read_only)
-                else:  # crashed between recording dim and creating the index
-                    store._create_index(int(meta["dim"]))
-                store._reconcile()
+                raise ValueError(f"{path / DB_FILE}: the schema changed while it was being opened.")
+            dim = store._query("SELECT value FROM meta WHERE name = 'dim'")  # again, under the lock
+            if dim:
+                store._open_index(int(dim[0][0]), device)
         except BaseException:
             store._release()
             raise
         return store
 
+    def _open_index(self, dim: int, device) -> None:
+        """Open the index the recorded ``dim`` refers to, check it against the records, and
+        reconcile what a crash interrupted. Nothing is written before every check passed."""
+        index_path = self._index_path()
+        if not os.path.lexists(index_path / INDEX_MANIFEST):  # created before dim was recorded: damaged
+            keys = self._all_keys()
+            if len(keys):
+                raise ValueError(
+                    f"{self.path}: {len(keys)} records but no index ({INDEX_DIR}/{INDEX_MANIFEST} is missing); "
+                    "nothing was changed. Re-create the store from its documents."
+                )
+            if not self._read_only:  # no record refers to it: a new, empty index
+                self._create_index(dim)
+            return
+        self._index = QuantizedIndex._opened(index_path, device, self._read_only)
+        if (self._index.dim, self._index.codec_name) != (dim, self._settings["codec"]):
+            raise ValueError(
+                f"{index_path} holds {self._index.codec_name} vectors of dim {self._index.dim}, but the store "
+                f"records {self._settings['codec']} of dim {dim}: it is another store's index."
+            )
+        self._reconcile()
+        self._index._remove_garbage()
+
     @staticmethod
     def _identify(db_file: Path) -> dict:
         """The ``meta`` of a store file, read through a read-only connection after checking
         that its schema is exactly ours; ``ValueError`` naming the file otherwise."""
-        try:
-            db = sqlite3.connect(f"{db_file.resolve().as_uri()}?mode=ro", uri=True)
-        except sqlite3.Error as exc:
-            raise ValueError(f"{db_file}: cannot be opened ({exc}).") from None
+        db = _connect_read_only(db_file)
         try:
             db.execute("PRAGMA trusted_schema=OFF")
             found = _schema_objects(db)
@@ -570,8 +655,9 @@ class QuantizedStore:
     def _reconcile(self) -> None:
         """After a crash: index rows SQLite does not know (an upsert whose transaction never
         committed, or deletions not yet recorded in the index) leave the index, in memory and
-        then, best effort, on disk. Records without vectors (only a damaged index has them)
-        are never returned by a search and, best effort, deleted.
+        then, best effort, on disk. Records without vectors, which no crash leaves (vectors are
+        committed before their records, and leave the index after them), mean a damaged or
+        foreign index: a writable open refuses it (``ValueError``) before changing anything.
 
         A read-only store: exactly the rows of its pinned SQLite state are alive (a writer
         elsewhere may have recorded later deletions in the index); the index is loaded again
@@ -583,22 +669,17 @@ class QuantizedStore:
                     return
             return
         in_index = np.sort(self._index.ids())
+        missing = np.setdiff1d(in_db, in_index, assume_unique=True)
+        if len(missing):  # no crash leaves these: vectors are committed before their records
+            raise ValueError(
+                f"{self.path}: {len(missing)} of its {len(in_db)} records have no vector in {INDEX_DIR}/ (keys "
+                f"{missing[:5].tolist()}): the index is damaged, or is another store's. Nothing was changed; "
+                "open it with read_only=True to search the others, or re-create the store from its documents."
+            )
         orphans = np.setdiff1d(in_index, in_db, assume_unique=True)
         if len(orphans):
             self._index._publish(None, orphans)
-            if not self._read_only:
-                self._index._persist_pending()
-        missing = np.setdiff1d(in_db, in_index, assume_unique=True)
-        if len(missing) and not self._read_only:
-            try:
-                self._delete_keys(missing)
-            except sqlite3.Error as exc:
-                warnings.warn(
-                    f"quant_retriever: {len(missing)} records without vectors in {self.path} are kept "
-                    f"({exc}); searches never return them.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            self._index._persist_pending()
 
     def refresh(self) -> bool:
         """A read-only store: move to the latest committed state (returns whether it changed).
@@ -1007,7 +1088,9 @@ class QuantizedStore:
         atomically (see :func:`quant_retriever.files.replace_directory`): a crash at any moment
         leaves the old or the new store at ``path``, never a mix. ``path`` holding anything but
         a store, or a store open for writing, is refused."""
-        replace_directory(Path(path), self.save, lambda p: (p / DB_FILE).is_file(), "quant_retriever store")
+        replace_directory(
+            Path(path), self.save, lambda p: file_kind(p / DB_FILE) == "a regular file", "quant_retriever store", self
+        )
 
     def verify(self) -> list[str]:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""

@@ -142,20 +142,30 @@ def test_a_compaction_that_fails_at_any_step_leaves_the_old_state(tmp_path, monk
     assert reopened.memory().device_bytes == 160 * reopened.memory().bytes_per_vector
 
 
-def test_files_of_a_generation_the_manifest_does_not_name_are_removed_on_open(tmp_path):
-    """What a crash between writing the new generation and committing it (or between committing
-    it and removing the old one) leaves behind."""
+@pytest.mark.parametrize("generation", [0, 1])
+def test_an_interrupted_compactions_files_are_removed_on_open_and_nothing_else(tmp_path, generation):
+    """What a crash between writing the next generation and committing it (G + 1), or between
+    committing it and removing the previous one (G - 1), leaves behind: removed by a writable
+    open once the manifest's own generation was checked. Other generations' names, directories
+    and the user's files are no garbage the protocol could leave: they stay."""
     index = QuantizedIndex(16, codec="int4", block_size=8, path=tmp_path / "idx")
     index.add(unit(100, 16))
+    if generation:
+        index.remove([0])
+        index.compact()
     index.close()
-    for stale in ("codes.7.u8", "ids.7.i64", "deleted.7.i64", "rescore.7.int8"):
-        (tmp_path / "idx" / stale).write_bytes(b"junk")
+    names = ("codes.{}.u8", "ids.{}.i64", "deleted.{}.i64", "rescore.{}.int8")
+    for g in {generation - 1, generation + 1, generation + 7} - {-1}:
+        for name in names:
+            (tmp_path / "idx" / name.format(g)).write_bytes(b"junk")
+    (tmp_path / "idx" / "manifest.json.0a1b2c.tmp").write_text("{")  # a torn manifest write
+    (tmp_path / "idx" / f"codes.{generation + 2}.u8").mkdir()
     (tmp_path / "idx" / "notes.txt").write_text("the user's own file is never touched")
     reopened = QuantizedIndex.load(tmp_path / "idx")
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == sorted(
-        [".lock", "manifest.json", "codes.0.u8", "ids.0.i64", "deleted.0.i64", "rescore.0.int8", "notes.txt"]
-    )
-    assert len(reopened) == 100 and reopened.verify() == []
+    expect = {".lock", "manifest.json", "notes.txt", f"codes.{generation + 2}.u8"}
+    expect |= {name.format(g) for g in (generation, generation + 7) for name in names}
+    assert {p.name for p in (tmp_path / "idx").iterdir()} == expect
+    assert len(reopened) == 100 - generation and reopened.verify() == []
 
 
 def test_store_churn_compacts_through_upserts(tmp_path):

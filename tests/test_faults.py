@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-import quant_retriever.files as files_mod
+import quant_retriever.files.directories as directories_mod
+import quant_retriever.files.headers as headers_mod
 import quant_retriever.index as index_mod
 from quant_retriever import QuantizedIndex
 from quant_retriever.devices import resolve_device
@@ -143,7 +144,7 @@ def test_an_eio_on_the_directory_fsync_after_the_manifest_rename(tmp_path, monke
         if len(calls) == 1:
             raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(files_mod, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(headers_mod, "fsync_dir", fsync_dir)
     with pytest.raises(OSError, match="Input/output"):
         index.add(vecs(2, 1))
     monkeypatch.undo()
@@ -281,7 +282,7 @@ def test_an_interrupted_save_leaves_no_temporaries_after_the_next_save(tmp_path,
             raise KeyboardInterrupt  # like a kill: no cleanup code after this point runs
         return real(path, committed, data)
 
-    monkeypatch.setattr(files_mod.shutil, "rmtree", lambda *a, **k: None)  # what a SIGKILL skips
+    monkeypatch.setattr(directories_mod.shutil, "rmtree", lambda *a, **k: None)  # what a SIGKILL skips
     monkeypatch.setattr(index_mod, "append_raw", crash)
     with pytest.raises(KeyboardInterrupt):
         store.save(tmp_path / "saved")

@@ -9,7 +9,8 @@ import pickle
 import numpy as np
 import pytest
 
-from quant_retriever import QuantizedIndex, files
+from quant_retriever import QuantizedIndex
+from quant_retriever.files import headers
 from quant_retriever.store import QuantizedStore
 
 
@@ -58,7 +59,7 @@ def test_truncated_files_name_the_file(saved):
 
 
 def test_oversized_header(saved, monkeypatch):
-    monkeypatch.setattr(files, "MAX_HEADER_BYTES", 64)
+    monkeypatch.setattr(headers, "MAX_HEADER_BYTES", 64)
     with pytest.raises(ValueError, match="manifest.json: header is larger than any valid header"):
         QuantizedIndex.load(saved)
 
@@ -85,8 +86,19 @@ def test_inconsistent_manifests(saved, change, match):
         QuantizedIndex.load(saved)
 
 
+def without_checksums(path):
+    """The manifest as the first format-2 releases wrote it (no checksums): the checks that
+    follow the checksum are reached."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["checksums"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_bad_deleted_rows(saved):
     np.array([500], dtype=np.int64).tofile(saved / "deleted.0.i64")
+    with pytest.raises(ValueError, match="deleted.0.i64: its first 8 bytes do not match the checksum"):
+        QuantizedIndex.load(saved)
+    without_checksums(saved)
     with pytest.raises(ValueError, match="deleted.0.i64: row numbers repeat or fall outside"):
         QuantizedIndex.load(saved)
 

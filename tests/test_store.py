@@ -226,13 +226,40 @@ def test_open_reconciles_a_write_interrupted_between_parts(tmp_path):
     s = QuantizedStore(codec="int4", path=tmp_path / "st")
     s.upsert(["a", "b"], vecs(2), ["A", "B"])
     s.index.add(vecs(1, seed=3))  # index rows SQLite never committed (crash after step 1)
-    with s._db:
-        s._db.execute("INSERT INTO docs VALUES (999, 'ghost', 'G', '{}')")  # a record without vectors
-    assert s.verify() == ["1 records without vectors, 1 vectors without records"]
+    assert s.verify() == ["0 records without vectors, 1 vectors without records"]
     s.close()
     r = QuantizedStore.open(tmp_path / "st")
     assert sorted(rec.id for rec in r.records()) == ["a", "b"]
     assert len(r.index) == 2 and r.verify() == []
+
+
+def tree_bytes(path) -> dict:
+    """Every file's bytes but the coordination files a read-only open may create (``.readers``,
+    SQLite's ``-shm``/``-wal`` while it reads)."""
+    skip = (".readers", "-shm", "-wal")
+    files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.endswith(skip)]
+    return {str(p.relative_to(path)): p.read_bytes() for p in files}
+
+
+def test_records_without_vectors_are_refused_not_deleted(tmp_path):
+    """No crash leaves a record without its vector (vectors are committed first): such a store
+    has a damaged or foreign index, and a writable open must not "repair" it by deleting the
+    records; it refuses, changing no byte. Read-only, the other records stay searchable."""
+    s = QuantizedStore(codec="int4", path=tmp_path / "st")
+    s.upsert(["a", "b"], vecs(2), ["A", "B"])
+    with s._db:
+        s._db.execute("INSERT INTO docs VALUES (999, 'ghost', 'G', '{}')")  # a record without vectors
+    assert s.verify() == ["1 records without vectors, 0 vectors without records"]
+    s.close()
+    before = tree_bytes(tmp_path / "st")
+    with pytest.raises(ValueError, match=r"1 of its 3 records have no vector in index/ \(keys \[999\]\).*Nothing was"):
+        QuantizedStore.open(tmp_path / "st")
+    assert tree_bytes(tmp_path / "st") == before
+    r = QuantizedStore.open(tmp_path / "st", read_only=True)
+    assert [h[0].id for h in r.search(vecs(2), k=3)[0]] != [] and len(r.search(vecs(2), k=3)[0]) == 2
+    assert "ghost" not in {h[0].id for row in r.search(vecs(5, seed=9), k=3) for h in row}
+    r.close()
+    assert tree_bytes(tmp_path / "st") == before
 
 
 def test_not_a_store_is_refused(tmp_path):

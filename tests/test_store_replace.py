@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import quant_retriever.files as files_module
+import quant_retriever.files.directories as files_module
 import quant_retriever.store as store_module
 from quant_retriever.files import recover_replacement
 from quant_retriever.store import QuantizedStore
@@ -65,8 +65,10 @@ def test_save_replacing_refuses_what_is_not_a_saved_store(tmp_path):
             make(1, "x").save_replacing(tmp_path / p)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
     opened = QuantizedStore(codec="int8", path=tmp_path / "open")
-    with pytest.raises(RuntimeError, match="already open for writing"):
+    with pytest.raises(ValueError, match="open for writing in this process \\(a QuantizedStore\\); close it first"):
         make(1, "x").save_replacing(tmp_path / "open")
+    with pytest.raises(ValueError, match="is this quant_retriever store's own directory: .* nothing to replace"):
+        opened.save_replacing(tmp_path / "open")
     opened.close()
     make(1, "x").save_replacing(tmp_path / "open")
     assert content(tmp_path / "open") == ("x", 1)

@@ -17,6 +17,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _TINY = float(torch.finfo(torch.float64).tiny)
 #: Up to this many rows on the CPU, :func:`split_norm` runs in numpy (same float64 steps).
 _SMALL = 8
+#: Rows checked per step by :meth:`Codec.bad_rows`.
+_CHECK_ROWS = 1 << 16
 
 #: ``scan(n)`` -> ``(scores [q, n], rows [q, n])``: the index's chunked first-stage top-n.
 Scan = Callable[[int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -93,6 +95,25 @@ class Codec:
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[n, row_bytes]`` -> ``(directions [n, dim] float32, norms [n] float32)``."""
         raise NotImplementedError
+
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The floating-point fields of rows ``[n, row_bytes]`` (views, each ``[n, ...]``):
+        norms, scales, offsets, unquantized values. :meth:`encode` only writes finite ones.
+        The default decodes the rows; formats override it with views of their fields."""
+        return self.decode_unit(rows)
+
+    def bad_rows(self, rows: torch.Tensor) -> np.ndarray:
+        """Positions (int64, ascending) of the rows ``[n, row_bytes]`` holding a NaN or an
+        infinity in a stored float (see :meth:`stored_floats`): damaged data, since no encoder
+        writes one. Checked in steps of rows, so memory stays bounded."""
+        found = []
+        for start in range(0, rows.shape[0], _CHECK_ROWS):
+            part = rows[start : start + _CHECK_ROWS]
+            ok = torch.ones(part.shape[0], dtype=torch.bool, device=part.device)
+            for field in self.stored_floats(part):
+                ok &= torch.isfinite(field.reshape(part.shape[0], -1)).all(dim=1)
+            found.append(start + torch.nonzero(~ok).flatten().cpu().numpy())
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def decode(self, rows: torch.Tensor) -> torch.Tensor:
         """``[n, row_bytes]`` uint8 -> ``[n, dim]`` float32 reconstructions."""

@@ -135,6 +135,9 @@ class Binary(Codec):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return encode(x)
 
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return ()  # sign bits only: no number to damage
+
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # +-1 codes carry no norm: directions +-1/sqrt(dim) with norm sqrt(dim) decode to +-1
         root = self.dim**0.5

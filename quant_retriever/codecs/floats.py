@@ -47,6 +47,9 @@ class _Float(Codec):
         """Views ``(directions [n, dim] of dtype, norms [n] float32)``; no copies."""
         return rows[:, : self.dim * self.dtype.itemsize].view(self.dtype), rows.view(torch.float32)[:, self._width // 4]
 
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._fields(rows)
+
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u, norms = self._fields(rows)
         return u.float(), norms.clone()

@@ -168,6 +168,9 @@ class Int4(Codec):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return encode(x, self.block_size)
 
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _fields(rows, self.dim, self.block_size)[1:]
+
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_unit(rows, self.dim, self.block_size)
 

@@ -89,6 +89,9 @@ class Int8(Codec):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return encode(x)
 
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _fields(rows, self.dim)[1:]
+
     def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return decode_unit(rows, self.dim)
 

@@ -23,7 +23,6 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 from typing_extensions import override
 
-from quant_retriever.files import recover_replacement
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
 from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier
 
@@ -158,8 +157,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         if QuantizedStore.exists(directory):
             return cls(path=directory, **kwargs)
         persisted = directory / _PERSIST_NAME.format(namespace=namespace)
-        recover_replacement(persisted)
-        if not QuantizedStore.exists(persisted):
+        if not QuantizedStore.exists(persisted):  # (one an interrupted persist left aside counts)
             raise ValueError(
                 f"{directory} is not a quant_retriever store: no store.sqlite in it or in {persisted.name}/ "
                 f"(write one with storage_context.persist(persist_dir=...) or QuantizedVectorStore(path=...))."

@@ -492,7 +492,7 @@ typedef struct { const uint8_t* codes; int64_t row_bytes, dim, fo, nf; } dense_r
    q [p16], the best k (ties: the earlier pick) into pos_out (positions in pick) and
    score_out, best first; each score times qnorm in double precision, clipped to the float
    range (the index's final scores). Returns -1, writing nothing, if a pick is outside
-   [0, n); else 0. */
+   [0, n); else 0. A row holding a stored NaN or infinity scores -inf. */
 static inline __attribute__((always_inline)) int top_picked(const void* ctx, decode_fn decode, int64_t n,
                                                             const int64_t* pick, int64_t m, const float* q,
                                                             int64_t p16, int64_t k, double qnorm, float* score_out,
@@ -501,7 +501,13 @@ static inline __attribute__((always_inline)) int top_picked(const void* ctx, dec
         if (pick[c] < 0 || pick[c] >= n) return -1;
     float* buf = (float*)calloc((size_t)(p16 + m), sizeof(float));
     float* s = buf + p16;
-    for (int64_t c = 0; c < m; c++) row_dots(buf, q, p16, 1, decode(ctx, pick[c], buf), s, 1, c);
+    for (int64_t c = 0; c < m; c++) {
+        const float f = decode(ctx, pick[c], buf);
+        row_dots(buf, q, p16, 1, 1.f, s, 1, c);
+        /* a NaN or an infinity stored in the row (a damaged file: no encoder writes one) makes
+           its dot or its factor non-finite: it ranks last */
+        s[c] = isfinite(f) && isfinite(s[c]) ? s[c] * f : -INFINITY;
+    }
     int64_t kept = 0;  /* the best k, kept sorted by insertion */
     for (int64_t c = 0; c < m; c++) {
         if (kept == k && !(s[c] > s[pos_out[k - 1]])) continue;

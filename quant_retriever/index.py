@@ -523,6 +523,7 @@ class QuantizedIndex:
         self._dir_lock: DirectoryLock | None = None
         self._closed = False
         self._read_only = False
+        self._restricted = False  # which rows are alive is the owner's word, not the deletions file's
         self._opens = 1  # opens sharing this object (see load)
         self._pending: list[np.ndarray] = []  # rows dead in memory, not yet recorded on disk
         self._snap: _Snapshot | None = None
@@ -691,6 +692,7 @@ class QuantizedIndex:
         snap = self._snap
         alive = np.zeros(len(snap.ids), dtype=bool)
         alive[: snap.rows] = np.isin(snap.ids[: snap.rows], ids)
+        self._restricted = True
         self._snap = replace(snap, alive_host=alive, alive=self._on_device(alive), n_alive=int(alive.sum()))
         return np.setdiff1d(ids, snap.ids[: snap.rows][alive[: snap.rows]])
 
@@ -955,7 +957,7 @@ class QuantizedIndex:
             if len(live_ids) and not np.array_equal(snap.lookup(live_ids), live):
                 problems.append("id -> row map disagrees with ids and deletions")
             pending = sum(len(p) for p in self._pending)
-            if snap.rows - snap.n_alive != self._n_deleted + pending:
+            if not self._restricted and snap.rows - snap.n_alive != self._n_deleted + pending:
                 problems.append(f"{snap.rows - snap.n_alive} dead rows but {self._n_deleted} deletions recorded")
             if self.rescore:
                 if snap.rescore is None or snap.rescore.count != snap.rows:
@@ -1174,7 +1176,8 @@ class QuantizedIndex:
             deleted = read_raw(self._path / self._file("deleted"), np.int64, self._n_deleted)
             alive = np.ones(snap.rows, dtype=bool)
             alive[np.concatenate([deleted, *self._pending])] = False
-            if not np.array_equal(alive, snap.alive_host[: snap.rows] if snap.alive_host is not None else alive):
+            live_now = snap.alive_host[: snap.rows] if snap.alive_host is not None else alive
+            if not self._restricted and not np.array_equal(alive, live_now):
                 problems.append("deleted rows on disk disagree with the open index")
         except (ValueError, IndexError) as exc:
             problems.append(str(exc))
@@ -1283,7 +1286,7 @@ class QuantizedIndex:
             count - n_deleted,
             rescore,
         )
-        self._generation, self._n_deleted = generation, n_deleted
+        self._generation, self._n_deleted, self._restricted = generation, n_deleted, False
         self._sums = {"codes": checksum(codes), "ids": checksum(ids), "deleted": checksum(deleted)}
         self._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
 

@@ -565,6 +565,17 @@ class QuantizedStore:
 
     @classmethod
     def _open(cls, path: Path, device, read_only: bool) -> QuantizedStore:
+        try:
+            return cls._open_checked(path, device, read_only)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise RuntimeError(f"{path / DB_FILE} is locked by another process ({exc}); try again.") from None
+            raise ValueError(f"{path / DB_FILE}: cannot be read ({exc}).") from None
+        except sqlite3.DatabaseError as exc:  # a damaged file SQLite found only past the schema check
+            raise ValueError(f"{path / DB_FILE}: damaged ({exc}).") from None
+
+    @classmethod
+    def _open_checked(cls, path: Path, device, read_only: bool) -> QuantizedStore:
         path = recover_replacement(path, writable=not read_only)
         _check_files(path)
         meta = cls._identify(path / DB_FILE)  # read-only: nothing is written to a file not yet known as ours
@@ -621,6 +632,11 @@ class QuantizedStore:
                     f"{db_file}: not a quant_retriever store of this version (its schema differs"
                     f"{': unexpected ' + ', '.join(f'{t} {n!r}' for t, n in extra[:5]) if extra else ''}); "
                     "nothing was changed."
+                )
+            damage = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall() if row[0] != "ok"]
+            if damage:  # every page and b-tree, before anything relies on them (a truncated copy, a torn disk)
+                raise ValueError(
+                    f"{db_file}: the database is damaged ({'; '.join(damage)[:300]}); nothing was changed."
                 )
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
@@ -1070,10 +1086,11 @@ class QuantizedStore:
         temporary sibling and a rename, so a failure leaves nothing behind."""
 
         def fill(tmp: Path) -> None:
-            dst = sqlite3.connect(str(tmp / DB_FILE))
+            dst = sqlite3.connect(str(tmp / DB_FILE), isolation_level=None)
             try:
                 with self._db_lock:
                     self._db.backup(dst)
+                dst.execute("PRAGMA journal_mode=WAL")  # as every store: readers beside a writer
             finally:
                 dst.close()
             if self._index is not None:

@@ -92,6 +92,7 @@ __all__ = [
     "check_documents",
     "check_rescore_multiplier",
     "check_strings",
+    "empty_store_problem",
 ]
 
 FORMAT = "quant_retriever.store"
@@ -183,6 +184,37 @@ def _is_leftover(entry: Path) -> bool:
     if entry.name.startswith(CREATING):
         return file_kind(entry) == "a regular file"
     return entry.name == INDEX_DIR and empty_index_problem(entry) is None
+
+
+def empty_store_problem(path: Path) -> str | None:
+    """Why ``path`` is not a store directory that provably holds no document (``None`` when it
+    is one): only a store's files, as regular files, its index an empty one (see
+    :func:`~quant_retriever.index.empty_index_problem`), and its database, if any, this format's
+    with no document. The shards of a sharded store whose creation was interrupted are such."""
+    if file_kind(path) != "a directory":
+        return f"{path} is {file_kind(path) or 'missing'}, not a store directory"
+    for entry in path.iterdir():
+        if entry.name == INDEX_DIR:
+            problem = empty_index_problem(entry)
+            if problem is not None:
+                return problem
+        elif not (entry.name in (".lock", ".readers") or entry.name.startswith(DB_FILE)):
+            return f"{path} holds {entry.name!r}, which is not part of an empty store"
+        elif file_kind(entry) != "a regular file":
+            return f"{entry} is {file_kind(entry)}"
+    if file_kind(path / DB_FILE) != "a regular file":
+        return None  # its database was never put in place
+    try:
+        db = _connect_read_only(path / DB_FILE)
+        try:
+            if _schema_objects(db) not in _KNOWN_SCHEMAS:
+                return f"{path / DB_FILE} is not a store's database"
+            count = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        finally:
+            db.close()
+    except (ValueError, sqlite3.Error) as exc:
+        return str(exc)
+    return f"{path / DB_FILE} holds {count} documents" if count else None
 
 
 def _connect_read_only(db_file: Path) -> sqlite3.Connection:

@@ -363,3 +363,24 @@ def test_damaged_numbers_in_the_rescore_copy_rank_last_and_verify_finds_them(tmp
         assert (res.ids[:, -1] == 7).all(), res.ids  # the damaged row last, whatever its query
         assert (np.diff(res.scores, axis=1) <= 0).all()
     assert torch.isfinite(torch.from_numpy(index.search(x[:3], k=5).scores)).all()
+
+
+def test_a_sharded_creation_clears_only_shards_that_hold_no_data(tmp_path):
+    """The shards of an interrupted sharded creation (no manifest yet) are empty stores or
+    indexes; a shard folder with documents means the manifest was lost, and is never cleared."""
+    from quant_retriever.distributed.shards import _is_leftover
+
+    root = tmp_path / "sharded"
+    QuantizedStore(8, "int4", root / "shard-0").close()
+    QuantizedIndex(8, codec="int4", path=root / "shard-1").close()
+    QuantizedStore(None, "int4", root / "shard-2").close()
+    (root / "shard-3").mkdir()
+    store = QuantizedStore(8, "int4", root / "shard-4")
+    store.upsert(["a"], vectors(1), ["A"])
+    store.close()
+    make_index(root / "shard-5", n=3).close()
+    assert [_is_leftover(root / f"shard-{i}") for i in range(6)] == [True, True, True, True, False, False]
+    before = tree(root)
+    with pytest.raises(ValueError, match="must be a new or empty directory"):
+        directories.prepare_new_directory(root, "sharded store", "ShardedStore.open", _is_leftover)
+    assert tree(root) == before

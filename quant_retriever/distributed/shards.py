@@ -43,12 +43,15 @@ from quant_retriever.files import (
     DirectoryLock,
     Int,
     OneOf,
+    file_kind,
     prepare_new_directory,
     read_json,
+    recover_replacement,
     write_directory,
     write_json_atomic,
 )
-from quant_retriever.index import MANIFEST
+from quant_retriever.index import MANIFEST, empty_index_problem
+from quant_retriever.store import empty_store_problem
 
 __all__ = ["ROUTING", "ShardError", "shard_of"]
 
@@ -244,8 +247,14 @@ def _quantity(x: float) -> float:
 
 
 def _is_leftover(entry: Path) -> bool:
-    """What an interrupted creation leaves: shard folders and manifest temporaries."""
-    return _SHARD_DIR.fullmatch(entry.name) is not None or entry.name.startswith(MANIFEST + ".")
+    """What an interrupted creation leaves (its manifest, the commit point, missing): manifest
+    temporaries, and shard folders that provably hold no data (empty indexes or stores). A
+    shard folder with data is a sharded directory whose manifest was lost: never cleared."""
+    if entry.name.startswith(MANIFEST + "."):
+        return file_kind(entry) == "a regular file"
+    return _SHARD_DIR.fullmatch(entry.name) is not None and (
+        empty_index_problem(entry) is None or empty_store_problem(entry) is None
+    )
 
 
 def read_manifest(path: Path) -> dict:
@@ -324,7 +333,7 @@ class Sharded:
 
     @classmethod
     def _open(cls, path, shards: int | None, device, actor_options: dict | None, read_only: bool = False):
-        path = Path(path)
+        path = recover_replacement(Path(path), writable=not read_only)
         m = read_manifest(path)
         if m["kind"] != cls._KIND:
             raise ValueError(f"{path} holds a sharded {m['kind']}, not a sharded {cls._KIND}.")

@@ -133,7 +133,7 @@ class ShardedStore(Sharded):
     def save_replacing(self, path: str | os.PathLike) -> None:
         """:meth:`save` to ``path``, atomically replacing a sharded store saved there before
         (see :func:`quant_retriever.files.replace_directory`)."""
-        replace_directory(Path(path), self.save, lambda p: (p / MANIFEST).is_file(), "sharded store")
+        replace_directory(Path(path), self.save, lambda p: (p / MANIFEST).is_file(), "sharded store", self)
 
     @property
     def dim(self) -> int | None:

@@ -163,8 +163,8 @@ def scan_table(
     peak: float | None,
     baselines: bool,
 ) -> tuple[list[str], list[list[str]]]:
-    first = QuantizedIndex(dim, codec_name, rescore=False, device=device)
-    full = QuantizedIndex(dim, codec_name, rescore=True, device=device)
+    first = QuantizedIndex(dim, codec=codec_name, rescore=False, device=device)
+    full = QuantizedIndex(dim, codec=codec_name, rescore=True, device=device)
     parts = []
     with tqdm(total=n, desc=f"{codec_name} {n:,} x {dim}: adding", unit="vec", unit_scale=True) as bar:
         for xb in corpus_batches(n, dim, device, 1 << 19):

@@ -56,7 +56,7 @@ def unit(n: int, seed: int) -> np.ndarray:
 def sharded(n_shards: int, cpus: int, codec: str, x: np.ndarray):
     from quant_retriever.distributed import ShardedIndex
 
-    index = ShardedIndex(DIM, codec, shards=n_shards, actor_options={"num_cpus": cpus / n_shards})
+    index = ShardedIndex(DIM, codec=codec, shards=n_shards, actor_options={"num_cpus": cpus / n_shards})
     for s in range(0, len(x), ADD_STEP):
         index.add(x[s : s + ADD_STEP])
     return index
@@ -79,7 +79,7 @@ def search_throughput(args, q: np.ndarray) -> list[tuple]:
 
 def fan_out_overhead(args, q: np.ndarray) -> list[tuple]:
     x = unit(args.overhead_n, 1)
-    single = QuantizedIndex(DIM, "int4")
+    single = QuantizedIndex(DIM, codec="int4")
     single.add(x)
     one = lambda index: median_ms(lambda i: index.search(q[i % len(q) : i % len(q) + 1], K), args.single)  # noqa: E731
     base = one(single)

@@ -29,7 +29,7 @@ def main(path: str, log: str, seed: int) -> None:
     store = (
         QuantizedStore.open(store_dir)
         if (store_dir / "store.sqlite").exists()
-        else QuantizedStore(DIM, "int4", store_dir)
+        else QuantizedStore(DIM, codec="int4", path=store_dir)
     )
     rng = np.random.default_rng(seed)
     with open(log, "a") as out:

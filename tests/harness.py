@@ -190,7 +190,7 @@ def build_store(path: Path, material: Path, codec: str = "int4", rescore_dtype: 
     from quant_retriever.store import QuantizedStore
 
     material.mkdir(parents=True, exist_ok=True)
-    store = QuantizedStore(DIM, codec, path, block_size=8, rescore_dtype=rescore_dtype)
+    store = QuantizedStore(DIM, codec=codec, path=path, block_size=8, rescore_dtype=rescore_dtype)
     store.upsert([f"d{i}" for i in range(20)], vectors(20), [f"t{i}" for i in range(20)], [{"i": i} for i in range(20)])
     store.delete(["d1", "d2"])
     store.close()

@@ -15,18 +15,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quant_retriever"
 ALLOWED: dict[str, set[str]] = {
     "kernels": set(),
     "devices": set(),
+    "checks": set(),
     "files": set(),
     "filters": set(),
     "codecs": {"kernels"},
     "rescore": {"codecs", "files"},
-    "index": {"codecs", "rescore", "files", "devices"},
-    "store": {"index", "codecs", "filters", "files"},
+    "index": {"codecs", "rescore", "files", "devices", "checks"},
+    "store": {"index", "codecs", "filters", "files", "checks"},
     "models": {"kernels", "devices"},
-    "integrations": {"store", "filters", "codecs", "models", "files"},
+    "integrations": {"store", "filters", "codecs", "models", "files", "checks"},
     "langchain": {"integrations"},
     "llama_index": {"integrations"},
     "ingest": {"store", "index", "models", "distributed"},
-    "distributed": {"store", "index", "filters", "files", "codecs", "models"},
+    "distributed": {"store", "index", "filters", "files", "codecs", "models", "checks"},
     "bench": {"index", "store", "codecs", "kernels", "models", "ingest", "_demo_corpus"},
     "_demo_corpus": {"models"},
     "embeddings": {"models", "bench"},  # the deprecated alias
@@ -41,6 +42,7 @@ FORBIDDEN = {
     "integrations": {"torch"},  # adapters convert; the math lives below them
     "filters": {"torch"},
     "files": {"torch"},
+    "checks": {"sqlite3", "langchain_core", "llama_index"},
 }
 
 

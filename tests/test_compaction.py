@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import quant_retriever.index as index_mod
+import quant_retriever.index.directory as index_mod
 from quant_retriever import QuantizedIndex
 from quant_retriever.codecs import CODEC_NAMES
 from quant_retriever.store import QuantizedStore
@@ -54,7 +54,7 @@ def test_churn_keeps_memory_files_and_results_bounded(codec, tmp_path):
     names = [p.name for p in (tmp_path / "idx").iterdir() if p.name not in (".lock", index_mod.MANIFEST)]
     assert len(names) == 3 + index.rescore and len({n.split(".")[1] for n in names}) == 1  # one generation
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     np.testing.assert_array_equal(reopened.search(q, k=10).ids, b.ids)
 
 
@@ -82,7 +82,7 @@ def test_compaction_keeps_ids_results_and_insertion_order(tmp_path):
     np.testing.assert_array_equal(index.get_vectors(survivors[10:15]), reference.get_vectors(survivors[10:15]))
     assert index.add(unit(1, 32, 9)).tolist() == [5600]  # automatic ids continue after the largest
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     np.testing.assert_array_equal(reopened.ids(), np.append(survivors[10:], 5600))
 
 
@@ -136,7 +136,7 @@ def test_a_compaction_that_fails_at_any_step_leaves_the_old_state(tmp_path, monk
     assert index.verify() == []
     assert not [p.name for p in (tmp_path / "idx").iterdir() if ".1." in p.name]  # no half-written generation
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     np.testing.assert_array_equal(reopened.ids(), state[0])
     reopened.compact()
     assert reopened.memory().device_bytes == 160 * reopened.memory().bytes_per_vector
@@ -161,7 +161,7 @@ def test_an_interrupted_compactions_files_are_removed_on_open_and_nothing_else(t
     (tmp_path / "idx" / "manifest.json.0a1b2c.tmp").write_text("{")  # a torn manifest write
     (tmp_path / "idx" / f"codes.{generation + 2}.u8").mkdir()
     (tmp_path / "idx" / "notes.txt").write_text("the user's own file is never touched")
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     expect = {".lock", "manifest.json", "notes.txt", f"codes.{generation + 2}.u8"}
     expect |= {name.format(g) for g in (generation, generation + 7) for name in names}
     assert {p.name for p in (tmp_path / "idx").iterdir()} == expect
@@ -169,7 +169,7 @@ def test_an_interrupted_compactions_files_are_removed_on_open_and_nothing_else(t
 
 
 def test_store_churn_compacts_through_upserts(tmp_path):
-    store = QuantizedStore(32, "int4", tmp_path / "store", block_size=8)
+    store = QuantizedStore(32, codec="int4", path=tmp_path / "store", block_size=8)
     ids = [f"doc-{i}" for i in range(300)]
     for round_ in range(20):
         store.upsert(ids, unit(300, 32, round_), [f"text {i} {round_}" for i in range(300)])

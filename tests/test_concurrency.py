@@ -21,7 +21,7 @@ def vec(i: int, dim: int = 32) -> np.ndarray:
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("codec", ["int4", "binary"])
 def test_readers_and_one_writer(tmp_path, persistent, codec):
-    store = QuantizedStore(32, codec, tmp_path / "s" if persistent else None)
+    store = QuantizedStore(32, codec=codec, path=tmp_path / "s" if persistent else None)
     store.upsert(
         [f"d{i}" for i in range(200)],
         np.stack([vec(i) for i in range(200)]),
@@ -77,7 +77,7 @@ def test_a_second_process_cannot_open_a_store_for_writing(tmp_path):
     import subprocess
     import sys
 
-    store = QuantizedStore(8, "int4", tmp_path / "s")
+    store = QuantizedStore(8, codec="int4", path=tmp_path / "s")
     store.upsert(["a"], vec(1, 8)[None], ["t"])
     code = (
         "import sys\n"
@@ -105,7 +105,7 @@ def test_a_small_search_never_waits_for_a_big_batch(tmp_path, persistent):
     while the batch is still running."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60_000, 64)).astype(np.float32)
-    store = QuantizedStore(64, "int8", tmp_path / "s" if persistent else None)
+    store = QuantizedStore(64, codec="int8", path=tmp_path / "s" if persistent else None)
     for start in range(0, len(x), 20_000):
         ids = [f"d{i}" for i in range(start, start + 20_000)]
         store.upsert(
@@ -130,7 +130,7 @@ def test_a_small_search_never_waits_for_a_big_batch(tmp_path, persistent):
 
 
 def test_a_write_between_two_identical_filtered_searches_changes_the_result():
-    store = QuantizedStore(32, "int4")
+    store = QuantizedStore(32, codec="int4")
     store.upsert(
         [f"d{i}" for i in range(100)],
         np.stack([vec(i) for i in range(100)]),
@@ -150,7 +150,7 @@ def test_a_write_between_two_identical_filtered_searches_changes_the_result():
 
 
 def test_a_repeated_filter_runs_no_sql_until_the_next_write():
-    store = QuantizedStore(32, "int4")
+    store = QuantizedStore(32, codec="int4")
     store.upsert(
         [f"d{i}" for i in range(200)],
         np.stack([vec(i) for i in range(200)]),
@@ -158,7 +158,7 @@ def test_a_repeated_filter_runs_no_sql_until_the_next_write():
         [{"n": i} for i in range(200)],
     )
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)
+    store._db.connection.set_trace_callback(statements.append)
     where = Cond("n", "lt", 50)
     store.search(vec(1), k=5, where=where)
     first = [s for s in statements if "fields" in s]
@@ -206,10 +206,10 @@ def test_searches_do_not_wait_for_a_write_inside_its_transaction(tmp_path, persi
     """Searches read their hits' records through their own connections, not the writer's:
     a write held inside its transaction delays no search whose hits it does not touch, and is
     seen wholly or not at all."""
-    store = QuantizedStore(32, "int4", tmp_path / "s" if persistent else None)
+    store = QuantizedStore(32, codec="int4", path=tmp_path / "s" if persistent else None)
     store.upsert([f"d{i}" for i in range(50)], np.stack([vec(i) for i in range(50)]), [f"t{i}" for i in range(50)])
-    paused = PausedWrite(store._db)
-    monkeypatch.setattr(store, "_db", paused)
+    paused = PausedWrite(store._db.connection)
+    monkeypatch.setattr(store._db, "connection", paused)
     write = threading.Thread(  # adds "new" (as close to vec 7 as d7) and replaces d20
         target=lambda: store.upsert(["new", "d20"], np.stack([vec(7), vec(20)]), ["new", "replaced"], [{}, {"n": 2}])
     )
@@ -236,7 +236,7 @@ def test_searches_do_not_wait_for_a_write_inside_its_transaction(tmp_path, persi
 
 @pytest.mark.parametrize("persistent", [False, True])
 def test_closing_a_store_closes_the_connections_searches_used(tmp_path, persistent):
-    store = QuantizedStore(32, "int4", tmp_path / "s" if persistent else None)
+    store = QuantizedStore(32, codec="int4", path=tmp_path / "s" if persistent else None)
     store.upsert([f"d{i}" for i in range(50)], np.stack([vec(i) for i in range(50)]), ["t"] * 50)
     barrier = threading.Barrier(4)
 
@@ -250,7 +250,7 @@ def test_closing_a_store_closes_the_connections_searches_used(tmp_path, persiste
         t.start()
     for t in threads:
         t.join(60)
-    readers = list(store._readers)
+    readers = list(store._db._readers)
     assert 1 <= len(readers) <= 4  # reused, at most one per concurrent search
     store.close()
     for db in readers:

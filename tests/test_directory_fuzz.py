@@ -109,7 +109,7 @@ def open_index_both_ways(path: str) -> tuple:
     out = []
     for read_only in (True, False):
         try:
-            index = QuantizedIndex.load(path, read_only=read_only)
+            index = QuantizedIndex.open(path, read_only=read_only)
             try:
                 seen = sorted(index.ids().tolist()), index.search(vectors(3, 99), k=4).ids.tolist()
                 out.append(("ok", (*seen, index.verify())))
@@ -166,7 +166,7 @@ def run_case(template: Path, work: Path, kind: str, mutations: list[tuple[str, s
 
 
 def reference_index(template: Path) -> tuple:
-    index = QuantizedIndex.load(copy_of(template / "idx", "reference"), read_only=True)
+    index = QuantizedIndex.open(copy_of(template / "idx", "reference"), read_only=True)
     try:
         return sorted(index.ids().tolist()), index.search(vectors(3, 99), k=4).ids.tolist()
     finally:

@@ -122,9 +122,9 @@ def _bad_calls(n_live_id: int):
 def test_index_matches_one_index(codec):
     x, q = data(1200, seed=1), data(6, seed=2)
     k = 10
-    sharded = ShardedIndex(DIM, codec, shards=SHARDS)
-    single = QuantizedIndex(DIM, codec)
-    parts = [QuantizedIndex(DIM, codec) for _ in range(SHARDS)]  # what each shard should hold
+    sharded = ShardedIndex(DIM, codec=codec, shards=SHARDS)
+    single = QuantizedIndex(DIM, codec=codec)
+    parts = [QuantizedIndex(DIM, codec=codec) for _ in range(SHARDS)]  # what each shard should hold
 
     def apply(op, ids, vectors=None):
         route = shard_of(ids, SHARDS)
@@ -209,11 +209,11 @@ def test_index_matches_one_index(codec):
 def test_persistent_index_reopens_and_rolls_back_a_failed_add(tmp_path):
     x = data(400, seed=4)
     path = tmp_path / "idx"
-    index = ShardedIndex(DIM, "int4", path=path, shards=SHARDS)
+    index = ShardedIndex(DIM, codec="int4", path=path, shards=SHARDS)
     index.add(x[:300])
     index.remove(np.arange(250, 300))  # the highest ids: must not be handed out again
     with pytest.raises(RuntimeError, match="already open"):
-        ShardedIndex.load(path)
+        ShardedIndex.open(path)
     kill(index, 0)
     with pytest.raises(ShardError, match="shard 0"):
         index.add(x[300:])  # shard 1 took its part, then gave it back
@@ -221,18 +221,18 @@ def test_persistent_index_reopens_and_rolls_back_a_failed_add(tmp_path):
     assert len(index) == 250 and index.verify() == []
     index.close()
 
-    index = ShardedIndex.load(path)
+    index = ShardedIndex.open(path)
     assert len(index) == 250 and index.verify() == []
     ids = index.add(x[300:310])
     assert ids[0] >= 300  # automatic ids continue after every id ever reserved
-    single = QuantizedIndex(DIM, "int4")
+    single = QuantizedIndex(DIM, codec="int4")
     single.add(x[:250], ids=np.arange(250))
     single.add(x[300:310], ids=ids)
     q = data(4, seed=5)
     assert_same(index.search(q, 5, rescore_multiplier=300), single.search(q, 5, rescore_multiplier=300))
     index.close()
     with pytest.raises(ValueError, match="created with 2 shards"):
-        ShardedIndex.load(path, shards=3)
+        ShardedIndex.open(path, shards=3)
     with pytest.raises(ValueError, match="not a sharded store"):
         ShardedStore.open(path)
 
@@ -401,7 +401,7 @@ def test_persistent_store_survives_a_dead_shard_and_reopens(tmp_path):
     with pytest.raises(ValueError, match="created with 2 shards"):
         ShardedStore.open(path, shards=4)
     with pytest.raises(ValueError, match="not a sharded index"):
-        ShardedIndex.load(path)
+        ShardedIndex.open(path)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "shards": 3}))
     with pytest.raises(ValueError, match="records 3 shards"):

@@ -22,7 +22,7 @@ import torch
 
 import quant_retriever.files.directories as directories_mod
 import quant_retriever.files.headers as headers_mod
-import quant_retriever.index as index_mod
+import quant_retriever.index.directory as index_mod
 from quant_retriever import QuantizedIndex
 from quant_retriever.devices import resolve_device
 from quant_retriever.store import QuantizedStore
@@ -43,7 +43,7 @@ def state(store: QuantizedStore) -> tuple:
 
 
 def make_store(path: Path, codec: str = "int4") -> QuantizedStore:
-    store = QuantizedStore(DIM, codec, path, block_size=8)
+    store = QuantizedStore(DIM, codec=codec, path=path, block_size=8)
     store.upsert([f"d{i}" for i in range(30)], vecs(30), [f"t{i}" for i in range(30)], [{"i": i} for i in range(30)])
     store.delete(["d3", "d4"])
     return store
@@ -83,7 +83,7 @@ def test_a_write_that_fails_at_any_step_changes_nothing(tmp_path, monkeypatch, o
     store = make_store(tmp_path / "s")
     before = state(store)
     if step in ("BEGIN", "COMMIT"):
-        monkeypatch.setattr(store, "_db", FailingConnection(store._db, step))
+        monkeypatch.setattr(store._db, "connection", FailingConnection(store._db.connection, step))
     elif step == "rescore":
         monkeypatch.setattr(index_mod.RescoreFile, "append", enospc)
     elif step == "manifest":
@@ -150,7 +150,7 @@ def test_an_eio_on_the_directory_fsync_after_the_manifest_rename(tmp_path, monke
     monkeypatch.undo()
     assert np.array_equal(index.ids(), before[0]) and index.verify() == []
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")  # the previous manifest was put back
+    reopened = QuantizedIndex.open(tmp_path / "idx")  # the previous manifest was put back
     assert np.array_equal(reopened.ids(), before[0])
     assert np.array_equal(reopened.search(vecs(2, 3), k=3).ids, before[1])
 
@@ -259,13 +259,13 @@ def test_creation_killed_at_random_moments_leaves_a_directory_that_opens_or_is_c
         time.sleep(float(rng.uniform(0.0, 0.3)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        opener = QuantizedStore.open if kind == "store" else QuantizedIndex.load
+        opener = QuantizedStore.open if kind == "store" else QuantizedIndex.open
         try:
             opened = opener(path)
         except ValueError as exc:  # not created yet: it must be possible to create it now
             assert "not a quant_retriever" in str(exc), exc
             opened = (
-                QuantizedStore(16, "int4", path, block_size=8)
+                QuantizedStore(16, codec="int4", path=path, block_size=8)
                 if kind == "store"
                 else QuantizedIndex(16, path=path, block_size=8)
             )
@@ -330,7 +330,7 @@ def test_links_out_of_an_index_directory_are_never_followed(tmp_path, name):
     (tmp_path / "idx" / name).unlink()
     (tmp_path / "idx" / name).symlink_to(outside)
     with pytest.raises(ValueError, match="symbolic link|missing|does not exist"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
     assert hashlib.sha256(outside.read_bytes()).hexdigest() == digest
 
 
@@ -340,7 +340,7 @@ def test_a_linked_lock_file_is_not_followed(tmp_path):
     (tmp_path / "idx" / ".lock").unlink()
     (tmp_path / "idx" / ".lock").symlink_to(tmp_path / "created-outside")
     with pytest.raises(ValueError, match="symbolic link"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
     assert not (tmp_path / "created-outside").exists()
 
 

@@ -326,8 +326,8 @@ def test_a_write_tests_only_its_own_documents_against_cached_filters(monkeypatch
     where = Or((Cond("g", "eq", 3), Not(Cond("g", "lt", 2))))
     assert len(store.search(vec(99), k=50, where=where)[0]) == 30
     seen = []
-    original = store._matching
-    monkeypatch.setattr(store, "_matching", lambda w, within=None: seen.append(within) or original(w, within))
+    original = store._cache._matching
+    monkeypatch.setattr(store._cache, "_matching", lambda w, within=None: seen.append(within) or original(w, within))
     store.upsert(["d3", "new"], np.array([vec(3), vec(51)], np.float32), ["d3", "new"], [{"g": 0}, {"g": 4}])
     store.delete(["d4"])
     hits = {r.id for r, _ in store.search(vec(99), k=50, where=where)[0]}
@@ -335,16 +335,19 @@ def test_a_write_tests_only_its_own_documents_against_cached_filters(monkeypatch
     assert [len(w) for w in seen] == [2]  # the two documents written, not all 50
 
 
-def test_writes_too_large_or_too_many_to_catch_up_with_evaluate_the_filter_again(monkeypatch):
-    import quant_retriever.store as store_mod
+def test_writes_too_large_or_too_many_to_catch_up_with_evaluate_the_filter_again():
+    from quant_retriever.store import FilterCache
 
-    monkeypatch.setattr(store_mod, "CATCH_UP_MAX", 3)
     store = QuantizedStore(codec="int8")
     where = Not(Cond("g", "eq", 1))
-    store._writes = store_mod.deque(maxlen=2)  # two writes remembered
     seen = []
-    original = store._matching
-    monkeypatch.setattr(store, "_matching", lambda w, within=None: seen.append(within) or original(w, within))
+
+    def matching(w, within=None):
+        seen.append(within)
+        return store._matching(w, within)
+
+    # two writes remembered, at most three documents caught up with
+    store._cache = FilterCache(matching, store._keys_of, store._publish_lock, writes_kept=2, catch_up_max=3)
     expected: dict[str, int] = {}
 
     def write(start: int, n: int) -> None:

@@ -44,7 +44,7 @@ def test_pickle_payloads_are_never_loaded(saved, tmp_path, name):
     marker = tmp_path / "pwned"
     damage(saved, name, pickle.dumps(Payload(marker)))
     with pytest.raises(ValueError, match=name.replace(".", "\\.")):
-        QuantizedIndex.load(saved)
+        QuantizedIndex.open(saved)
     assert not marker.exists()
 
 
@@ -53,15 +53,15 @@ def test_truncated_files_name_the_file(saved):
         data = (saved / name).read_bytes()
         damage(saved, name, data[: len(data) // 2])
         with pytest.raises(ValueError, match=name.replace(".", "\\.")):
-            QuantizedIndex.load(saved)
+            QuantizedIndex.open(saved)
         damage(saved, name, data)
-    assert len(QuantizedIndex.load(saved)) == 19
+    assert len(QuantizedIndex.open(saved)) == 19
 
 
 def test_oversized_header(saved, monkeypatch):
     monkeypatch.setattr(headers, "MAX_HEADER_BYTES", 64)
     with pytest.raises(ValueError, match="manifest.json: header is larger than any valid header"):
-        QuantizedIndex.load(saved)
+        QuantizedIndex.open(saved)
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_inconsistent_manifests(saved, change, match):
     manifest = json.loads((saved / "manifest.json").read_text())
     (saved / "manifest.json").write_text(json.dumps({**manifest, **change}))
     with pytest.raises(ValueError, match=match):
-        QuantizedIndex.load(saved)
+        QuantizedIndex.open(saved)
 
 
 def without_checksums(path):
@@ -97,10 +97,10 @@ def without_checksums(path):
 def test_bad_deleted_rows(saved):
     np.array([500], dtype=np.int64).tofile(saved / "deleted.0.i64")
     with pytest.raises(ValueError, match="deleted.0.i64: its first 8 bytes do not match the checksum"):
-        QuantizedIndex.load(saved)
+        QuantizedIndex.open(saved)
     without_checksums(saved)
     with pytest.raises(ValueError, match="deleted.0.i64: row numbers repeat or fall outside"):
-        QuantizedIndex.load(saved)
+        QuantizedIndex.open(saved)
 
 
 def test_hostile_store_files(tmp_path):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import quant_retriever.index as index_mod
+import quant_retriever.index.directory as index_mod
 from quant_retriever import QuantizedIndex, SearchResult
 from quant_retriever.codecs import CODEC_NAMES
+from quant_retriever.devices import resolve_device
 
 
 def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -164,7 +165,7 @@ def test_save_load_round_trip_compacts_deleted_rows(codec, tmp_path):
     index.remove(np.arange(1000, 1100))
     before = index.search(q, k=8)
     index.save(tmp_path / "saved")
-    loaded = QuantizedIndex.load(tmp_path / "saved")
+    loaded = QuantizedIndex.open(tmp_path / "saved")
     assert (loaded.dim, loaded.codec_name, loaded.rescore, len(loaded)) == (33, codec, index.rescore, 200)
     after = loaded.search(q, k=8)
     np.testing.assert_array_equal(before.ids, after.ids)
@@ -181,10 +182,10 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
     index.add(x[60:], ids=np.arange(500, 560))
     index.remove([3, 501])
     expected = index.search(q, k=6)
-    assert QuantizedIndex.load(tmp_path / "idx") is index  # opened again in this process: shared
+    assert QuantizedIndex.open(tmp_path / "idx") is index  # opened again in this process: shared
     index.close()
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert len(reopened) == 118
     got = reopened.search(q, k=6)
     np.testing.assert_array_equal(expected.ids, got.ids)
@@ -192,7 +193,7 @@ def test_persistent_index_keeps_every_add_and_remove(codec, tmp_path):
     reopened.add(new, ids=[3])
     assert reopened.verify() == []
     reopened.close()
-    again = QuantizedIndex.load(tmp_path / "idx")
+    again = QuantizedIndex.open(tmp_path / "idx")
     assert again.search(new, k=1).ids.tolist() == [[3]]
     assert len(again) == 119
 
@@ -205,7 +206,7 @@ def test_load_ignores_an_uncommitted_tail(tmp_path):
         f.write(b"\x01" * 7)
     with open(tmp_path / "idx" / "rescore.0.int8", "ab") as f:
         f.write(b"\x02" * 5)
-    reopened = QuantizedIndex.load(tmp_path / "idx")  # opening reads, never writes
+    reopened = QuantizedIndex.open(tmp_path / "idx")  # opening reads, never writes
     assert len(reopened) == 10 and reopened.verify() == []
     reopened.add(unit(1, 16, 5))  # the next append overwrites the torn bytes
     assert (tmp_path / "idx" / "codes.0.u8").stat().st_size == 11 * reopened.memory().bytes_per_vector
@@ -262,7 +263,7 @@ def test_bad_input_raises_and_leaves_the_index_unchanged(codec, tmp_path):
     after = index.search(x[:3], k=5)
     np.testing.assert_array_equal(before.ids, after.ids)
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert len(reopened) == 50
     np.testing.assert_array_equal(reopened.search(x[:3], k=5).ids, before.ids)
 
@@ -287,7 +288,7 @@ def test_failed_write_rolls_back(tmp_path, monkeypatch):
     index.add(x[20:])
     assert index.verify() == []
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert len(reopened) == 30
     assert reopened.search(x[25], k=1).ids.tolist() == [[25]]
 
@@ -298,7 +299,7 @@ def test_paths_that_are_not_indexes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="new or empty directory"):
         QuantizedIndex(8, path=tmp_path / "full")
     with pytest.raises(ValueError, match="not a quant_retriever directory"):
-        QuantizedIndex.load(tmp_path / "full")
+        QuantizedIndex.open(tmp_path / "full")
     index = QuantizedIndex(8, path=tmp_path / "idx")
     index.add(unit(5, 8))
     with pytest.raises(ValueError, match="new or empty"):
@@ -308,10 +309,10 @@ def test_paths_that_are_not_indexes_are_refused(tmp_path):
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "version": 99}))
     with pytest.raises(ValueError, match="newer quant_retriever"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
     manifest.write_text(json.dumps({**data, "count": 6}))
     with pytest.raises(ValueError, match="codes.0.u8: expected"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
 
 
 def test_a_pickle_payload_is_never_executed(tmp_path):
@@ -322,14 +323,14 @@ def test_a_pickle_payload_is_never_executed(tmp_path):
     (tmp_path / "evil").mkdir()
     (tmp_path / "evil" / "manifest.json").write_bytes(pickle.dumps(Boom()))
     with pytest.raises(ValueError, match="manifest.json"):
-        QuantizedIndex.load(tmp_path / "evil")
+        QuantizedIndex.open(tmp_path / "evil")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_default_device_is_cuda_when_available():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert QuantizedIndex(8).device.type == expected
-    assert index_mod.resolve_device(None).type == expected
+    assert resolve_device(None).type == expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -400,7 +401,7 @@ def test_rescore_dtype_fp16_and_bad_choices(tmp_path):
     np.testing.assert_array_equal(res.ids, exact_top(x[:30], x, 5))
     np.testing.assert_allclose(res.scores, np.sort(-(x[:30] @ x.T), axis=1)[:, :5] * -1, atol=2e-3)
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert reopened.rescore_dtype == "fp16"
     np.testing.assert_array_equal(reopened.search(x[:30], k=5).ids, res.ids)
     for bad in ("int4", "float16", None, 8):
@@ -416,7 +417,7 @@ def test_a_version_1_index_is_refused_with_a_clear_error(tmp_path):
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, "version": 1, "int8": {"lo": [0.0] * 8, "scale": [1.0] * 8}}))
     with pytest.raises(ValueError, match="format version 1 is no longer read.*re-create"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
 
 
 @pytest.mark.parametrize(
@@ -447,7 +448,7 @@ def test_manifest_values_of_the_wrong_kind_name_the_file_and_field(tmp_path, fie
     data = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**data, field: value}))
     with pytest.raises(ValueError, match=f"manifest.json: .*{field if field != 'n_deleted' else 'n_deleted'}"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
 
 
 @pytest.mark.parametrize("text", ['{"format": Infinity}', '{"dim": NaN}', "[" * 100000 + "]" * 100000, "\xff\xfe"])
@@ -458,7 +459,7 @@ def test_manifest_that_is_not_plain_json_is_refused(tmp_path, text):
         text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe"
     )
     with pytest.raises(ValueError, match="manifest.json"):
-        QuantizedIndex.load(tmp_path / "idx")
+        QuantizedIndex.open(tmp_path / "idx")
 
 
 def test_an_interrupted_creation_can_be_created_again(tmp_path):
@@ -468,7 +469,7 @@ def test_an_interrupted_creation_can_be_created_again(tmp_path):
     for name in (".lock", "codes.0.u8", "ids.0.i64", "manifest.json.abc.tmp"):
         (d / name).write_bytes(b"")
     with pytest.raises(ValueError, match="not a quant_retriever directory"):
-        QuantizedIndex.load(d)
+        QuantizedIndex.open(d)
     index = QuantizedIndex(8, codec="int8", path=d)
     index.add(unit(3, 8))
     assert sorted(p.name for p in d.iterdir()) == [".lock", "codes.0.u8", "deleted.0.i64", "ids.0.i64", "manifest.json"]
@@ -545,7 +546,7 @@ def test_opening_the_same_directory_again_in_one_process_shares_it(tmp_path):
     """A notebook cell run twice, a web app reloading: the second open works."""
     created = QuantizedIndex(16, codec="int8", path=tmp_path / "idx")
     created.add(unit(10, 16))
-    again = QuantizedIndex.load(tmp_path / "idx")
+    again = QuantizedIndex.open(tmp_path / "idx")
     assert again is created
     again.add(unit(2, 16, 1))
     created.close()  # one close per open: the other handle still works
@@ -553,7 +554,7 @@ def test_opening_the_same_directory_again_in_one_process_shares_it(tmp_path):
     again.close()
     with pytest.raises(ValueError, match="closed"):
         again.add(unit(1, 16))
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert reopened is not created and len(reopened) == 12
     reopened.close()
 
@@ -566,8 +567,8 @@ def test_another_process_gets_the_lock_error_but_may_read(tmp_path):
     index.add(unit(10, 16))
     code = (
         "import sys; from quant_retriever import QuantizedIndex\n"
-        "try:\n    QuantizedIndex.load(sys.argv[1])\nexcept RuntimeError as e:\n    print('locked:', e)\n"
-        "r = QuantizedIndex.load(sys.argv[1], read_only=True); print('read', len(r))\n"
+        "try:\n    QuantizedIndex.open(sys.argv[1])\nexcept RuntimeError as e:\n    print('locked:', e)\n"
+        "r = QuantizedIndex.open(sys.argv[1], read_only=True); print('read', len(r))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True, timeout=120
@@ -579,7 +580,7 @@ def test_read_only_sees_the_state_at_open_until_refresh(tmp_path):
     x = unit(300, 16)
     writer = QuantizedIndex(16, codec="int4", block_size=8, path=tmp_path / "idx")
     writer.add(x[:200])
-    reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+    reader = QuantizedIndex.open(tmp_path / "idx", read_only=True)
     assert reader.read_only and reader is not writer and len(reader) == 200
     writer.add(x[200:])
     writer.remove(np.arange(0, 120))  # compacts: the reader's generation's files are deleted
@@ -601,11 +602,11 @@ def test_read_only_needs_no_write_permission_and_writes_nothing(tmp_path):
     os.chmod(tmp_path / "idx", 0o555)
     try:
         if os.geteuid() == 0:  # root ignores permissions: at least nothing may change
-            reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+            reader = QuantizedIndex.open(tmp_path / "idx", read_only=True)
         else:
             with pytest.raises(ValueError, match="read_only=True"):
-                QuantizedIndex.load(tmp_path / "idx")
-            reader = QuantizedIndex.load(tmp_path / "idx", read_only=True)
+                QuantizedIndex.open(tmp_path / "idx")
+            reader = QuantizedIndex.open(tmp_path / "idx", read_only=True)
         assert len(reader) == 50 and reader.verify() == []
         reader.close()
     finally:

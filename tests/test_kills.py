@@ -33,7 +33,7 @@ KILLS: dict[str, int] = {}
 # ---------------------------------------------------------------- the operations (run in children)
 def create(work: str) -> None:
     with io_events():
-        QuantizedStore(DIM, "int4", Path(work) / "target", block_size=8).close()
+        QuantizedStore(DIM, codec="int4", path=Path(work) / "target", block_size=8).close()
 
 
 def first_upsert(work: str) -> None:
@@ -75,11 +75,11 @@ def prepare(work: Path, op) -> None:
     if op in (save, save_replacing, save_replacing_by_renames):
         build_store(work / "source", work / "material")
     if op in (save_replacing, save_replacing_by_renames):
-        old = QuantizedStore(DIM, "int4", block_size=8)
+        old = QuantizedStore(DIM, codec="int4", block_size=8)
         old.upsert(["old"], vectors(1, 5), ["old"])
         old.save(work / "target")
     elif op is first_upsert:
-        QuantizedStore(None, "int4", work / "target", block_size=8).close()
+        QuantizedStore(None, codec="int4", path=work / "target", block_size=8).close()
     elif op is compact:
         build_store(work / "target", work / "material")
 
@@ -102,11 +102,11 @@ def every_way(path: Path, allowed: list, op_name: str, n: int):
     seen = state(path, read_only=True)
     assert seen in allowed, (where, seen)
     if seen == NONE:
-        store = QuantizedStore(DIM, "int4", path, block_size=8)  # no store: it can be created again
+        store = QuantizedStore(DIM, codec="int4", path=path, block_size=8)  # no store: it can be created again
         store.close()
         return
     if (path / "index" / "manifest.json").exists():  # (an interrupted first upsert's index may have none yet)
-        index = QuantizedIndex.load(path / "index", read_only=True)
+        index = QuantizedIndex.open(path / "index", read_only=True)
         assert index.verify() == [] and set(index.ids().tolist()) >= {key for _, _, key in seen[0]}, where
         index.close()
     assert state(path, read_only=False) == seen, where  # reconciles what the kill interrupted

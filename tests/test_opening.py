@@ -18,7 +18,7 @@ import torch
 from harness import assert_unchanged, build_store, in_child, observe, tree, vectors
 
 import quant_retriever.files.directories as directories
-import quant_retriever.index as index_mod
+import quant_retriever.index.directory as index_mod
 from quant_retriever import QuantizedIndex
 from quant_retriever.store import QuantizedStore
 
@@ -42,7 +42,7 @@ def test_a_manifest_restored_from_before_a_compaction_is_refused_and_every_byte_
     p = tmp_path / "idx"
     make_index(p).close()
     backup = (p / "manifest.json").read_text()  # generation 0
-    index = QuantizedIndex.load(p)
+    index = QuantizedIndex.open(p)
     index.remove([0])
     index.compact()  # generation 1
     index.close()
@@ -50,7 +50,7 @@ def test_a_manifest_restored_from_before_a_compaction_is_refused_and_every_byte_
     before = tree(p)
     for read_only in (False, True):
         with pytest.raises(ValueError, match=r"codes\.0\.u8: missing"):
-            QuantizedIndex.load(p, read_only=read_only)
+            QuantizedIndex.open(p, read_only=read_only)
         assert_unchanged(p, before)
     assert {"codes.1.u8", "ids.1.i64", "deleted.1.i64", "rescore.1.int8"} <= set(before)
 
@@ -86,7 +86,7 @@ def open_store(path: str, read_only: bool):
 
 
 def open_index(path: str, read_only: bool):
-    QuantizedIndex.load(path, read_only=read_only).close()
+    QuantizedIndex.open(path, read_only=read_only).close()
 
 
 STORE_FILES = ["store.sqlite", "store.sqlite-wal", "store.sqlite-shm", ".lock", "index/.lock"] + [
@@ -116,7 +116,7 @@ def test_a_directory_in_a_files_place_is_a_value_error(store_dir, name):
     target.mkdir()
     for read_only in (False, True):
         with pytest.raises(ValueError, match=f"{name} is a directory"):
-            QuantizedIndex.load(store_dir / "index", read_only=read_only)
+            QuantizedIndex.open(store_dir / "index", read_only=read_only)
 
 
 # ---------------------------------------------------------------- 3. a linked index/ is followed
@@ -148,10 +148,10 @@ def test_a_store_killed_between_its_index_and_its_dimension_opens_and_works(tmp_
     dimension not yet recorded. The store is complete (a store without a dimension); its first
     upsert replaces the empty index, and a new store in the same place is refused."""
     p = tmp_path / "s"
-    QuantizedStore(None, "int4", p).close()
+    QuantizedStore(None, codec="int4", path=p).close()
     QuantizedIndex(8, codec="int4", path=p / "index").close()  # the interrupted first upsert's index
     with pytest.raises(ValueError, match="must be a new or empty directory"):
-        QuantizedStore(8, "int4", p)
+        QuantizedStore(8, codec="int4", path=p)
     store = QuantizedStore.open(p)
     assert store.dim is None and len(store) == 0
     store.upsert(["a"], np.ones((1, 16), np.float32), ["A"])
@@ -162,13 +162,13 @@ def test_a_store_killed_between_its_index_and_its_dimension_opens_and_works(tmp_
 
 def test_a_creation_killed_before_its_database_was_in_place_is_not_a_store(tmp_path):
     p = tmp_path / "s"
-    store = QuantizedStore(8, "int4", p)
+    store = QuantizedStore(8, codec="int4", path=p)
     store.close()
     os.rename(p / "store.sqlite", p / "store.sqlite.creating")  # killed just before the commit point
     assert not QuantizedStore.exists(p)
     with pytest.raises(ValueError, match="not a quant_retriever store"):
         QuantizedStore.open(p)
-    store = QuantizedStore(8, "int4", p)  # created again, over the leftovers
+    store = QuantizedStore(8, codec="int4", path=p)  # created again, over the leftovers
     store.close()
     assert sorted(e.name for e in p.iterdir()) == [".lock", "index", "store.sqlite"]
     assert QuantizedStore.open(p).verify() == []
@@ -192,7 +192,7 @@ def interrupt_a_replacement(monkeypatch, target: Path, new: QuantizedStore) -> N
 
 
 def small_store(tag: str, n: int) -> QuantizedStore:
-    store = QuantizedStore(8, "int4")
+    store = QuantizedStore(8, codec="int4")
     store.upsert([f"{tag}{i}" for i in range(n)], vectors(n), [tag] * n)
     return store
 
@@ -226,7 +226,7 @@ def test_every_way_of_opening_recovers_an_interrupted_replacement(tmp_path, monk
         assert [r.text for r in QuantizedStore.open(target, read_only=True).records()] == ["old"] * 3, name
     interrupt_a_replacement(monkeypatch, target, small_store("new", 4))
     with pytest.raises(ValueError, match="to reopen a store, use QuantizedStore.open"):
-        QuantizedStore(8, "int4", target)  # a new store never takes the place of one put aside
+        QuantizedStore(8, codec="int4", path=target)  # a new store never takes the place of one put aside
     assert count_and_close(QuantizedStore.open(target)) == 3
 
 
@@ -248,7 +248,7 @@ def test_remove_never_raises_after_its_commit_point(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert len(index) == 100 and not index.contains([0, 99]).any() and index.verify() == []
     index.close()
-    reopened = QuantizedIndex.load(tmp_path / "idx")
+    reopened = QuantizedIndex.open(tmp_path / "idx")
     assert len(reopened) == 100 and not reopened.contains([0, 99]).any()
 
 
@@ -260,7 +260,7 @@ def read_as_nobody(store_path: str, index_path: str):
     os.setegid(NOBODY)
     os.seteuid(NOBODY)
     records, hits, problems = observe(Path(store_path), read_only=True)
-    index = QuantizedIndex.load(index_path, read_only=True)
+    index = QuantizedIndex.open(index_path, read_only=True)
     found = index.search(vectors(2), k=3).ids.tolist()
     index.close()
     return records, hits, problems, found
@@ -315,7 +315,7 @@ def test_read_only_opening_on_a_read_only_mount(read_only_mount):
     remount = subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], capture_output=True)
     assert remount.returncode == 0, remount.stderr
     assert observe(read_only_mount / "s", read_only=True) == expected
-    assert len(QuantizedIndex.load(read_only_mount / "idx", read_only=True)) == 100
+    assert len(QuantizedIndex.open(read_only_mount / "idx", read_only=True)) == 100
     assert len(LangChainStore.load(read_only_mount / "s", DeterministicFakeEmbedding(size=8), read_only=True).store)
     assert len(LlamaIndexStore(path=read_only_mount / "s", read_only=True).client) == len(expected[0])
     with pytest.raises(ValueError, match="not writable"):
@@ -353,9 +353,9 @@ def test_damaged_numbers_in_the_rescore_copy_rank_last_and_verify_finds_them(tmp
     index.close()
     damage_rescore_row(p, 7, dtype, what)
     with pytest.raises(ValueError, match=f"rescore.0.{dtype}: its first 50 rows do not match the checksum"):
-        QuantizedIndex.load(p)
+        QuantizedIndex.open(p)
     drop_checksums(p)
-    index = QuantizedIndex.load(p)
+    index = QuantizedIndex.open(p)
     assert any("rows [7] hold NaN or infinities" in problem for problem in index.verify())
     for queries in (x[7], x[5:9], np.repeat(x[7:8], 9, axis=0)):  # one query (native or not), and batches
         res = index.search(queries, k=50, rescore_multiplier=1)
@@ -371,11 +371,11 @@ def test_a_sharded_creation_clears_only_shards_that_hold_no_data(tmp_path):
     from quant_retriever.distributed.shards import _is_leftover
 
     root = tmp_path / "sharded"
-    QuantizedStore(8, "int4", root / "shard-0").close()
+    QuantizedStore(8, codec="int4", path=root / "shard-0").close()
     QuantizedIndex(8, codec="int4", path=root / "shard-1").close()
-    QuantizedStore(None, "int4", root / "shard-2").close()
+    QuantizedStore(None, codec="int4", path=root / "shard-2").close()
     (root / "shard-3").mkdir()
-    store = QuantizedStore(8, "int4", root / "shard-4")
+    store = QuantizedStore(8, codec="int4", path=root / "shard-4")
     store.upsert(["a"], vectors(1), ["A"])
     store.close()
     make_index(root / "shard-5", n=3).close()

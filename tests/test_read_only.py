@@ -53,7 +53,7 @@ for line in sys.stdin:
 
 
 def test_a_reader_beside_a_writer_in_another_process(tmp_path):
-    store = QuantizedStore(DIM, "int4", tmp_path / "s", block_size=8)
+    store = QuantizedStore(DIM, codec="int4", path=tmp_path / "s", block_size=8)
     store.upsert([f"d{i}" for i in range(50)], vecs(50), ["t"] * 50, [{"i": i} for i in range(50)])
     store.close()
     writer = subprocess.Popen(
@@ -92,7 +92,7 @@ def test_a_reader_beside_a_writer_in_another_process(tmp_path):
 
 
 def test_read_only_opening_writes_nothing(tmp_path):
-    store = QuantizedStore(DIM, "binary", tmp_path / "s")
+    store = QuantizedStore(DIM, codec="binary", path=tmp_path / "s")
     store.upsert([f"d{i}" for i in range(20)], vecs(20), ["t"] * 20)
     store.delete(["d3"])
     store.close()

@@ -187,7 +187,7 @@ def test_persistent_store_reopens_with_everything(tmp_path):
 
 
 def test_filters_read_keys_from_the_value_index_alone(store):
-    plan = store._db.execute(
+    plan = store._db.connection.execute(
         "EXPLAIN QUERY PLAN SELECT key FROM fields WHERE name = ? AND elem = 0 AND kind = 2 AND val = ?", ("i", 3)
     ).fetchall()
     assert "COVERING INDEX fields_by_value" in " ".join(str(step) for step in plan)
@@ -247,8 +247,8 @@ def test_records_without_vectors_are_refused_not_deleted(tmp_path):
     records; it refuses, changing no byte. Read-only, the other records stay searchable."""
     s = QuantizedStore(codec="int4", path=tmp_path / "st")
     s.upsert(["a", "b"], vecs(2), ["A", "B"])
-    with s._db:
-        s._db.execute("INSERT INTO docs VALUES (999, 'ghost', 'G', '{}')")  # a record without vectors
+    with s._db.connection:
+        s._db.connection.execute("INSERT INTO docs VALUES (999, 'ghost', 'G', '{}')")  # a record without vectors
     assert s.verify() == ["1 records without vectors, 0 vectors without records"]
     s.close()
     before = tree_bytes(tmp_path / "st")

@@ -14,7 +14,7 @@ import ray
 from ray.exceptions import RayError
 from tqdm import tqdm
 
-from quant_retriever.distributed.shards import _positive
+from quant_retriever.checks import int_at_least
 from quant_retriever.distributed.store import ShardedStore
 from quant_retriever.store import QuantizedStore, check_documents
 
@@ -90,7 +90,7 @@ def _pool(actors: int | None, actor_cpus: float | None, actor_gpus: float | None
         )
     if actors is None:
         actors = max(1, int(free.get("GPU", 0.0) // gpus) if gpus else int(free.get("CPU", 0.0) // cpus))
-    return _positive(actors, "actors"), {"num_cpus": cpus, "num_gpus": gpus}
+    return int_at_least(actors, "actors"), {"num_cpus": cpus, "num_gpus": gpus}
 
 
 def embed_corpus(
@@ -131,7 +131,7 @@ def embed_corpus(
         raise TypeError(f"store must be a ShardedStore or QuantizedStore; got {type(store).__name__}.")
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a name or a path; got {type(model).__name__}.")
-    batch_size = _positive(batch_size, "batch_size")
+    batch_size = int_at_least(batch_size, "batch_size")
     if not texts:
         return EmbedReport(0, store.dim, 0, 0.0)
     started = time.perf_counter()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
 
+from quant_retriever.checks import IdsLike, VectorsLike, as_ids, as_vectors, automatic_ids, int_at_least, keyword_only
 from quant_retriever.codecs import CodecName, RescoreDtype
-from quant_retriever.distributed.shards import MANIFEST, Sharded, _positive, _route_ints, split_by_shard
+from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_ints, split_by_shard
 from quant_retriever.files import write_json_atomic
-from quant_retriever.index import MemoryUsage, SearchResult, as_ids, as_vectors, new_ids_for
+from quant_retriever.index import MemoryUsage, SearchResult, Selection
 
 __all__ = ["ShardedIndex", "merge_top_k"]
 
@@ -25,18 +27,6 @@ def merge_top_k(results: list[SearchResult], k: int, n_queries: int) -> SearchRe
     scores = np.concatenate([r.scores for r in results], axis=1)
     order = np.lexsort((ids, -scores), axis=1)[:, :k]
     return SearchResult(np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1))
-
-
-def _as_allowed(allowed_ids) -> np.ndarray:
-    """``allowed_ids`` as ``QuantizedIndex.search`` takes them (any integers) -> int64 array."""
-    if isinstance(allowed_ids, (str, bytes)):
-        raise TypeError("allowed_ids must be a sequence of integers; got a string.")
-    if isinstance(allowed_ids, torch.Tensor):
-        allowed_ids = allowed_ids.cpu().numpy()
-    arr = np.asarray(allowed_ids if isinstance(allowed_ids, np.ndarray) else list(allowed_ids))
-    if len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"allowed_ids must be integers; got dtype {arr.dtype}.")
-    return arr.astype(np.int64).reshape(-1)
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
@@ -58,31 +48,39 @@ class ShardedIndex(Sharded):
     search considers at least the candidates one index would (see ``docs/scale.md``).
 
     ``path`` (a new or empty directory, visible from every actor's node) makes the index
-    persistent: ``path/shard-N`` holds each shard; reopen with :meth:`load`. :meth:`ids`
+    persistent: ``path/shard-N`` holds each shard; reopen with :meth:`open`. :meth:`ids`
     returns ids sorted (one index returns insertion order).
     """
 
     _KIND = "index"
-    _OPEN = "load"
+    _OPEN = "open"
 
+    @keyword_only("codec", "rescore", "path", "device", "block_size")
     def __init__(
         self,
         dim: int,
+        *,
         codec: CodecName = "int4",
         rescore: bool | None = None,
         path: str | os.PathLike | None = None,
         device: str | None = None,
         block_size: int = 64,
-        *,
         rescore_dtype: RescoreDtype = "int8",
         shards: int = 2,
         actor_options: dict | None = None,
     ):
         self._setup(shards, path, device, actor_options)
-        self._create(lambda p: ((dim, codec, rescore, p, device, block_size), {"rescore_dtype": rescore_dtype}))
+        settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
+        self._create(lambda p: ((dim,), {**settings, "path": p}))
 
     @classmethod
-    def load(
+    def load(cls, path: str | os.PathLike, device: str | None = None, **kwargs) -> ShardedIndex:
+        """Deprecated name of :meth:`open` (every persistent class reopens with ``open``)."""
+        warnings.warn("ShardedIndex.load is deprecated; use ShardedIndex.open.", DeprecationWarning, stacklevel=2)
+        return cls.open(path, device, **kwargs)
+
+    @classmethod
+    def open(
         cls,
         path: str | os.PathLike,
         device: str | None = None,
@@ -93,7 +91,7 @@ class ShardedIndex(Sharded):
     ) -> ShardedIndex:
         """Open a sharded index directory (written by a persistent ``ShardedIndex`` or
         :meth:`save`). ``shards``, when given, must match the directory's count;
-        ``read_only=True`` opens every shard read-only (see ``QuantizedIndex.load``)."""
+        ``read_only=True`` opens every shard read-only (see ``QuantizedIndex.open``)."""
         return cls._open(path, shards, device, actor_options, read_only)
 
     # ------------------------------------------------------------------ settings
@@ -151,7 +149,11 @@ class ShardedIndex(Sharded):
             out[parts[s]] = res
         return out
 
-    def contains(self, ids) -> np.ndarray:
+    def __contains__(self, id_: object) -> bool:
+        ok = not isinstance(id_, bool) and isinstance(id_, (int, np.integer)) and 0 <= id_ < 2**63
+        return ok and bool(self.contains([id_])[0])
+
+    def contains(self, ids: IdsLike) -> np.ndarray:
         """``[len(ids)]`` bool: which of ``ids`` are in the index."""
         arr = as_ids(ids)
         return self._by_shard("contains", arr, np.zeros(len(arr), dtype=bool))
@@ -161,16 +163,18 @@ class ShardedIndex(Sharded):
         arr = as_ids(ids)
         return self._by_shard("get_vectors", arr, np.zeros((len(arr), self.dim), dtype=np.float32))
 
-    def search(self, queries, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids=None) -> SearchResult:
+    def search(
+        self, queries: VectorsLike, k: int = 10, rescore_multiplier: int = 4, *, allowed_ids: IdsLike | None = None
+    ) -> SearchResult:
         """Top-``k`` ids and scores per query, as ``QuantizedIndex.search``: every shard
         searches (``allowed_ids`` go to the shards that own them), the driver merges."""
         q = _host(as_vectors(queries, self.dim, "queries"))
-        k = _positive(k, "k")
-        mult = _positive(rescore_multiplier, "rescore_multiplier")
+        k = int_at_least(k, "k")
+        mult = int_at_least(rescore_multiplier, "rescore_multiplier")
         if allowed_ids is None:
             calls = self._every(q, k, mult)
         else:
-            arr = _as_allowed(allowed_ids)
+            arr = Selection.of(allowed_ids).ids
             parts = split_by_shard(_route_ints(arr, self.shards))
             calls = {s: ((q, k, mult), {"allowed_ids": arr[rows]}) for s, rows in parts.items()}
         results = self._read("search", calls)
@@ -189,13 +193,16 @@ class ShardedIndex(Sharded):
             if self.path is not None:
                 write_json_atomic(self.path / MANIFEST, self._manifest())
 
-    def add(self, vectors, ids=None) -> np.ndarray:
+    def add(self, vectors: VectorsLike, ids: IdsLike | None = None) -> np.ndarray:
         """Add vectors (``[n, dim]``); returns their int64 ids (see ``QuantizedIndex.add``).
         Nothing changes if the call raises: shards that took their part give it back."""
         x = _host(as_vectors(vectors, self.dim, "vectors"))
         with self._lock:
             self._check_usable()
-            new_ids = new_ids_for(ids, len(x), self._next_id, self.contains)
+            new_ids = automatic_ids(len(x), self._next_id) if ids is None else as_ids(ids, len(x))
+            taken = new_ids[self.contains(new_ids)] if ids is not None else new_ids[:0]
+            if len(taken):
+                raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
             parts = split_by_shard(_route_ints(new_ids, self.shards))
             before = self._next_id
             self._reserve(max(before, int(new_ids.max()) + 1))

@@ -39,6 +39,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayError
 
+from quant_retriever.checks import int_at_least
 from quant_retriever.files import (
     DirectoryLock,
     Int,
@@ -114,7 +115,7 @@ def shard_of(ids, shards: int) -> np.ndarray:
     finaliser of the int64, mod ``shards``. Stable across processes, machines and Python
     versions (unlike the salted built-in ``hash``); recorded in manifests as :data:`ROUTING`.
     """
-    shards = _positive(shards, "shards")
+    shards = int_at_least(shards, "shards")
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"ids must be a sequence of ids; got a single {type(ids).__name__}.")
     if isinstance(ids, (np.ndarray, torch.Tensor)):
@@ -135,14 +136,6 @@ def split_by_shard(route: np.ndarray) -> dict[int, np.ndarray]:
     order = np.argsort(route, kind="stable")
     shards, starts = np.unique(route[order], return_index=True)
     return {int(s): part for s, part in zip(shards, np.split(order, starts[1:]))}
-
-
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}.")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------- the actor
@@ -170,7 +163,7 @@ class _ShardActor:
             from quant_retriever.store import QuantizedStore
 
             cls = QuantizedIndex if kind == "index" else QuantizedStore
-            make = cls if how == "new" else cls.load if kind == "index" else cls.open
+            make = cls if how == "new" else cls.open
             self._obj = make(*args, **kwargs)
             index = self._obj if kind == "index" else self._obj.index
             info = {"dim": self._obj.dim, "metric": getattr(self._obj, "metric", None)}
@@ -284,7 +277,7 @@ class Sharded:
     _OPEN: ClassVar[str]  # the name of the classmethod that reopens a directory
 
     def _setup(self, shards, path, device, actor_options: dict | None) -> None:
-        shards = _positive(shards, "shards")
+        shards = int_at_least(shards, "shards")
         if shards > MAX_SHARDS:
             raise ValueError(f"shards must be at most {MAX_SHARDS}; got {shards}.")
         if actor_options is not None and not isinstance(actor_options, dict):
@@ -478,7 +471,8 @@ class Sharded:
             down = sorted(self._dead)
             for i in down:
                 ray.kill(self._actors[i], no_restart=True)  # in case it only looked dead
-            refs = {i: self._spawn(i, "open", (self._shard_path(i),), {"device": self._device}) for i in down}
+            reopen = {"device": self._device, "read_only": self._read_only}  # as the shards were opened
+            refs = {i: self._spawn(i, "open", (self._shard_path(i),), reopen) for i in down}
             for i in down:
                 del self._dead[i]
             _, failed = self._gather(refs)

@@ -9,21 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from quant_retriever.checks import as_vectors, check_strings, int_at_least, keyword_only
 from quant_retriever.codecs import CodecName, make_codec
 from quant_retriever.distributed.index import _host, _sum_memory
 from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_strs, split_by_shard
 from quant_retriever.files import replace_directory
 from quant_retriever.filters import check_filter
-from quant_retriever.index import MemoryUsage, as_vectors
-from quant_retriever.store import (
-    Filter,
-    Metric,
-    Record,
-    check_documents,
-    check_metric,
-    check_rescore_multiplier,
-    check_strings,
-)
+from quant_retriever.index import MemoryUsage
+from quant_retriever.store import Filter, Metric, Record, check_documents, check_metric
 
 __all__ = ["ShardedStore"]
 
@@ -49,12 +42,13 @@ class ShardedStore(Sharded):
     _KIND = "store"
     _OPEN = "open"
 
+    @keyword_only("codec", "path")
     def __init__(
         self,
         dim: int | None = None,
+        *,
         codec: CodecName = "int4",
         path: str | os.PathLike | None = None,
-        *,
         rescore: bool | None = None,
         device: str | None = None,
         block_size: int = 64,
@@ -65,18 +59,8 @@ class ShardedStore(Sharded):
     ):
         check_metric(metric)
         self._setup(shards, path, device, actor_options)
-        self._create(
-            lambda p: (
-                (dim, codec, p),
-                {
-                    "rescore": rescore,
-                    "device": device,
-                    "block_size": block_size,
-                    "rescore_dtype": rescore_dtype,
-                    "metric": metric,
-                },
-            )
-        )
+        settings = dict(rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
+        self._create(lambda p: ((dim,), {"codec": codec, "path": p, **settings, "metric": metric}))
         # before the first vectors the shards have no index to describe: keep what they were given
         given = dict(
             codec=codec,
@@ -208,6 +192,12 @@ class ShardedStore(Sharded):
             self._write("index.compact")
 
     # ------------------------------------------------------------------ reads
+    def __contains__(self, id_: object) -> bool:
+        try:
+            return bool(self.get(check_strings([id_], "ids")))
+        except (TypeError, ValueError):
+            return False
+
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records for the ids that exist, in the order asked."""
         ids = check_strings(ids, "ids")
@@ -251,13 +241,10 @@ class ShardedStore(Sharded):
         """Top-``k`` ``(record, score)`` per query, as ``QuantizedStore.search``: every shard
         searches with the filter (``ids`` go to the shards that own them), the driver merges."""
         q = _host(as_vectors(queries, self.dim, "queries"))
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int; got {type(k).__name__}.")
-        if k < 0:
-            raise ValueError(f"k must be >= 0; got {k}.")
+        k = int_at_least(k, "k", 0)
         if k == 0:
             return [[] for _ in range(len(q))]
-        mult = check_rescore_multiplier(rescore_multiplier)
+        mult = int_at_least(rescore_multiplier, "rescore_multiplier")
         if where is not None:
             check_filter(where)
         if ids is None:

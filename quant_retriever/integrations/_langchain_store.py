@@ -129,8 +129,8 @@ class QuantizedVectorStore(VectorStore):
             if store is not None
             else QuantizedStore(
                 None,
-                codec,
-                path,
+                codec=codec,
+                path=path,
                 rescore=rescore,
                 device=device,
                 block_size=block_size,

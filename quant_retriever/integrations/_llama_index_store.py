@@ -134,8 +134,8 @@ class QuantizedVectorStore(BasePydanticVectorStore):
                 raise ValueError(f"read_only=True opens an existing store; there is none at {path}.")
             self._store = QuantizedStore(
                 dim,
-                codec,
-                path,
+                codec=codec,
+                path=path,
                 rescore=rescore,
                 device=device,
                 block_size=block_size,

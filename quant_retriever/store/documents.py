@@ -1,0 +1,102 @@
+"""The documents a store keeps: a :class:`Record` (framework id, text, metadata, index key),
+and the checks a batch passes before anything is written (:func:`check_documents`), metadata
+included (:func:`metadata_json`: JSON data only, refused whole and never converted silently)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from quant_retriever.checks import check_strings, check_unicode
+
+__all__ = ["Record", "MAX_METADATA_DEPTH", "check_documents", "metadata_json"]
+
+MAX_METADATA_DEPTH = 100  # lists/dicts nested deeper raise ValueError (never RecursionError)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored document: framework ``id``, ``text``, ``metadata`` and the index ``key``."""
+
+    id: str
+    text: str
+    metadata: dict
+    key: int
+
+
+def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str]]:
+    """``(ids, texts, metadata JSON)`` of documents about to be upserted: every check an upsert
+    makes before it writes (lengths, unique ids, strings, :func:`metadata_json`), so callers
+    that split a batch (the sharded store) refuse it whole, before any part is written."""
+    ids, texts = check_strings(ids, "ids"), check_strings(texts, "texts")
+    if metadatas is None:
+        metadatas = [None] * len(ids)
+    elif isinstance(metadatas, dict):
+        raise TypeError("metadatas must be a list with one dict per document; got a single dict.")
+    metadatas = list(metadatas)
+    if not (len(ids) == len(texts) == len(metadatas)):
+        raise ValueError(
+            f"ids, texts and metadatas must have the same length. Got {len(ids)} ids, {len(texts)} texts "
+            f"and {len(metadatas)} metadatas."
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique within one call; got duplicates.")
+    return ids, texts, [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
+
+
+def _type_name(value: Any) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def metadata_json(metadata: Any, what: str = "metadata") -> str:
+    """The JSON stored for one document's metadata (``None`` is ``{}``).
+
+    The one rule: metadata is JSON data. A dict with ``str`` keys whose values are ``str``,
+    ``int`` (64-bit), finite ``float``, ``bool``, ``None``, lists/tuples or such dicts, nested
+    at most :data:`MAX_METADATA_DEPTH` deep. Subclasses of these are stored as the plain type
+    (a tuple reads back as a list, an ``IntEnum`` as an int, ``numpy.float64`` as a float).
+    Anything else (datetime, bytes, sets, numpy integers and arrays, non-``str`` keys such as
+    ``{1: ..}``, which JSON would merge with ``{"1": ..}``) raises ``TypeError`` naming where it
+    is; NaN, infinity and integers beyond 64 bits raise ``ValueError``. Nothing is converted
+    silently and nothing is stored when any value is refused.
+    """
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise TypeError(f"{what} must be a dict; got {type(metadata).__name__}.")
+    stack = [(metadata, what, 1)]
+    while stack:  # iterative, so no input reaches Python's recursion limit
+        value, where, depth = stack.pop()
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            check_unicode(value, where)
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise ValueError(f"{where} is an integer beyond 64 bits: {value}.")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{where} is {value!r}; metadata numbers must be finite.")
+        elif isinstance(value, (dict, list, tuple)):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels (or contains itself).")
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    if not isinstance(k, str):
+                        raise TypeError(
+                            f"{where} has the key {k!r} of type {type(k).__name__}; metadata keys must be str."
+                        )
+                    check_unicode(k, f"{where} key")
+                    stack.append((v, f"{where}[{k!r}]", depth + 1))
+            else:
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        else:
+            raise TypeError(
+                f"{where} is a {_type_name(value)} ({value!r:.60}); metadata values must be "
+                "JSON data: str, int, float, bool, None, lists or dicts with str keys (convert it first, e.g. "
+                "str(x), x.isoformat(), x.tolist() or x.item())."
+            )
+    return json.dumps(metadata, ensure_ascii=False, allow_nan=False)

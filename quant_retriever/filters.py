@@ -25,7 +25,8 @@ The semantics, in one place (the README's filter table says the same):
 - ``And``/``Or``/``Not``: as in Python; an empty ``And`` or ``Or`` places no restriction.
 
 A filter with a value of the wrong kind for its operator raises ``TypeError``/``ValueError``
-when it is built; a compiled predicate never raises, whatever the metadata holds.
+when it is built; evaluating it (SQL over the indexed ``fields`` table, see
+:func:`matching_keys`) never raises, whatever the metadata holds.
 """
 
 from __future__ import annotations

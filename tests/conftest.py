@@ -6,7 +6,6 @@ import functools
 import os
 import platform
 import shutil
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -102,22 +101,3 @@ def tiny_cross_encoder(tmp_path_factory) -> str:
     BertForSequenceClassification(config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
-
-
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave with pytest's status as soon as its summary is out. One full CI run ended in a
-    SIGBUS during interpreter teardown, after every test had finished and the summary was
-    printed (not reproduced or explained yet: suspects are Ray's shared memory and a test's
-    lazily unmounted tmpfs); skipping the teardown keeps that from turning a result into a crash."""
-    if _EXIT_STATUS and os.environ.get("QUANT_RETRIEVER_TEST_TEARDOWN") != "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])

@@ -19,7 +19,7 @@ fp32      :class:`Float32`    ``u`` as FP32, float32 norm
 ========  ==================  =============================================================
 
 Adding a format is one module with a :class:`Codec` subclass and one line in ``CODECS``;
-``tests/test_codec_contract.py`` runs every registered codec through the same contract.
+``tests/unit/codecs/test_codec_contract.py`` runs every registered codec through the same contract.
 """
 
 from __future__ import annotations

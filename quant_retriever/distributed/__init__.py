@@ -21,7 +21,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from quant_retriever.distributed.embed import EmbedReport, embed_corpus
 from quant_retriever.distributed.index import ShardedIndex
-from quant_retriever.distributed.shards import ROUTING, ShardError, shard_of
+from quant_retriever.distributed.routing import ROUTING, shard_of
+from quant_retriever.distributed.shards import ShardError
 from quant_retriever.distributed.store import ShardedStore
 
 __all__ = ["ShardedIndex", "ShardedStore", "ShardError", "shard_of", "ROUTING", "embed_corpus", "EmbedReport"]

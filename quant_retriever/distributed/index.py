@@ -10,7 +10,8 @@ import torch
 
 from quant_retriever.checks import IdsLike, VectorsLike, as_ids, as_vectors, automatic_ids, int_at_least, keyword_only
 from quant_retriever.codecs import CodecName, RescoreDtype
-from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_ints, split_by_shard
+from quant_retriever.distributed.routing import route_ints, split_by_shard
+from quant_retriever.distributed.shards import MANIFEST, Sharded
 from quant_retriever.files import write_json_atomic
 from quant_retriever.index import MemoryUsage, SearchResult, Selection
 
@@ -144,7 +145,7 @@ class ShardedIndex(Sharded):
 
     def _by_shard(self, name: str, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """``out[j] = <shard of ids[j]>.name(ids routed there)[...]``, one call per shard."""
-        parts = split_by_shard(_route_ints(ids, self.shards))
+        parts = split_by_shard(route_ints(ids, self.shards))
         for s, res in self._read(name, {s: ((ids[rows],), {}) for s, rows in parts.items()}).items():
             out[parts[s]] = res
         return out
@@ -175,7 +176,7 @@ class ShardedIndex(Sharded):
             calls = self._every(q, k, mult)
         else:
             arr = Selection.of(allowed_ids).ids
-            parts = split_by_shard(_route_ints(arr, self.shards))
+            parts = split_by_shard(route_ints(arr, self.shards))
             calls = {s: ((q, k, mult), {"allowed_ids": arr[rows]}) for s, rows in parts.items()}
         results = self._read("search", calls)
         return merge_top_k([results[s] for s in sorted(results)], k, len(q))
@@ -198,12 +199,12 @@ class ShardedIndex(Sharded):
         Nothing changes if the call raises: shards that took their part give it back."""
         x = _host(as_vectors(vectors, self.dim, "vectors"))
         with self._lock:
-            self._check_usable()
+            self._check_writable()
             new_ids = automatic_ids(len(x), self._next_id) if ids is None else as_ids(ids, len(x))
             taken = new_ids[self.contains(new_ids)] if ids is not None else new_ids[:0]
             if len(taken):
                 raise ValueError(f"ids already in the index: {taken[:10].tolist()}; remove them first.")
-            parts = split_by_shard(_route_ints(new_ids, self.shards))
+            parts = split_by_shard(route_ints(new_ids, self.shards))
             before = self._next_id
             self._reserve(max(before, int(new_ids.max()) + 1))
             done, failed = self._gather(
@@ -222,7 +223,7 @@ class ShardedIndex(Sharded):
             present = self.contains(arr)
             if not present.all():
                 raise ValueError(f"ids not in the index: {arr[~present][:10].tolist()}.")
-            parts = split_by_shard(_route_ints(arr, self.shards))
+            parts = split_by_shard(route_ints(arr, self.shards))
             self._write("remove", {s: ((arr[rows],), {}) for s, rows in parts.items()})
 
     def compact(self) -> None:

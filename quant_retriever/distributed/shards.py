@@ -25,7 +25,6 @@ a full disk) is raised again on the driver with its own type and message.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import os
 import re
 import shutil
@@ -36,10 +35,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import ray
-import torch
 from ray.exceptions import RayActorError, RayError
 
 from quant_retriever.checks import int_at_least
+from quant_retriever.distributed.routing import ROUTING, shard_of
 from quant_retriever.files import (
     DirectoryLock,
     Int,
@@ -54,12 +53,10 @@ from quant_retriever.files import (
 from quant_retriever.index import MANIFEST, empty_index_problem
 from quant_retriever.store import empty_store_problem
 
-__all__ = ["ROUTING", "ShardError", "shard_of"]
+__all__ = ["ShardError"]
 
 FORMAT = "quant_retriever.sharded"
 VERSION = 1
-#: The hashing scheme, recorded in every manifest (see :func:`shard_of`).
-ROUTING = "blake2b64-utf8/splitmix64"
 MAX_SHARDS = 4096
 _SHARD_DIR = re.compile(r"shard-(0|[1-9][0-9]*)")
 _MANIFEST_SCHEMA = {
@@ -79,63 +76,6 @@ class ShardError(RuntimeError):
     def __init__(self, message: str, shards: Sequence[int]):
         super().__init__(message)
         self.shards = list(shards)
-
-
-# ---------------------------------------------------------------------------- routing
-_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-
-
-def _route_ints(ids: np.ndarray, shards: int) -> np.ndarray:
-    """splitmix64's finaliser of each int64 id, mod ``shards`` -> ``[n]`` int64."""
-    z = ids.astype(np.int64).view(np.uint64) + _GOLDEN  # array arithmetic wraps mod 2**64
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z ^= z >> np.uint64(31)
-    return (z % np.uint64(shards)).astype(np.int64)
-
-
-def _route_strs(ids: Sequence[str], shards: int) -> np.ndarray:
-    """The first 8 bytes of BLAKE2b of each id's UTF-8, little-endian, mod ``shards``."""
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-            % shards
-            for i in ids
-        ),
-        dtype=np.int64,
-        count=len(ids),
-    )
-
-
-def shard_of(ids, shards: int) -> np.ndarray:
-    """The shard (``[n]`` int64 in ``0..shards-1``) that owns each id.
-
-    String ids (documents): the first 8 bytes of BLAKE2b of the UTF-8 bytes, read as a
-    little-endian integer, mod ``shards``. Integer ids (:class:`ShardedIndex`): splitmix64's
-    finaliser of the int64, mod ``shards``. Stable across processes, machines and Python
-    versions (unlike the salted built-in ``hash``); recorded in manifests as :data:`ROUTING`.
-    """
-    shards = int_at_least(shards, "shards")
-    if isinstance(ids, (str, bytes)):
-        raise TypeError(f"ids must be a sequence of ids; got a single {type(ids).__name__}.")
-    if isinstance(ids, (np.ndarray, torch.Tensor)):
-        arr = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
-        if arr.ndim != 1 or (len(arr) and (arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer))):
-            raise TypeError(f"ids must be a 1-D array of integers; got dtype {arr.dtype} with shape {arr.shape}.")
-        return _route_ints(arr, shards)
-    items = list(ids)
-    if all(isinstance(i, str) for i in items):
-        return _route_strs(items, shards)
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in items):
-        return _route_ints(np.array(items, dtype=np.int64), shards)
-    raise TypeError("ids must be all strings (documents) or all integers (index ids).")
-
-
-def split_by_shard(route: np.ndarray) -> dict[int, np.ndarray]:
-    """``route [n]`` (the shard of each item) -> shard -> positions of its items, in order."""
-    order = np.argsort(route, kind="stable")
-    shards, starts = np.unique(route[order], return_index=True)
-    return {int(s): part for s, part in zip(shards, np.split(order, starts[1:]))}
 
 
 # ---------------------------------------------------------------------------- the actor
@@ -371,6 +311,15 @@ class Sharded:
         }
 
     # ------------------------------------------------------------------ fan-out
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def _check_writable(self) -> None:
+        self._check_usable()
+        if self._read_only:
+            raise ValueError(f"{self.path} was opened read-only; open it without read_only=True to change it.")
+
     def _check_usable(self) -> None:
         if self._closed:
             name = type(self).__name__
@@ -441,6 +390,7 @@ class Sharded:
     def _write(self, name: str, calls: dict[int, Call] | None = None) -> dict[int, Any]:
         """:meth:`_read` for a write: when some shards applied it and others failed, the
         :class:`ShardError` says which."""
+        self._check_writable()
         done, failed = self._gather(self._send(name, self._every() if calls is None else calls))
         if failed and done:
             first = failed[min(failed)]

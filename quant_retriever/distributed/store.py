@@ -12,7 +12,8 @@ import numpy as np
 from quant_retriever.checks import as_vectors, check_strings, int_at_least, keyword_only
 from quant_retriever.codecs import CodecName, make_codec
 from quant_retriever.distributed.index import _host, _sum_memory
-from quant_retriever.distributed.shards import MANIFEST, Sharded, _route_strs, split_by_shard
+from quant_retriever.distributed.routing import route_strs, split_by_shard
+from quant_retriever.distributed.shards import MANIFEST, Sharded
 from quant_retriever.files import replace_directory
 from quant_retriever.filters import check_filter
 from quant_retriever.index import MemoryUsage
@@ -91,10 +92,6 @@ class ShardedStore(Sharded):
     def metric(self) -> str:
         return self._info["metric"]
 
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
-
     def refresh(self) -> bool:
         """Read-only shards move to the latest committed state (see ``QuantizedStore.refresh``)."""
         return any(self._read("refresh").values())
@@ -102,8 +99,8 @@ class ShardedStore(Sharded):
     @property
     def settings(self) -> dict:
         """What every shard's store was made with: ``codec``, ``rescore``, ``rescore_dtype``,
-        ``block_size``, ``device``, ``metric`` and ``dim``."""
-        return dict(self._info)
+        ``block_size``, ``device``, ``metric`` and ``dim``; and ``shards``."""
+        return {**self._info, "shards": self.shards}
 
     def get_info(self, name: str):
         """The JSON value recorded under ``name`` (see ``QuantizedStore.get_info``)."""
@@ -139,7 +136,7 @@ class ShardedStore(Sharded):
         return _sum_memory(list(self._read("index.memory").values()))
 
     def _by_shard(self, ids: list[str]) -> dict[int, np.ndarray]:
-        return split_by_shard(_route_strs(ids, self.shards))
+        return split_by_shard(route_strs(ids, self.shards))
 
     # ------------------------------------------------------------------ writes
     def upsert(

@@ -12,6 +12,8 @@ opening       opening a store: files checked, records against the index,
               reconciling an interrupted write; a read-only store's refresh
 filter_cache  the key sets of recent filters, kept up to date by writes
 search        the optimistic search (readers never lock out writers)
+creation      creating a store atomically as a whole
+protocol      ``StoreLike``: what ingestion and the adapters need of any store
 ============= ====================================================================
 """
 
@@ -21,9 +23,11 @@ from quant_retriever.store.core import QuantizedStore, check_metric
 from quant_retriever.store.database import DB_FILE, INDEX_DIR, METRICS, Metric, empty_store_problem
 from quant_retriever.store.documents import MAX_METADATA_DEPTH, Record, check_documents, metadata_json
 from quant_retriever.store.filter_cache import FilterCache
+from quant_retriever.store.protocol import StoreLike
 
 __all__ = [
     "QuantizedStore",
+    "StoreLike",
     "Record",
     "Cond",
     "And",

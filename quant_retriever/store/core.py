@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import quant_retriever.store.creation as creation
+import quant_retriever.store.opening as opening
 from quant_retriever.checks import VectorsLike, as_vectors, check_read_only, check_strings, int_at_least, keyword_only
 from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
 from quant_retriever.files import (
@@ -46,8 +48,7 @@ from quant_retriever.files import (
     write_directory,
 )
 from quant_retriever.filters import Filter, check_filter, field_rows, matching_keys
-from quant_retriever.index import QuantizedIndex, check_settings
-from quant_retriever.store import creation, opening
+from quant_retriever.index import MemoryUsage, QuantizedIndex, check_settings
 from quant_retriever.store.database import (
     DB_FILE,
     INDEX_DIR,
@@ -58,6 +59,7 @@ from quant_retriever.store.database import (
 from quant_retriever.store.documents import Record, check_documents
 from quant_retriever.store.filter_cache import FilterCache
 from quant_retriever.store.search import optimistic_search
+from quant_retriever.store.verify import problems
 
 __all__ = ["QuantizedStore", "check_metric"]
 
@@ -160,14 +162,11 @@ class QuantizedStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike, device: str | None = None, *, read_only: bool = False) -> QuantizedStore:
-        """Reopen a persistent store, reconciling a write a crash interrupted.
-
-        Every file is checked before anything is written (see :mod:`~quant_retriever.store.opening`):
-        the database is identified read-only (its schema must be exactly this version's:
-        another application's database, or one carrying triggers or views, raises
-        ``ValueError`` and is left untouched), and the index is checked against the records.
-        Opening a directory this process already has open for writing returns that same store
-        (each ``open`` needs its own :meth:`close`); another process gets ``RuntimeError``.
+        """Reopen a persistent store, reconciling a write a crash interrupted. Every file is
+        checked before anything is written (see :mod:`~quant_retriever.store.opening`): a file
+        that fails raises ``ValueError``, changing nothing. Opening a directory this process
+        already has open for writing returns that same store (each ``open`` needs its own
+        :meth:`close`); another process gets ``RuntimeError``.
 
         ``read_only=True`` needs read permission only and writes nothing; any number of
         read-only openers may sit beside one writer. It sees the state committed when it was
@@ -215,6 +214,25 @@ class QuantizedStore:
     @property
     def read_only(self) -> bool:
         return self._read_only
+
+    @property
+    def settings(self) -> dict:
+        """What the store was made with: ``codec``, ``rescore`` (``None`` until its index
+        decides), ``rescore_dtype``, ``block_size``, ``device``, ``metric`` and ``dim``; and
+        ``shards`` (``None``: one store; see ``ShardedStore.settings``)."""
+        index, given = self._index, self._settings
+        return {
+            **{k: given[k] for k in ("codec", "rescore_dtype", "block_size")},
+            "rescore": given["rescore"] if index is None else index.rescore,
+            "device": None if index is None else str(index.device),
+            "metric": self.metric,
+            "dim": self.dim,
+            "shards": None,
+        }
+
+    def memory(self) -> MemoryUsage:
+        """The index's memory (see :meth:`QuantizedIndex.memory`); zeros before it exists."""
+        return MemoryUsage(0, 0, 0, 0, 0) if self._index is None else self._index.memory()
 
     def __len__(self) -> int:
         return len(self._all_keys())
@@ -461,19 +479,7 @@ class QuantizedStore:
         """Cross-check SQLite, the index and its files; returns the problems, ``[]`` when consistent."""
         with self._write_lock:
             self._check_open()
-            problems = [f"sqlite: {row[0]}" for row in self._db.query("PRAGMA integrity_check") if row[0] != "ok"]
-            keys = self._all_keys()
-            if self._index is None:
-                return problems + ([f"{len(keys)} records but no index"] if len(keys) else [])
-            problems += self._index.verify()
-            in_index = self._index.ids()
-            if not np.array_equal(np.sort(in_index), keys):
-                missing, orphans = np.setdiff1d(keys, in_index), np.setdiff1d(in_index, keys)
-                problems.append(f"{len(missing)} records without vectors, {len(orphans)} vectors without records")
-            sql = "SELECT COUNT(DISTINCT key) FROM fields WHERE key NOT IN (SELECT key FROM docs)"
-            if fields := self._db.query(sql)[0][0]:
-                problems.append(f"{fields} documents' metadata fields are left in the fields table")
-            return problems
+            return problems(self)
 
     def close(self) -> None:
         """Close SQLite and the index and release the directory lock; later calls raise

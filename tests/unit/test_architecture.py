@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "quant_retriever"
+PACKAGE = Path(__file__).resolve().parents[2] / "quant_retriever"
 
 #: room -> the rooms (of quant_retriever) it may import; a room is a top-level module or package.
 ALLOWED: dict[str, set[str]] = {
@@ -46,6 +46,51 @@ FORBIDDEN = {
 }
 
 
+#: Inside a package, module -> the modules of the same package it may import (at run time:
+#: imports under ``if TYPE_CHECKING`` are annotations only); the package's ``__init__``
+#: imports its modules, and no module imports the ``__init__``.
+INSIDE: dict[str, dict[str, set[str]]] = {
+    "files": {"raw": set(), "headers": {"raw"}, "locks": {"raw"}, "directories": {"raw", "locks"}},
+    "index": {
+        "snapshot": set(),
+        "search": {"snapshot"},
+        "directory": {"snapshot"},
+        "staging": {"snapshot"},
+        "verify": set(),
+        "opening": {"directory"},
+        "core": {"snapshot", "search", "directory", "staging", "verify", "opening"},
+    },
+    "store": {
+        "documents": set(),
+        "database": set(),
+        "filter_cache": set(),
+        "protocol": {"documents"},
+        "search": {"documents"},
+        "verify": set(),
+        "creation": {"database"},
+        "opening": {"database"},
+        "core": {"database", "documents", "filter_cache", "search", "verify", "creation", "opening"},
+    },
+    "ingest": {"documents": set(), "indexing": {"documents"}},
+    "cli": {
+        "output": set(),
+        "store_commands": {"output"},
+        "bench_commands": {"output"},
+        "parser": {"output", "store_commands", "bench_commands"},
+    },
+    "distributed": {
+        "routing": set(),
+        "shards": {"routing"},
+        "index": {"routing", "shards"},
+        "store": {"routing", "shards", "index"},
+        "embed": {"store"},
+    },
+}
+#: The size limits of the house: no module over MAX_MODULE lines (C sources aside), no class
+#: over MAX_CLASS.
+MAX_MODULE, MAX_CLASS = 500, 400
+
+
 def rooms() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
@@ -55,10 +100,19 @@ def room_of(path: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
-def imports(path: Path) -> list[tuple[str, int]]:
-    """Every imported module name (absolute), with its line, anywhere in the file."""
+def imports(path: Path, typing_too: bool = True) -> list[tuple[str, int]]:
+    """Every imported module name (absolute), with its line, anywhere in the file (without
+    ``typing_too``: not those under ``if TYPE_CHECKING``)."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = set()
+    if not typing_too:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                skipped |= {id(n) for child in node.body for n in ast.walk(child)}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -92,3 +146,27 @@ def test_the_architecture_doc_names_every_room():
         if room not in ("__init__", "__main__", "langchain", "llama_index") and f"`{room}" not in doc
     ]
     assert not missing, f"docs/architecture.md does not describe {missing}"
+
+
+@pytest.mark.parametrize("package", sorted(INSIDE))
+def test_inside_a_package_imports_only_point_down(package):
+    directory = PACKAGE / package
+    modules = {p.stem for p in directory.glob("*.py")} - {"__init__"}
+    assert modules == set(INSIDE[package]), f"add {package}'s modules to INSIDE (and their rules)"
+    for module in modules:
+        for name, line in imports(directory / f"{module}.py", typing_too=False):
+            parts = name.split(".")
+            if parts[:2] != ["quant_retriever", package]:
+                continue
+            target = parts[2] if len(parts) > 2 else "__init__"
+            assert target in INSIDE[package][module] | {module}, f"{package}/{module}.py:{line} imports {name}"
+
+
+@pytest.mark.parametrize("path", rooms(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_or_class_is_too_large(path):
+    source = path.read_text(encoding="utf-8")
+    assert len(source.splitlines()) <= MAX_MODULE, f"{path.name}: {len(source.splitlines())} lines"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            size = node.end_lineno - node.lineno + 1
+            assert size <= MAX_CLASS, f"{path.name}: class {node.name} has {size} lines"

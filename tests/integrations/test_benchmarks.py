@@ -1,5 +1,5 @@
 """The benchmark scripts stay runnable: each one imports against the package as it is now, and
-``bench_paths.py`` (every search path of issue 11's table) runs end to end at a tiny size.
+``bench_paths.py`` (every search path of docs/benchmarks.md's table) runs end to end at a tiny size.
 
 Benchmarks are timed by people, not by tests: nothing here checks a speed.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(BENCHMARKS.glob("bench_*.py"))
 
 

@@ -413,3 +413,30 @@ def test_persistent_store_survives_a_dead_shard_and_reopens(tmp_path):
         ShardedStore.open(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="new or empty directory"):
         ShardedStore(path=path)
+
+
+@pytest.mark.parametrize("kind", ["store", "index"])
+def test_a_read_only_sharded_object_stays_read_only_through_a_restart(tmp_path, kind):
+    """Read-only shards that die come back read-only: they never take the writer's lock (a
+    writer elsewhere keeps working) and refuse writes."""
+    path = tmp_path / kind
+    if kind == "store":
+        writer = ShardedStore(path=path, shards=SHARDS)
+        fill(writer)
+        opened, write = ShardedStore.open(path, read_only=True), lambda s: s.upsert(["x"], data(1, 3), ["x"])
+    else:
+        writer = ShardedIndex(DIM, codec="int4", path=path, shards=SHARDS)
+        writer.add(data(50, seed=5))
+        opened, write = ShardedIndex.open(path, read_only=True), lambda s: s.add(data(1, 3))
+    count = len(opened)
+    assert opened.read_only and count > 0
+    kill(opened, 1)
+    with pytest.raises(ShardError, match="shard 1"):
+        len(opened)
+    assert opened.restart() == [1]
+    assert len(opened) == count and opened.verify() == []
+    with pytest.raises(ValueError, match="read-only"):
+        write(opened)
+    write(writer)  # the writer still holds its lock: the restarted reader took none
+    opened.close()
+    writer.close()

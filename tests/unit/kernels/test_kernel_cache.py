@@ -47,6 +47,16 @@ def fresh_build(monkeypatch, cache: Path):
     return build.Library("scans.c", scans.LIBRARY.signatures).build()
 
 
+def damage(lib: Path, data: bytes) -> None:
+    """Put ``data`` in place of the cached library as a new file (a rename), as a full disk or
+    another program would leave it. Never write the loaded file in place: this process has it
+    mapped, and executing a page past a truncated end raises SIGBUS (see
+    test_a_loaded_library_truncated_in_place_dies_of_sigbus_at_exit)."""
+    tmp = lib.with_name(lib.name + ".damaged")
+    tmp.write_bytes(data)
+    os.replace(tmp, lib)
+
+
 def works(lib) -> bool:
     rows = torch.full((50, 8), 0xFF, dtype=torch.uint8)
     query = torch.zeros(1, 8, dtype=torch.uint8)
@@ -68,7 +78,7 @@ def test_a_damaged_cache_file_is_rebuilt_not_loaded(tmp_path, monkeypatch):
     fresh_build(monkeypatch, tmp_path)
     lib = cached_library(tmp_path)
     good = lib.read_bytes()
-    lib.write_bytes(good[: len(good) // 2])  # truncated, as by a full disk
+    damage(lib, good[: len(good) // 2])  # truncated, as by a full disk
     assert works(fresh_build(monkeypatch, tmp_path))
     assert lib.read_bytes() == good  # rebuilt (gcc is deterministic for the same input)
 
@@ -76,7 +86,7 @@ def test_a_damaged_cache_file_is_rebuilt_not_loaded(tmp_path, monkeypatch):
 def test_a_foreign_file_with_a_stale_digest_is_rebuilt(tmp_path, monkeypatch):
     fresh_build(monkeypatch, tmp_path)
     lib = cached_library(tmp_path)
-    lib.write_bytes(Path(build.SOURCE_DIR / "scans.c").read_bytes())  # someone else's bytes
+    damage(lib, Path(build.SOURCE_DIR / "scans.c").read_bytes())  # someone else's bytes
     loaded = fresh_build(monkeypatch, tmp_path)
     assert works(loaded)
     assert hashlib.sha256(lib.read_bytes()).hexdigest() == (lib.parent / (lib.name + ".sha256")).read_text().strip()
@@ -106,3 +116,34 @@ def test_source_changes_get_their_own_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "CFLAGS", (*build.CFLAGS, "-DQR_TEST_VARIANT=1"))
     fresh_build(monkeypatch, tmp_path)
     assert len([p for p in (tmp_path / "kernels").iterdir() if p.suffix == ".so"]) == 2
+
+
+SIGBUS_CHILD = """
+import ctypes, os, shutil, sys
+source, copy, how = sys.argv[1:]
+shutil.copy(source, copy)
+ctypes.CDLL(copy)
+if how == "in place":
+    os.truncate(copy, 0)  # what the damage above once did, writing the loaded file itself
+else:
+    open(copy + ".new", "wb").close()
+    os.replace(copy + ".new", copy)  # a new file under the name: the loaded one stays intact
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["in place", "renamed"])
+def test_a_loaded_library_truncated_in_place_dies_of_sigbus_at_exit(tmp_path, monkeypatch, how):
+    """The cause of a SIGBUS once seen at the end of a full test run, after pytest's summary:
+    two tests damaged the cached kernel library by writing it in place while this process had
+    it loaded (mapped). At interpreter exit the library's destructors run from pages past the
+    truncated end, and the process dies of SIGBUS. The tests now damage it through a rename."""
+    fresh_build(monkeypatch, tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", SIGBUS_CHILD, str(cached_library(tmp_path)), str(tmp_path / "copy.so"), how],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "done"  # every statement ran; the exit itself is what fails
+    assert out.returncode == (-7 if how == "in place" else 0), (out.returncode, out.stderr[-500:])

@@ -3,7 +3,7 @@ the store must reopen, verify, hold every acknowledged write, and hold the inter
 either wholly or not at all, with codes, INT8 copy and SQLite agreeing.
 
 The trial count is ``--crash-trials`` (default 12 in the suite; 50+ for the full run:
-``./run.sh test tests/test_crash.py --crash-trials 50``)."""
+``./run.sh test tests/robustness/test_crash.py --crash-trials 50``)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_example(name: str, *args: str) -> str:
@@ -22,12 +22,27 @@ def run_example(name: str, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("script", ["langchain_rag.py", "llamaindex_query_engine.py"])
+#: What each RAG example promises: the question it asks, its chain's answer line (the fake
+#: chat model's canned answer through LangChain's prompt; MockLLM's text through LlamaIndex's
+#: query engine), and a word its first retrieved source must contain.
+PROMISES = {
+    "langchain_rag.py": (
+        "How do I compress bytes with gzip?",
+        r"^A: Use gzip\.compress\(data\) \(see the sources above\)\.$",
+        "gzip",
+    ),
+    "llamaindex_query_engine.py": ("How do I read rows from a CSV file?", r"^A \(MockLLM\): '(text ?)+'$", "read"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(PROMISES))
 def test_example_retrieves_sources_and_compares_with_float32(script):
+    question, answer, word = PROMISES[script]
     out = run_example(script, "--limit", "300")
-    assert "Q: " in out and "A" in out
-    sources = re.findall(r"^\s+(?:source: |\d\.\d{3}\s+)(\S+)", out, flags=re.M)
+    assert f"Q: {question}" in out and re.search(answer, out, flags=re.M), out
+    sources = re.findall(r"^\s+(?:source: |\d\.\d{3}\s+)(\S+)\s+(.*)$", out, flags=re.M)
     assert len(sources) == 3, out
+    assert word in sources[0][1].lower(), out  # the first source is about the question
     overlap = int(re.search(r"top-10 overlap with float32: (\d+)/10", out).group(1))
     assert overlap >= 7, out
     rows = re.findall(r"^(\w+VectorStore) .*?\s(\d+)\s+(\d+)\s+([\d.]+)$", out, flags=re.M)

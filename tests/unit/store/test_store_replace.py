@@ -160,7 +160,7 @@ WRITER = textwrap.dedent(
 def test_sigkill_during_replacing_leaves_the_old_or_the_new_store(tmp_path):
     target = tmp_path / "vs"
     make(1, "A").save_replacing(target)  # something to replace from the start
-    env = {**os.environ, "PYTHONPATH": str(Path(store_module.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(store_module.__file__).parents[2])}
     rng = random.Random(0)
     interrupted = 0
     for trial in range(6):

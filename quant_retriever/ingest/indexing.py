@@ -1,46 +1,10 @@
-"""Getting documents into a store: reading a folder of ``.txt``/``.md`` files or a JSONL file,
-splitting it into overlapping chunks with deterministic ids, and indexing them incrementally
-(:func:`index_documents`, :func:`index_path`; what ``quant-retriever index`` runs).
-
-================  ==============================================================
-input             documents
-================  ==============================================================
-folder            every ``.txt``/``.md`` file below it (recursively, hidden files
-                  and folders skipped, sorted), UTF-8; id = path relative to the
-                  folder (``guide/intro.md``)
-one .txt/.md      that file; id = its name
-.jsonl            one JSON object per line: ``text`` (string, required), ``id``
-                  (string or integer, default ``<file name>:<line number>``),
-                  ``metadata`` (object, optional); blank lines are skipped
-================  ==============================================================
-
-Chunk ids are ``<document id>#<chunk number>`` (from 0), so indexing the same input again
-replaces chunks instead of adding copies. Chunk metadata: the document's own ``metadata``
-(JSONL), then ``doc_id``, ``chunk`` and ``source`` (the file, relative to the input folder;
-a JSONL ``metadata.source`` is kept as it is).
-
-Splitting (:func:`split_text`) packs paragraphs (blank-line separated) into chunks of at most
-``chunk_size`` characters; a paragraph that does not fit is split at sentence ends, then at
-line breaks, then at spaces, and a single word longer than a chunk is cut. Each chunk after
-the first of a document starts with the last ``overlap`` characters (from a word boundary) of
-the one before, and the two together still fit in ``chunk_size``.
-
-Indexing is incremental: only chunks that are new or whose text or metadata changed are
-embedded; chunks past a document's new last chunk (it got shorter) are deleted; each step of
-``STEP`` chunks is one upsert, so an interrupted run keeps the steps it finished. The model is
-recorded in the store's own metadata (``store.get_info("embedding")``: ``model``, ``precision``,
-``dim``), so a later run and ``quant-retriever query`` use the same one; the bundled copy of
-all-MiniLM-L6-v2 is recorded by its hub name, so the record holds when the store moves to
-another machine. A store written before the record moved there keeps it in ``embedding.json``
-next to its files; that file is read when the store has no record, and replaced by the record
-at the next indexing run.
-"""
+"""Indexing documents into a store incrementally, and the embedding model recorded in it (see
+the package docstring)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -48,27 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from quant_retriever.ingest.documents import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_OVERLAP,
+    Chunk,
+    Document,
+    check_sizes,
+    chunk_documents_unchecked,
+    read_documents,
+)
+from quant_retriever.store import StoreLike
+
 if TYPE_CHECKING:
     from quant_retriever.index import MemoryUsage
     from quant_retriever.models import Encoder
-    from quant_retriever.store import QuantizedStore
 
-__all__ = [
-    "Document",
-    "Chunk",
-    "IndexResult",
-    "SUFFIXES",
-    "read_documents",
-    "split_text",
-    "chunk_documents",
-    "index_documents",
-    "index_path",
-    "load_store_encoder",
-]
+__all__ = ["IndexResult", "index_documents", "index_path", "load_store_encoder", "open_store"]
 
-SUFFIXES = (".txt", ".md")
-DEFAULT_CHUNK_SIZE = 1000
-DEFAULT_OVERLAP = 100
 DEFAULT_CODEC = "int4"
 #: Chunks embedded and written per step (one upsert each: an interrupted run keeps its steps).
 STEP = 256
@@ -76,207 +36,6 @@ STEP = 256
 MODEL_INFO = "embedding"
 #: Where stores written before the model was recorded in the store kept it (read once).
 _LEGACY_SETTINGS = ("embedding.json", "quant_retriever.cli")
-#: (pattern that splits, string that joins) from the coarsest level to the finest.
-_LEVELS = (
-    (re.compile(r"\n[ \t]*\n\s*"), "\n\n"),  # paragraphs
-    (re.compile(r"(?<=[.!?])\s+"), " "),  # sentences
-    (re.compile(r"\s*\n\s*"), "\n"),  # lines
-    (re.compile(r"\s+"), " "),  # words
-)
-
-
-@dataclass(frozen=True)
-class Document:
-    """One input document: its ``id``, ``text``, ``metadata`` (JSONL only) and ``source``."""
-
-    id: str
-    text: str
-    metadata: dict
-    source: str
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of a document as stored: ``id`` = ``<doc id>#<number>``."""
-
-    id: str
-    text: str
-    metadata: dict
-
-
-def read_documents(path: str | Path) -> list[Document]:
-    """Documents of a folder of ``.txt``/``.md`` files, one such file, or a ``.jsonl`` file.
-
-    Raises ``ValueError`` for a missing path, another file type, a file that is not UTF-8,
-    a JSONL line that is not an object with a string ``text`` (the message names the line),
-    duplicate ids, or when no document has any text.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"input {path} does not exist; expected a folder of .txt/.md files or a .jsonl file.")
-    if path.is_file() and path.suffix.lower() not in (*SUFFIXES, ".jsonl"):
-        kind = path.suffix or "suffix-less"
-        raise ValueError(f"input {path} is a {kind} file; expected a folder, a .txt/.md file or a .jsonl file.")
-    return _read_documents(path)
-
-
-def _read_documents(path: Path) -> list[Document]:
-    if path.is_file() and path.suffix.lower() == ".jsonl":
-        docs = _read_jsonl(path)
-        what = "JSONL lines with text"
-    else:
-        base = path.parent if path.is_file() else path
-        rel = [f.relative_to(base).as_posix() for f in ([path] if path.is_file() else _text_files(path))]
-        docs = [Document(r, _read_text(base / r), {}, r) for r in rel]
-        what = f"{'/'.join(SUFFIXES)} files with text"
-    docs = [d for d in docs if d.text.strip()]
-    if not docs:
-        raise ValueError(f"empty corpus: found no {what} in {path}.")
-    return docs
-
-
-def _text_files(root: Path) -> list[Path]:
-    out = []
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root).parts
-        if f.is_file() and f.suffix.lower() in SUFFIXES and not any(p.startswith(".") for p in rel):
-            out.append(f)
-    return out
-
-
-def _read_text(f: Path) -> str:
-    try:
-        return f.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{f}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
-
-
-def _read_jsonl(path: Path) -> list[Document]:
-    docs: list[Document] = []
-    first_line: dict[str, int] = {}
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path} line {lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"{where}: not UTF-8 text.") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
-            docs.append(_jsonl_document(obj, where, f"{path.name}:{lineno}", path.name))
-            if docs[-1].id in first_line:
-                raise ValueError(f"{where}: duplicate id {docs[-1].id!r} (first on line {first_line[docs[-1].id]}).")
-            first_line[docs[-1].id] = lineno
-    return docs
-
-
-def _jsonl_document(obj: object, where: str, default_id: str, source: str) -> Document:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object with a 'text' string; got {type(obj).__name__}.")
-    text = obj.get("text")
-    if not isinstance(text, str):
-        raise ValueError(
-            f"{where}: expected a 'text' string; got {'no text' if text is None else type(text).__name__}."
-        )
-    doc_id = obj.get("id", default_id)
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
-        raise ValueError(f"{where}: 'id' must be a non-empty string or an integer; got {doc_id!r}.")
-    metadata = obj.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{where}: 'metadata' must be a JSON object; got {type(metadata).__name__}.")
-    return Document(str(doc_id), text, metadata, source)
-
-
-def split_text(text: str, chunk_size: int = DEFAULT_CHUNK_SIZE, overlap: int = DEFAULT_OVERLAP) -> list[str]:
-    """Split ``text`` into chunks of at most ``chunk_size`` characters on paragraph, sentence,
-    line and word boundaries, each chunk after the first starting with up to ``overlap``
-    characters of the previous one. Blank text gives ``[]``.
-
-    ``chunk_size`` must be at least 20 and ``overlap`` below ``chunk_size // 2``.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str; got {type(text).__name__}.")
-    _check_sizes(chunk_size, overlap)
-    return _split_text(text, chunk_size, overlap)
-
-
-def _check_sizes(chunk_size: object, overlap: object) -> None:
-    for name, value in (("chunk_size", chunk_size), ("overlap", overlap)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int; got {type(value).__name__}.")
-    if chunk_size < 20:
-        raise ValueError(f"chunk_size must be at least 20 characters; got {chunk_size}.")
-    if not 0 <= overlap < chunk_size // 2:
-        raise ValueError(f"overlap must be between 0 and chunk_size // 2 - 1 = {chunk_size // 2 - 1}; got {overlap}.")
-
-
-def _split_text(text: str, chunk_size: int, overlap: int) -> list[str]:
-    room = chunk_size - overlap - (1 if overlap else 0)  # the tail and a space go in front
-    pieces = _pack(text.strip(), room, 0) if text.strip() else []
-    chunks = pieces[:1]
-    for previous, piece in zip(pieces, pieces[1:]):
-        tail = _tail(previous, overlap)
-        chunks.append(f"{tail} {piece}" if tail else piece)
-    return chunks
-
-
-def _pack(text: str, size: int, level: int) -> list[str]:
-    """Pieces of ``text``, each at most ``size`` characters, split at ``_LEVELS[level:]`` and
-    greedily re-joined while they fit."""
-    if len(text) <= size:
-        return [text]
-    if level == len(_LEVELS):
-        return [text[i : i + size] for i in range(0, len(text), size)]
-    pattern, joiner = _LEVELS[level]
-    out: list[str] = []
-    current = ""
-    for part in (p.strip() for p in pattern.split(text)):
-        if not part:
-            continue
-        for piece in _pack(part, size, level + 1):
-            if current and len(current) + len(joiner) + len(piece) <= size:
-                current += joiner + piece
-            else:
-                if current:
-                    out.append(current)
-                current = piece
-    if current:
-        out.append(current)
-    return out
-
-
-def _tail(chunk: str, overlap: int) -> str:
-    """The last ``overlap`` characters of ``chunk``, starting at a word boundary."""
-    if overlap == 0:
-        return ""
-    tail = chunk[-overlap:]
-    if len(chunk) > overlap and not chunk[-overlap - 1].isspace():
-        cut = re.search(r"\s", tail)
-        tail = tail[cut.end() :] if cut else ""
-    return tail.strip()
-
-
-def chunk_documents(
-    documents: list[Document], chunk_size: int = DEFAULT_CHUNK_SIZE, overlap: int = DEFAULT_OVERLAP
-) -> list[Chunk]:
-    """All chunks of ``documents`` in order, with ids ``<doc id>#<n>`` and metadata
-    (see the module docstring)."""
-    _check_sizes(chunk_size, overlap)
-    return _chunk_documents(documents, chunk_size, overlap)
-
-
-def _chunk_documents(documents: list[Document], chunk_size: int, overlap: int) -> list[Chunk]:
-    chunks = []
-    for doc in documents:
-        for n, text in enumerate(_split_text(doc.text, chunk_size, overlap)):
-            metadata = {**doc.metadata, "doc_id": doc.id, "chunk": n}
-            metadata.setdefault("source", doc.source)
-            chunks.append(Chunk(f"{doc.id}#{n}", text, metadata))
-    return chunks
 
 
 # --------------------------------------------------------------------------- indexing
@@ -286,8 +45,8 @@ def _chunk_documents(documents: list[Document], chunk_size: int, overlap: int) -
 class IndexResult:
     """What an indexing run did, and the store after it: ``embedded`` new or changed chunks,
     ``unchanged`` ones skipped, ``removed`` stale ones; ``records`` in the store; the recorded
-    ``model``, ``precision`` and ``dim``; the store's ``codec``, ``rescore``, ``device`` and
-    ``memory``."""
+    ``model``, ``precision`` and ``dim``; the store's ``codec``, ``rescore`` (and its
+    ``rescore_dtype``), ``device`` and ``memory``."""
 
     documents: int
     chunks: int
@@ -300,6 +59,7 @@ class IndexResult:
     dim: int
     codec: str
     rescore: bool
+    rescore_dtype: str
     device: str
     memory: MemoryUsage
 
@@ -312,7 +72,7 @@ class IndexResult:
 
 
 def index_documents(
-    store: QuantizedStore,
+    store: StoreLike,
     encoder: Encoder | Callable[[], Encoder],
     documents: Sequence[Document],
     *,
@@ -333,7 +93,7 @@ def index_documents(
     """
     from quant_retriever.models.encoder import Encoder, check_batch_size
 
-    if not _is_store(store):
+    if not isinstance(store, StoreLike):
         raise TypeError(f"store must be a QuantizedStore or a ShardedStore; got {type(store).__name__}.")
     if not (isinstance(encoder, Encoder) or callable(encoder)):
         raise TypeError(f"encoder must be an Encoder or a function that loads one; got {type(encoder).__name__}.")
@@ -346,7 +106,7 @@ def index_documents(
         if doc.id in seen:
             raise ValueError(f"documents[{i}]: duplicate document id {doc.id!r}.")
         seen.add(doc.id)
-    _check_sizes(chunk_size, overlap)
+    check_sizes(chunk_size, overlap)
     check_batch_size(batch_size)
     return _index_documents(store, encoder, list(documents), chunk_size, overlap, batch_size, progress)
 
@@ -354,7 +114,7 @@ def index_documents(
 def _index_documents(store, encoder, documents, chunk_size, overlap, batch_size, progress) -> IndexResult:
     from quant_retriever.models.encoder import Encoder
 
-    chunks = _chunk_documents(documents, chunk_size, overlap)
+    chunks = chunk_documents_unchecked(documents, chunk_size, overlap)
     if not chunks:
         raise ValueError("no document has any text: nothing to index.")
     recorded = _recorded_model(store)
@@ -373,7 +133,7 @@ def _index_documents(store, encoder, documents, chunk_size, overlap, batch_size,
         store.set_info(MODEL_INFO, recorded)
     if store.path is not None:
         (store.path / _LEGACY_SETTINGS[0]).unlink(missing_ok=True)  # now recorded in the store
-    codec, rescore, device, memory = _layout(store)
+    info = store.settings
     return IndexResult(
         documents=len(documents),
         chunks=len(chunks),
@@ -384,35 +144,12 @@ def _index_documents(store, encoder, documents, chunk_size, overlap, batch_size,
         model=recorded["model"],
         precision=recorded["precision"],
         dim=store.dim,
-        codec=codec,
-        rescore=rescore,
-        device=device,
-        memory=memory,
+        codec=info["codec"],
+        rescore=info["rescore"],
+        rescore_dtype=info["rescore_dtype"],
+        device=str(info["device"]),
+        memory=store.memory(),
     )
-
-
-def _is_store(store: object) -> bool:
-    from quant_retriever.store import QuantizedStore
-
-    if isinstance(store, QuantizedStore):
-        return True
-    sharded = sys.modules.get("quant_retriever.distributed.store")  # only when ray is in use
-    return sharded is not None and isinstance(store, sharded.ShardedStore)
-
-
-def _sharded(store: object) -> bool:
-    from quant_retriever.store import QuantizedStore
-
-    return not isinstance(store, QuantizedStore)
-
-
-def _layout(store) -> tuple[str, bool, str, MemoryUsage]:
-    """(codec, rescore, device, memory) of a store or a sharded one."""
-    if _sharded(store):
-        info = store.settings
-        return info["codec"], info["rescore"], str(info["device"]), store.memory()
-    index = store.index
-    return index.codec_name, index.rescore, str(index.device), index.memory()
 
 
 def index_path(
@@ -442,7 +179,7 @@ def index_path(
     ``ValueError``. The model is loaded only when some chunk must be embedded. A store this
     call created is removed again when the call fails before writing anything.
     """
-    _check_sizes(chunk_size, overlap)
+    check_sizes(chunk_size, overlap)
     store, created = _open_or_create(Path(store_path), codec, shards)
     try:
         documents = read_documents(source)
@@ -465,7 +202,7 @@ def index_path(
 
 
 def load_store_encoder(
-    store: QuantizedStore, model: str | None = None, precision: str | None = None, device: str | None = None
+    store: StoreLike, model: str | None = None, precision: str | None = None, device: str | None = None
 ) -> Encoder:
     """The encoder for searching or extending ``store``: ``model``/``precision`` when given, else
     what the store records, else all-MiniLM-L6-v2 (the bundled copy when installed) and fp32.
@@ -519,7 +256,7 @@ def _open_or_create(path: Path, codec: str | None, shards: int | None = None):
             return ShardedStore(codec=codec or DEFAULT_CODEC, path=path, shards=shards), True
         return QuantizedStore(codec=codec or DEFAULT_CODEC, path=path), True
     store = open_store(path, shards=shards)  # a ValueError for anything that is not a store
-    found = _layout(store)[0] if store.dim is not None else None
+    found = store.settings["codec"] if store.dim is not None else None
     if codec is not None and found is not None and found != codec:
         store.close()
         raise ValueError(f"store {path} uses codec {found!r}, not {codec!r}; leave out the codec or use a new store.")
@@ -534,7 +271,7 @@ def _record_name(model: str) -> str:
     return portable_model_name(os.path.abspath(model) if os.path.isdir(model) else model)
 
 
-def _recorded_model(store: QuantizedStore) -> dict | None:
+def _recorded_model(store: StoreLike) -> dict | None:
     """``{"model", "precision", "dim"}`` recorded in ``store``, else from the legacy settings
     file next to its files, else ``None``."""
     recorded = store.get_info(MODEL_INFO)
@@ -561,7 +298,7 @@ def _legacy_settings(path: Path) -> dict | None:
     return {"model": _record_name(obj["model"]), "precision": str(obj.get("precision", "fp32")), "dim": obj.get("dim")}
 
 
-def _store_model(store: QuantizedStore, model: str | None, precision: str | None) -> tuple[str, str]:
+def _store_model(store: StoreLike, model: str | None, precision: str | None) -> tuple[str, str]:
     """(model to load, precision): the arguments, else the store's record, else the defaults."""
     from quant_retriever.models.settings import DEFAULT_MODEL, DEFAULT_PRECISION, local_model_path
 
@@ -575,7 +312,7 @@ def _store_model(store: QuantizedStore, model: str | None, precision: str | None
     return name, precision or (recorded["precision"] if recorded else DEFAULT_PRECISION)
 
 
-def _check_encoder(store: QuantizedStore, encoder: Encoder, recorded: dict | None) -> None:
+def _check_encoder(store: StoreLike, encoder: Encoder, recorded: dict | None) -> None:
     if recorded is not None and _record_name(encoder.model_name) != recorded["model"]:
         raise ValueError(f"the store was indexed with model {recorded['model']!r}, not {encoder.model_name!r}.")
     if store.dim is not None and store.dim != encoder.dim:
@@ -585,18 +322,18 @@ def _check_encoder(store: QuantizedStore, encoder: Encoder, recorded: dict | Non
         )
 
 
-def _changed_chunks(store: QuantizedStore, chunks: list[Chunk]) -> list[Chunk]:
+def _changed_chunks(store: StoreLike, chunks: list[Chunk]) -> list[Chunk]:
     """The chunks that are new or whose text or metadata differ from the stored ones."""
     existing = {r.id: (r.text, r.metadata) for r in store.get([c.id for c in chunks])}
     return [c for c in chunks if existing.get(c.id) != (c.text, c.metadata)]
 
 
-def _embed_chunks(store: QuantizedStore, encoder: Encoder | None, chunks: list[Chunk], batch_size: int, progress: bool):
+def _embed_chunks(store: StoreLike, encoder: Encoder | None, chunks: list[Chunk], batch_size: int, progress: bool):
     """Embed and upsert ``chunks``, ``STEP`` at a time, with a progress bar on stderr; into a
     sharded store on a Ray Data actor pool (one copy of the model per actor)."""
     from tqdm import tqdm
 
-    if chunks and _sharded(store):
+    if chunks and store.settings["shards"]:  # a sharded store: embedded on Ray
         from quant_retriever.distributed import embed_corpus
 
         embed_corpus(
@@ -622,7 +359,7 @@ def _embed_chunks(store: QuantizedStore, encoder: Encoder | None, chunks: list[C
             bar.update(len(step))
 
 
-def _drop_stale_chunks(store: QuantizedStore, chunks: list[Chunk]) -> int:
+def _drop_stale_chunks(store: StoreLike, chunks: list[Chunk]) -> int:
     """Delete the stored chunks past each document's new last chunk (the document got
     shorter); returns how many. A document's chunks are numbered without gaps, so probing
     ``<doc>#<n>``, ``<doc>#<n + 1>``, ... until one is missing finds them all."""

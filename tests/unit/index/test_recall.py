@@ -9,7 +9,7 @@ import torch
 
 from quant_retriever import QuantizedIndex
 
-# (codec, rescore, multiplier) -> recall@10 floor. Targets from the issue: int4 alone >= 0.92,
+# (codec, rescore, multiplier) -> recall@10 floor. The targets: int4 alone >= 0.92,
 # int4 + INT8 rescore x2 >= 0.985, binary + rescore x4 >= 0.94.
 FLOORS = [
     ("fp32", False, 1, 0.999),

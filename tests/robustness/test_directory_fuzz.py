@@ -44,6 +44,12 @@ OLDER["rescore.1.int8"] = "rescore.0.int8"
 STATS = {"cases": 0, "opened": 0, "refused": 0}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    print(f"\ndirectory fuzzer: {STATS['cases']} cases; opens: {STATS['opened']} succeeded, {STATS['refused']} refused")
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A store with a history (see ``harness.build_store``), its generation-0 material beside
@@ -187,16 +193,23 @@ def test_every_file_mutated_every_way(template, tmp_path, kind, targets):
         for how in MUTATIONS:
             seed += 1
             run_case(template, tmp_path, kind, [(target, how)], seed)
-    print(f"\ndirectory fuzzer ({kind}): {STATS}")
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def _separate(mutations: list) -> bool:
+    """One mutation per entry, none inside a directory another one replaces."""
+    targets = [t for t, _ in mutations]
+    return not any(a != b and b.startswith(a + "/") for a in targets for b in targets)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
-    mutations=st.lists(st.tuples(st.sampled_from(STORE_TARGETS), st.sampled_from(MUTATIONS)), min_size=2, max_size=3),
+    mutations=st.lists(
+        st.tuples(st.sampled_from(STORE_TARGETS), st.sampled_from(MUTATIONS)),
+        min_size=2,
+        max_size=3,
+        unique_by=lambda m: m[0],
+    ).filter(_separate),
     seed=st.integers(1000, 10**6),
 )
 def test_several_files_mutated_at_once(template, tmp_path_factory, mutations, seed):
-    targets = [t for t, _ in mutations]
-    if len(set(targets)) != len(targets) or any(a != b and b.startswith(a + "/") for a in targets for b in targets):
-        return  # one mutation per entry, none inside a replaced directory
     run_case(template, tmp_path_factory.mktemp("multi"), "s", mutations, seed)

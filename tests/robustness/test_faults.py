@@ -1,4 +1,4 @@
-"""Faults, by class (issue 12): writes that fail at every step, a full disk and a file-size
+"""Faults, by class: writes that fail at every step, a full disk and a file-size
 limit for real, an EIO on the directory fsync, interrupted creation and saves, files changed
 behind an open index, links out of a store directory, hostile SQLite files, odd device
 strings. After every fault: a call that raised changed nothing, in the open object and after

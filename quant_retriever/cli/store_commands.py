@@ -1,0 +1,137 @@
+"""``quant-retriever index`` and ``query``: what each runs, and how its result is shown."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from quant_retriever.cli.output import preview, quiet_transformers
+
+__all__ = ["cmd_index", "show_index", "cmd_query", "show_query"]
+
+PROG = "quant-retriever"
+
+
+def cmd_index(args) -> dict:
+    from quant_retriever import ingest
+
+    if args.shards is not None and not args.ray:
+        raise ValueError("--shards needs --ray (a sharded store on Ray).")
+    started = time.perf_counter()
+    quiet_transformers()
+    r = ingest.index_path(
+        args.input,
+        args.store,
+        model=args.model,
+        precision=args.precision,
+        device=args.device,
+        codec=args.codec,
+        chunk_size=args.chunk_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        shards=(args.shards or 2) if args.ray else None,
+    )
+    memory = {
+        k: getattr(r.memory, k) for k in ("bytes_per_vector", "disk_bytes_per_vector", "device_bytes", "disk_bytes")
+    }
+    counts = {k: v for k, v in asdict(r).items() if k != "memory"}
+    return {
+        "store": str(args.store),
+        "input": str(args.input),
+        **counts,
+        **memory,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def show_index(result: dict) -> None:
+    rescore = f" + {result['rescore_dtype'].upper()} rescore copy on disk" if result["rescore"] else ""
+    print(
+        f"indexed {result['documents']} documents -> {result['chunks']} chunks "
+        f"({result['embedded']} embedded, {result['unchanged']} unchanged, {result['removed']} stale removed) "
+        f"in {result['seconds']:.1f} s"
+    )
+    print(f"store:  {result['store']} ({result['records']} chunks in all), codec {result['codec']}{rescore}", end="")
+    print(f", device {result['device']}")
+    print(f"memory: {result['bytes_per_vector']} bytes/vector on the device, {result['disk_bytes_per_vector']} on disk")
+    print(f"model:  {result['model']} ({result['precision']}, {result['dim']}-d)")
+
+
+# --------------------------------------------------------------------------- query
+
+
+def parse_where(items: Sequence[str] | None):
+    from quant_retriever.store import And, Cond
+
+    conds = []
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where takes KEY=VALUE; got {item!r}.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        conds.append(Cond(key, "eq", value))
+    return And(tuple(conds)) if conds else None
+
+
+def cmd_query(args) -> dict:
+    from quant_retriever import ingest
+    from quant_retriever.models.settings import portable_model_name
+
+    store_path = Path(args.store)
+    where = parse_where(args.where)
+    questions = [q for q in args.question if q.strip()]
+    if not questions:
+        raise ValueError("the question is empty.")
+    quiet_transformers()
+    try:
+        store = ingest.open_store(store_path, read_only=args.read_only)
+    except ValueError as exc:
+        if "no store at" not in str(exc):
+            raise
+        raise ValueError(f"no store at {store_path}; build one with: {PROG} index DOCS --store {store_path}") from None
+    try:
+        encoder = ingest.load_store_encoder(store, args.model, args.precision, args.device)
+        started = time.perf_counter()
+        vectors = encoder.encode(questions)  # [len(questions), dim]
+        hits = store.search(vectors, k=args.k, rescore_multiplier=args.multiplier, where=where)
+        seconds = time.perf_counter() - started
+    finally:
+        store.close()
+    return {
+        "store": str(store_path),
+        "model": portable_model_name(encoder.model_name),
+        "precision": encoder.precision,
+        "k": args.k,
+        "seconds": round(seconds, 4),
+        "results": [
+            {
+                "query": q,
+                "hits": [
+                    {"rank": i + 1, "score": round(score, 6), "id": rec.id, "text": rec.text, "metadata": rec.metadata}
+                    for i, (rec, score) in enumerate(row)
+                ],
+            }
+            for q, row in zip(questions, hits)
+        ],
+    }
+
+
+def show_query(result: dict, width: int) -> None:
+    for block in result["results"]:
+        print(f"query: {block['query']}")
+        if not block["hits"]:
+            print("  (no hits: the store is empty or nothing matches --where)")
+        for hit in block["hits"]:
+            print(f"{hit['rank']:>3}. {hit['score']:.4f}  {hit['id']}")
+            print(f"     {preview(hit['text'], width)}")
+        print()
+
+
+# --------------------------------------------------------------------------- bench-index

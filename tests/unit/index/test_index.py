@@ -14,6 +14,7 @@ import quant_retriever.index.directory as index_mod
 from quant_retriever import QuantizedIndex, SearchResult
 from quant_retriever.codecs import CODEC_NAMES
 from quant_retriever.devices import resolve_device
+from quant_retriever.kernels import scans
 
 
 def unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -109,20 +110,25 @@ def test_remove_hides_ids_and_allows_re_adding(codec):
     np.testing.assert_array_equal(np.sort(index.ids()), np.delete(np.arange(100), 0))
 
 
-def test_chunked_scan_matches_a_single_chunk(codec):
+def test_chunked_scan_matches_a_single_chunk(codec, monkeypatch):
     x, q = unit(1000, 40, 1), unit(7, 40, 2)
     big = QuantizedIndex(40, codec=codec, block_size=8)
     small = QuantizedIndex(40, codec=codec, block_size=8)
-    small._chunk = 64  # 16 chunks, merged top-k across chunks
+    small._pipeline.chunk = 64  # 16 chunks, merged top-k across chunks
     for start in range(0, 1000, 100):  # many small adds grow the storage
         big.add(x[start : start + 100])
         small.add(x[start : start + 100])
     small.remove([3])
     big.remove([3])
+    steps = []
+    real_top = type(small.codec).top
+    monkeypatch.setattr(type(small.codec), "top", lambda self, *a: steps.append(len(a[1])) or real_top(self, *a))
     for nq in (1, 7):  # fused kernel for few queries, decoded kernel for batches
         a, b = big.search(q[:nq], k=10), small.search(q[:nq], k=10)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-5)
+    if codec != "binary" or not scans.available(torch.device("cpu")):  # (native binary: one call, no scan)
+        assert steps.count(64) >= 2 * 15  # the small index did scan in steps of 64 rows
 
 
 def test_rescoring_returns_int8_scores_and_beats_codes_alone():

@@ -20,6 +20,7 @@ __all__ = [
     "as_ids",
     "automatic_ids",
     "check_strings",
+    "check_paired",
     "check_read_only",
     "keyword_only",
 ]
@@ -128,6 +129,13 @@ def check_unicode(s: str, what: str) -> None:
         ) from None
 
 
+def check_paired(texts: list[str], n_queries: int) -> list[str]:
+    """``texts``, one per query vector (a hybrid search's two halves of each query)."""
+    if len(texts) != n_queries:
+        raise ValueError(f"texts must have one text per query. Got {len(texts)} texts and {n_queries} queries.")
+    return texts
+
+
 def check_strings(values, what: str) -> list[str]:
     """A list of strings from a sequence of them; a bare str/bytes is refused (it is not a
     list of ids: ``delete("abc")`` must not mean ``delete(["a", "b", "c"])``)."""
@@ -140,7 +148,8 @@ def check_strings(values, what: str) -> list[str]:
     for i, v in enumerate(values):
         if not isinstance(v, str):
             raise TypeError(f"{what} must be strings; item {i} is {type(v).__name__} {v!r:.60}.")
-        check_unicode(v, f"{what} item {i}")
+        if not v.isascii():  # ASCII always encodes: only the rest is checked
+            check_unicode(v, f"{what} item {i}")
     return values
 
 

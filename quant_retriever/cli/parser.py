@@ -28,6 +28,7 @@ from quant_retriever.cli.bench_commands import (
 )
 from quant_retriever.cli.output import Parser
 from quant_retriever.cli.store_commands import PROG, cmd_index, cmd_query, show_index, show_query
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER, TOKENIZERS
 
 __all__ = ["build_parser"]
 
@@ -83,7 +84,8 @@ in the store, so 'query' and later runs use the same ones.""",
     "query": """examples:
   quant-retriever query --store notes.qr "how do I parse JSON?"
   quant-retriever query --store notes.qr "socket timeout" "file locking" -k 3 --json
-  quant-retriever query --store docs.qr "retry policy" --where source=guide.md""",
+  quant-retriever query --store docs.qr "retry policy" --where source=guide.md
+  quant-retriever query --store docs.qr "json.JSONDecoder raw_decode" --mode hybrid""",
     "bench-index": """examples:
   quant-retriever bench-index vectors.npy                           # 200 held-out vectors as queries
   quant-retriever bench-index docs.npy --queries q.npy --qrels qrels.tsv --out bench/
@@ -152,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="C",
         help=f"device codes of a new store: {', '.join(CODEC_NAMES)} (default {DEFAULT_CODEC})",
     )
+    p.add_argument(
+        "--keywords",
+        choices=[*TOKENIZERS, "none"],
+        default=DEFAULT_TOKENIZER,
+        metavar="TOKENIZER",
+        help=f"keyword index tokenizer of a new store: {', '.join(map(repr, TOKENIZERS))} or none "
+        f"(default {DEFAULT_TOKENIZER!r})",
+    )
     p.add_argument("--chunk-size", type=_positive, default=1000, help="characters per chunk at most (default 1000)")
     p.add_argument(
         "--overlap", type=_non_negative, default=100, help="characters repeated from the previous chunk (default 100)"
@@ -175,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only chunks whose metadata KEY equals VALUE (JSON or a string); repeat to AND",
     )
     p.add_argument("--preview", type=_positive, default=200, help="characters of text shown per hit (default 200)")
+    p.add_argument(
+        "--mode",
+        choices=("dense", "keyword", "hybrid"),
+        default="dense",
+        help="dense (the vectors, default), keyword (BM25 over the texts, no model loaded) or hybrid (both, fused)",
+    )
     p.add_argument(
         "--read-only", action="store_true", help="open the store read-only (beside a writer, no write access)"
     )

@@ -34,6 +34,7 @@ def cmd_index(args) -> dict:
         batch_size=args.batch_size,
         progress=not args.quiet,
         shards=(args.shards or 2) if args.ray else None,
+        keywords=None if args.keywords == "none" else args.keywords,
     )
     memory = {
         k: getattr(r.memory, k) for k in ("bytes_per_vector", "disk_bytes_per_vector", "device_bytes", "disk_bytes")
@@ -97,17 +98,30 @@ def cmd_query(args) -> dict:
             raise
         raise ValueError(f"no store at {store_path}; build one with: {PROG} index DOCS --store {store_path}") from None
     try:
-        encoder = ingest.load_store_encoder(store, args.model, args.precision, args.device)
+        encoder = (
+            None
+            if args.mode == "keyword"
+            else ingest.load_store_encoder(store, args.model, args.precision, args.device)
+        )
         started = time.perf_counter()
-        vectors = encoder.encode(questions)  # [len(questions), dim]
-        hits = store.search(vectors, k=args.k, rescore_multiplier=args.multiplier, where=where)
+        if encoder is None:  # keyword search: no model to load
+            hits = store.keyword_search(questions, k=args.k, where=where)
+        else:
+            vectors = encoder.encode(questions)  # [len(questions), dim]
+            if args.mode == "hybrid":
+                hits = store.hybrid_search(
+                    vectors, questions, k=args.k, rescore_multiplier=args.multiplier, where=where
+                )
+            else:
+                hits = store.search(vectors, k=args.k, rescore_multiplier=args.multiplier, where=where)
         seconds = time.perf_counter() - started
     finally:
         store.close()
     return {
         "store": str(store_path),
-        "model": portable_model_name(encoder.model_name),
-        "precision": encoder.precision,
+        "mode": args.mode,
+        "model": None if encoder is None else portable_model_name(encoder.model_name),
+        "precision": None if encoder is None else encoder.precision,
         "k": args.k,
         "seconds": round(seconds, 4),
         "results": [

@@ -22,6 +22,7 @@ from quant_retriever.ingest.documents import (
     read_documents,
 )
 from quant_retriever.store import StoreLike
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
     from quant_retriever.index import MemoryUsage
@@ -165,11 +166,13 @@ def index_path(
     batch_size: int = 32,
     progress: bool = False,
     shards: int | None = None,
+    keywords: str | None = DEFAULT_TOKENIZER,
 ) -> IndexResult:
     """Index a folder of ``.txt``/``.md`` files, one such file or a ``.jsonl`` file (see
     :func:`read_documents`) into the persistent store at ``store_path``: reopened when it is
     one (its codec must be ``codec`` when given), created (``codec``, default int4) when the
-    path is new or an empty directory. See :func:`index_documents`.
+    path is new or an empty directory, with a keyword index of tokenizer ``keywords`` (``None``:
+    none; see ``QuantizedStore``). See :func:`index_documents`.
 
     ``shards=N`` makes (or reopens) a sharded store on Ray (``quant-retriever[ray]``) and
     embeds on a Ray Data actor pool; a store opened with a different count is refused.
@@ -180,7 +183,7 @@ def index_path(
     call created is removed again when the call fails before writing anything.
     """
     check_sizes(chunk_size, overlap)
-    store, created = _open_or_create(Path(store_path), codec, shards)
+    store, created = _open_or_create(Path(store_path), codec, shards, keywords)
     try:
         documents = read_documents(source)
         _store_model(store, model, precision)  # a clash with the recorded model fails before any load
@@ -244,7 +247,7 @@ def open_store(path: str | os.PathLike[str], *, read_only: bool = False, shards:
     raise ValueError(f"no {kind} at {path}.")
 
 
-def _open_or_create(path: Path, codec: str | None, shards: int | None = None):
+def _open_or_create(path: Path, codec: str | None, shards: int | None = None, keywords: str | None = DEFAULT_TOKENIZER):
     """(store, created): a new store for a new path or an empty directory (sharded over
     ``shards`` Ray actors when given), else the store there."""
     from quant_retriever.store import QuantizedStore
@@ -253,8 +256,8 @@ def _open_or_create(path: Path, codec: str | None, shards: int | None = None):
         if shards is not None:
             from quant_retriever.distributed import ShardedStore
 
-            return ShardedStore(codec=codec or DEFAULT_CODEC, path=path, shards=shards), True
-        return QuantizedStore(codec=codec or DEFAULT_CODEC, path=path), True
+            return ShardedStore(codec=codec or DEFAULT_CODEC, path=path, shards=shards, keywords=keywords), True
+        return QuantizedStore(codec=codec or DEFAULT_CODEC, path=path, keywords=keywords), True
     store = open_store(path, shards=shards)  # a ValueError for anything that is not a store
     found = store.settings["codec"] if store.dim is not None else None
     if codec is not None and found is not None and found != codec:

@@ -214,6 +214,22 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     def clear(self) -> None:
         self._store.clear()
 
+    def update_metadata(self, node_ids: Sequence[str], metadatas: Sequence[dict]) -> list[str]:
+        """Replace the metadata of stored nodes (their text and embedding stay: nothing is
+        embedded again); returns the node ids that existed. Filters see the change at once."""
+        if isinstance(metadatas, dict) or len(metadatas) != len(node_ids):
+            raise ValueError("metadatas must be a list with one dict per node id.")
+        nodes = {r.id: self._to_node(r) for r in self._store.get(node_ids)}
+        found = [(i, m) for i, m in zip(node_ids, metadatas) if i in nodes]
+        for node_id, metadata in found:
+            nodes[node_id].metadata = dict(metadata)
+        stored = [node_to_metadata_dict(nodes[i], remove_text=True, flat_metadata=self.flat_metadata) for i, _ in found]
+        return self._store.update_metadata([i for i, _ in found], stored)
+
+    def count(self) -> int:
+        """How many nodes the store holds."""
+        return len(self._store)
+
     @override
     def persist(self, persist_path: str, fs: Any = None) -> None:
         """An in-memory store writes a copy to the directory ``persist_path`` (what
@@ -244,12 +260,22 @@ class QuantizedVectorStore(BasePydanticVectorStore):
 
     @override
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """Top ``similarity_top_k`` nodes; ``filters``, ``doc_ids`` and ``node_ids`` restrict the
-        search before top-k (an empty list means no restriction)."""
-        if query.mode not in (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR):
-            raise ValueError(f"QuantizedVectorStore supports query modes 'default' and 'mmr'; got {query.mode!r}.")
-        if query.query_embedding is None:
-            raise ValueError("query_embedding is required.")
+        """The best nodes of a query, in one of :data:`MODES`; ``filters``, ``doc_ids`` and
+        ``node_ids`` restrict every branch before its top-k (an empty list means no restriction).
+
+        - ``DEFAULT`` (and ``MMR``): dense, the top ``similarity_top_k`` of ``query_embedding``;
+          similarities are cosines;
+        - ``SPARSE`` / ``TEXT_SEARCH``: keyword (BM25), the top ``sparse_top_k`` (default
+          ``similarity_top_k``) of ``query_str``; similarities are BM25 scores;
+        - ``HYBRID``: both, the dense branch's top ``similarity_top_k`` and the keyword branch's
+          top ``sparse_top_k`` fused, then the top ``hybrid_top_k`` (default
+          ``similarity_top_k``). Without ``alpha``, reciprocal-rank fusion; with it,
+          relative-score fusion, ``alpha`` weighing the dense branch (1: dense only, 0: keyword
+          only). ``vector_store_kwargs`` may set ``fusion`` and ``rrf_k``.
+        """
+        if query.mode not in MODES:
+            names = ", ".join(repr(m.value) for m in MODES)
+            raise ValueError(f"QuantizedVectorStore supports query modes {names}; got {query.mode!r}.")
         parts = []
         if query.filters is not None:
             parts.append(filters_to_tree(query.filters))
@@ -258,8 +284,28 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         where = And(tuple(parts)) if parts else None
         ids = list(query.node_ids) if query.node_ids else None
         k = query.similarity_top_k
+        if query.mode in (VectorStoreQueryMode.SPARSE, VectorStoreQueryMode.TEXT_SEARCH):
+            hits = self._store.keyword_search([_query_text(query)], query.sparse_top_k or k, where, ids)[0]
+            return _result([(self._to_node(r), r, s) for r, s in hits])
+        if query.query_embedding is None:
+            raise ValueError("query_embedding is required.")
         q = np.asarray(query.query_embedding, dtype=np.float32)
-        if query.mode == VectorStoreQueryMode.MMR:
+        if query.mode == VectorStoreQueryMode.HYBRID:
+            fusion = kwargs.get("fusion", "rrf" if query.alpha is None else "relative")
+            hits = self._store.hybrid_search(
+                q,
+                [_query_text(query)],
+                query.hybrid_top_k or k,
+                self.rescore_multiplier,
+                where,
+                ids,
+                dense_top_k=k,
+                sparse_top_k=query.sparse_top_k or k,
+                fusion=fusion,
+                rrf_k=kwargs.get("rrf_k", 60),
+                alpha=query.alpha,
+            )[0]
+        elif query.mode == VectorStoreQueryMode.MMR:
             prefetch = kwargs.get("mmr_prefetch_k") or k * kwargs.get("mmr_prefetch_factor", 4)
             hits = self._store.search(q, prefetch, self.rescore_multiplier, where=where, ids=ids)[0]
             if hits:
@@ -274,11 +320,28 @@ class QuantizedVectorStore(BasePydanticVectorStore):
                 hits = [(hits[i][0], float(s)) for i, s in zip(chosen, sims)]
         else:
             hits = self._store.search(q, k, self.rescore_multiplier, where=where, ids=ids)[0]
-        return VectorStoreQueryResult(
-            nodes=[self._to_node(r) for r, _ in hits],
-            similarities=[s for _, s in hits],
-            ids=[r.id for r, _ in hits],
-        )
+        return _result([(self._to_node(r), r, s) for r, s in hits])
+
+
+MODES = (
+    VectorStoreQueryMode.DEFAULT,
+    VectorStoreQueryMode.MMR,
+    VectorStoreQueryMode.HYBRID,
+    VectorStoreQueryMode.SPARSE,
+    VectorStoreQueryMode.TEXT_SEARCH,
+)
+
+
+def _query_text(query: VectorStoreQuery) -> str:
+    if not isinstance(query.query_str, str):
+        raise ValueError(f"query mode {query.mode.value!r} needs query_str (the query's text).")
+    return query.query_str
+
+
+def _result(hits: list) -> VectorStoreQueryResult:
+    return VectorStoreQueryResult(
+        nodes=[node for node, _, _ in hits], similarities=[s for _, _, s in hits], ids=[r.id for _, r, _ in hits]
+    )
 
 
 def _local_only(fs: Any) -> None:

@@ -28,7 +28,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 import quant_retriever.store.creation as creation
+import quant_retriever.store.keywords as keyword_index
 import quant_retriever.store.opening as opening
-from quant_retriever.checks import VectorsLike, as_vectors, check_read_only, check_strings, int_at_least, keyword_only
+from quant_retriever.checks import VectorsLike, as_vectors, check_read_only, check_strings, keyword_only
 from quant_retriever.codecs import CodecName, RescoreDtype, split_norm
 from quant_retriever.files import (
     DirectoryLock,
@@ -56,9 +57,10 @@ from quant_retriever.store.database import (
     Database,
     Metric,
 )
-from quant_retriever.store.documents import Record, check_documents
+from quant_retriever.store.documents import check_documents
 from quant_retriever.store.filter_cache import FilterCache
-from quant_retriever.store.search import optimistic_search
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER, Tokenizer, check_tokenizer
+from quant_retriever.store.reads import Reads
 from quant_retriever.store.verify import problems
 
 __all__ = ["QuantizedStore", "check_metric"]
@@ -94,7 +96,7 @@ def check_metric(metric: object) -> None:
         raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}.")
 
 
-class QuantizedStore:
+class QuantizedStore(Reads):
     """Documents (id, text, metadata) in SQLite plus their vectors in a ``QuantizedIndex``.
 
     ``dim=None`` takes the dimension from the first ``upsert``. ``path=None`` keeps everything
@@ -124,13 +126,17 @@ class QuantizedStore:
         block_size: int = 64,
         rescore_dtype: RescoreDtype = "int8",
         metric: Metric = "ip",
+        keywords: Tokenizer | None = DEFAULT_TOKENIZER,
     ):
         check_metric(metric)
+        if keywords is not None:
+            check_tokenizer(keywords)
         settings = dict(codec=codec, rescore=rescore, device=device, block_size=block_size, rescore_dtype=rescore_dtype)
         check_settings(**settings)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
             raise ValueError(f"dim must be a positive int or None; got {dim!r}.")
         self._setup(None if path is None else Path(path), settings, metric, read_only=False)
+        self._keywords = keywords
         creation.create(self, dim)
         if self.path is not None:
             with _OPEN.lock():
@@ -148,6 +154,8 @@ class QuantizedStore:
         self._dir_lock: DirectoryLock | None = None
         self._index: QuantizedIndex | None = None
         self._db: Database | None = None
+        self._keywords: str | None = None  # the keyword index's tokenizer (None: no keyword index)
+        self._word_scores = keyword_index.WordScores()  # each query word's BM25 shares, per version
 
     def _create_index(self, dim: int) -> None:
         creation.create_index(self, dim)
@@ -218,7 +226,8 @@ class QuantizedStore:
     @property
     def settings(self) -> dict:
         """What the store was made with: ``codec``, ``rescore`` (``None`` until its index
-        decides), ``rescore_dtype``, ``block_size``, ``device``, ``metric`` and ``dim``; and
+        decides), ``rescore_dtype``, ``block_size``, ``device``, ``metric``, ``dim`` and
+        ``keywords`` (the keyword index's tokenizer, ``None`` without one); and
         ``shards`` (``None``: one store; see ``ShardedStore.settings``)."""
         index, given = self._index, self._settings
         return {
@@ -227,6 +236,7 @@ class QuantizedStore:
             "device": None if index is None else str(index.device),
             "metric": self.metric,
             "dim": self.dim,
+            "keywords": self._keywords,
             "shards": None,
         }
 
@@ -310,7 +320,7 @@ class QuantizedStore:
         and texts are any valid Unicode strings, NUL included; metadata follows
         :func:`~quant_retriever.store.metadata_json`). Nothing changes if the call raises.
         """
-        ids, texts, meta_json = check_documents(ids, texts, metadatas)
+        ids, texts, meta_json, metadata = check_documents(ids, texts, metadatas)
         if not ids:
             return []
         with self._write_lock:
@@ -323,24 +333,21 @@ class QuantizedStore:
             old = self._keys_of(ids)
             staged = self._index.stage(vectors.to(self._index.device))  # 1. in the index's files, not yet known
             keys = staged.ids.tolist()
-            fields = [row for key, stored in zip(keys, meta_json) for row in field_rows(key, json.loads(stored))]
+            fields = [row for key, m in zip(keys, metadata) for row in field_rows(key, m)]
             old_rows = [(k,) for k in old.values()]
             self._commit(  # 2. the commit point
                 [
-                    ("DELETE FROM docs WHERE key = ?", old_rows),
-                    ("DELETE FROM fields WHERE key = ?", old_rows),
-                    (
-                        "INSERT INTO docs (key, id, text, metadata) VALUES (?, ?, ?, ?)",
-                        list(zip(keys, ids, texts, meta_json)),
-                    ),
+                    *self._removing(old_rows),
+                    (INSERT_DOC, list(zip(keys, ids, texts, meta_json))),
                     ("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", fields),
+                    *([(keyword_index.INSERT, list(zip(keys, texts)))] if self._keywords else []),
                 ],
                 staged,
                 np.fromiter(old.values(), dtype=np.int64, count=len(old)),
             )
         return ids
 
-    def _commit(self, statements: list[tuple[str, list]], staged, dead: np.ndarray) -> None:
+    def _commit(self, statements: list[tuple[str, list]], staged, dead: np.ndarray, changed=None) -> None:
         """Run ``statements`` in one transaction; as it commits, publish the staged rows (or
         none) and drop ``dead`` keys from the index in memory, as one step for readers. Then
         record the dead rows on disk, best effort (a crash or an error there is reconciled on
@@ -358,7 +365,8 @@ class QuantizedStore:
                     if staged is not None:
                         staged.publish(dead)
                     self._version += 1
-                    self._cache.remember(self._version, dead, staged.ids if staged is not None else dead[:0])
+                    added = staged.ids if staged is not None else dead[:0]
+                    self._cache.remember(self._version, dead, added, dead[:0] if changed is None else changed)
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -390,12 +398,42 @@ class QuantizedStore:
             self._delete_keys(keys)
             return len(keys)
 
+    def _removing(self, rows: list[tuple[int]]) -> list[tuple[str, list]]:
+        """The statements that remove the documents of ``rows`` (their keywords first: the
+        keyword index reads the text it drops from ``docs``)."""
+        return [
+            *([(keyword_index.DELETE, rows)] if self._keywords else []),
+            ("DELETE FROM docs WHERE key = ?", rows),
+            ("DELETE FROM fields WHERE key = ?", rows),
+        ]
+
     def _delete_keys(self, keys: np.ndarray) -> None:
         if len(keys):
-            rows = [(int(k),) for k in keys]
-            self._commit(
-                [("DELETE FROM docs WHERE key = ?", rows), ("DELETE FROM fields WHERE key = ?", rows)], None, keys
-            )
+            self._commit(self._removing([(int(k),) for k in keys]), None, keys)
+
+    def update_metadata(self, ids: Sequence[str], metadatas: Sequence[dict | None]) -> list[str]:
+        """Replace the metadata of stored documents, without embedding them again; returns the
+        ids that existed (unknown ids are ignored). Filters see the change at once (texts and
+        the keyword index do not change). Nothing changes if the call raises."""
+        ids, _, meta_json, metadata = check_documents(ids, [""] * len(check_strings(ids, "ids")), metadatas)
+        with self._write_lock:
+            self._check_writable()
+            found = self._keys_of(ids)
+            chosen = [(found[i], j, m) for i, j, m in zip(ids, meta_json, metadata) if i in found]
+            keys = np.array(sorted(k for k, _, _ in chosen), dtype=np.int64)
+            if chosen:
+                fields = [row for key, _, m in chosen for row in field_rows(key, m)]
+                self._commit(
+                    [
+                        ("UPDATE docs SET metadata = ? WHERE key = ?", [(j, k) for k, j, _ in chosen]),
+                        ("DELETE FROM fields WHERE key = ?", [(k,) for k, _, _ in chosen]),
+                        ("INSERT INTO fields VALUES (?, ?, ?, ?, ?)", fields),
+                    ],
+                    None,
+                    keys[:0],
+                    changed=keys,
+                )
+            return [i for i in ids if i in found]
 
     def clear(self) -> None:
         """Delete every document."""
@@ -413,51 +451,6 @@ class QuantizedStore:
                     self._index.compact()
                     self._version += 1
                     self._cache.remember(self._version)
-
-    # ------------------------------------------------------------------ reads
-    def get(self, ids: Sequence[str]) -> list[Record]:
-        """Records for the ids that exist, in the order asked (a bare string is refused)."""
-        ids = check_strings(ids, "ids")
-        found = self._db.lookup("id", ids, "id, text, metadata, key")
-        rows = {r[0]: Record(r[0], r[1], json.loads(r[2]), r[3]) for r in found}
-        return [rows[i] for i in dict.fromkeys(ids) if i in rows]
-
-    def records(self, where: Filter | None = None) -> Iterator[Record]:
-        """All records (matching ``where``), in insertion order."""
-        if where is None:
-            rows = self._db.query("SELECT id, text, metadata, key FROM docs ORDER BY key")
-        else:
-            found = self._db.lookup("key", self._matching(where).tolist(), "id, text, metadata, key")
-            rows = sorted(found, key=lambda r: r[3])
-        return iter([Record(r[0], r[1], json.loads(r[2]), r[3]) for r in rows])
-
-    def vectors(self, records: Sequence[Record]) -> np.ndarray:
-        """Reconstructed vectors ``[n, dim]`` of records (from the rescore copy when there is one)."""
-        if not records:
-            return np.zeros((0, self.dim or 0), dtype=np.float32)
-        return self._index.get_vectors([r.key for r in records])
-
-    def search(
-        self,
-        queries: VectorsLike,
-        k: int = 4,
-        rescore_multiplier: int = 4,
-        where: Filter | None = None,
-        ids: Sequence[str] | None = None,
-    ) -> list[list[tuple[Record, float]]]:
-        """Top-``k`` ``(record, score)`` per query, best first. Scores are inner products, or
-        cosines in ``[-1, 1]`` with ``metric="cosine"``.
-
-        ``where`` (a filter) and ``ids`` (allowed document ids) restrict the search before
-        top-k; ``k=0`` and an empty store return empty lists.
-        """
-        k = int_at_least(k, "k", 0)
-        mult = int_at_least(rescore_multiplier, "rescore_multiplier")
-        ids = None if ids is None else check_strings(ids, "ids")
-        if where is not None:
-            check_filter(where)
-        q = self._as_metric(as_vectors(queries, self.dim, "queries"))
-        return optimistic_search(self, q, k, mult, where, ids)
 
     # ------------------------------------------------------------------ lifecycle
     def save(self, path: str | os.PathLike) -> None:

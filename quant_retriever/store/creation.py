@@ -52,14 +52,14 @@ def create(store: QuantizedStore, dim: int | None) -> None:
             db = sqlite3.connect(str(building), isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                create_schema(db, meta)
+                create_schema(db, meta, store._keywords)
             finally:
                 db.close()
             os.rename(building, path / DB_FILE)  # the commit point
             fsync_dir(path)
         store._db = Database(path, False)
         if path is None:
-            create_schema(store._db.connection, meta)
+            create_schema(store._db.connection, meta, store._keywords)
     except BaseException:
         store._release()
         if path is not None and not os.path.lexists(path / DB_FILE):

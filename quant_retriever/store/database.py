@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args
 from quant_retriever.files import file_kind, real_directory
 from quant_retriever.filters import FIELDS_SCHEMA
 from quant_retriever.index import check_settings, empty_index_problem
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER, TOKENIZERS, create_table
 
 __all__ = [
     "FORMAT",
@@ -38,6 +39,10 @@ __all__ = [
     "empty_store_problem",
     "create_schema",
     "schema_is_known",
+    "has_keywords",
+    "add_keywords",
+    "meta_value",
+    "NO_KEYWORDS",
 ]
 
 FORMAT = "quant_retriever.store"
@@ -47,6 +52,9 @@ CREATING = DB_FILE + ".creating"
 INDEX_DIR = "index"
 Metric = Literal["ip", "cosine"]
 METRICS: tuple[str, ...] = get_args(Metric)
+#: The ``meta`` value ``keywords`` of a store made without a keyword index (absent: a store
+#: written before keyword search existed).
+NO_KEYWORDS = "none"
 _LOOKUP_CHUNK = 500  # ids per "IN (?, ...)" lookup, below SQLite's bound-parameter limit
 
 _SCHEMA = (
@@ -59,43 +67,83 @@ CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 def _schema_objects(db: sqlite3.Connection) -> list[tuple]:
-    return db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    """What the schema holds: ``(type, name, table, sql)`` of every object, by type and name.
+    The keyword table's shadow tables (which FTS5 creates and may word differently from one
+    SQLite release to the next) count by name alone."""
+    rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    return [(t, n, tn, None if n.startswith("keywords_") else sql) for t, n, tn, sql in rows]
 
 
-def _expected_schema(schema: str = _SCHEMA) -> list[tuple]:
+def _expected_schema(schema: str = _SCHEMA, tokenizer: str | None = None) -> list[tuple]:
     db = sqlite3.connect(":memory:")
     try:
         db.executescript(schema)
+        if tokenizer is not None:
+            db.execute(create_table(tokenizer))
         return _schema_objects(db)
     finally:
         db.close()
 
 
-_EXPECTED_SCHEMA = _expected_schema()
-#: Schemas this version opens: its own, and that of the first format-2 stores, whose value index
-#: lacked the key (filters read every key from the table instead of the index: slower, same keys).
-_KNOWN_SCHEMAS = (
-    _EXPECTED_SCHEMA,
-    _expected_schema(_SCHEMA.replace("(name, elem, kind, val, key)", "(name, elem, kind, val)")),
-)
+_EXPECTED_SCHEMA = _expected_schema(tokenizer=DEFAULT_TOKENIZER)
+#: Schemas this version opens: its own, with the keyword table of any tokenizer or without one
+#: (stores written before it existed: a writable open adds it), and that of the first format-2
+#: stores, whose value index lacked the key (filters read every key from the table instead of
+#: the index: slower, same keys).
+_KNOWN_SCHEMAS = [
+    _expected_schema(base, tokenizer)
+    for base in (_SCHEMA, _SCHEMA.replace("(name, elem, kind, val, key)", "(name, elem, kind, val)"))
+    for tokenizer in (None, *TOKENIZERS)
+]
 
 
 def schema_is_known(db: sqlite3.Connection) -> bool:
     return _schema_objects(db) in _KNOWN_SCHEMAS
 
 
-def create_schema(db: sqlite3.Connection, meta: list[tuple[str, str]]) -> None:
-    """The tables and the settings, in one transaction (DDL included)."""
+def meta_value(db: sqlite3.Connection, name: str) -> str | None:
+    """The ``meta`` value ``name`` (``None`` when absent)."""
+    rows = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchall()
+    return rows[0][0] if rows else None
+
+
+def has_keywords(db: sqlite3.Connection) -> bool:
+    """Whether the database holds the keyword table."""
+    return bool(db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keywords'").fetchall())
+
+
+def create_schema(db: sqlite3.Connection, meta: list[tuple[str, str]], tokenizer: str | None) -> None:
+    """The tables (the keyword table with ``tokenizer``, none for ``None``) and the settings,
+    in one transaction (DDL included)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
-        db.executemany("INSERT INTO meta VALUES (?, ?)", meta)
+        if tokenizer is not None:
+            db.execute(create_table(tokenizer))
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [*meta, ("keywords", tokenizer or NO_KEYWORDS)])
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def add_keywords(db: sqlite3.Connection, tokenizer: str) -> int:
+    """Build the keyword index from the texts (replacing one there), in one transaction (a
+    crash leaves the store as it was); returns the documents indexed."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("DROP TABLE IF EXISTS keywords")
+        db.execute(create_table(tokenizer))
+        db.execute("INSERT INTO keywords(rowid, text) SELECT key, text FROM docs")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('keywords', ?)", (tokenizer,))
+        count = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return count
 
 
 _SETTINGS_KEYS = {"codec", "rescore", "device", "block_size", "rescore_dtype"}
@@ -193,7 +241,8 @@ def identify(db_file: Path) -> dict:
         db.execute("PRAGMA trusted_schema=OFF")
         found = _schema_objects(db)
         if found not in _KNOWN_SCHEMAS:
-            extra = sorted({(t, n) for t, n, _, _ in found} - {(t, n) for t, n, _, _ in _EXPECTED_SCHEMA})
+            known = {(t, n) for schema in _KNOWN_SCHEMAS for t, n, _, _ in schema}
+            extra = sorted({(t, n) for t, n, _, _ in found} - known)
             raise ValueError(
                 f"{db_file}: not a quant_retriever store of this version (its schema differs"
                 f"{': unexpected ' + ', '.join(f'{t} {n!r}' for t, n in extra[:5]) if extra else ''}); "
@@ -202,6 +251,8 @@ def identify(db_file: Path) -> dict:
         damage = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall() if row[0] != "ok"]
         if damage:  # every page and b-tree, before anything relies on them (a truncated copy, a torn disk)
             raise ValueError(f"{db_file}: the database is damaged ({'; '.join(damage)[:300]}); nothing was changed.")
+        if has_keywords(db) != (meta_value(db, "keywords") not in (None, NO_KEYWORDS)):
+            raise ValueError(f"{db_file}: its keyword index and its settings disagree; nothing was changed.")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{db_file}: not a quant_retriever store ({exc}).") from None
@@ -224,6 +275,7 @@ def identify(db_file: Path) -> dict:
         settings = json.loads(meta.get("settings", ""))
         ok = isinstance(settings, dict) and set(settings) == _SETTINGS_KEYS
         ok = ok and meta.get("metric") in METRICS and (meta.get("dim") is None or meta["dim"].isdigit())
+        ok = ok and meta.get("keywords", NO_KEYWORDS) in (*TOKENIZERS, NO_KEYWORDS)
         if ok:
             check_settings(**{**settings, "device": None})
     except (ValueError, TypeError, RecursionError):

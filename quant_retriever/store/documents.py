@@ -26,10 +26,11 @@ class Record:
     key: int
 
 
-def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str]]:
-    """``(ids, texts, metadata JSON)`` of documents about to be upserted: every check an upsert
-    makes before it writes (lengths, unique ids, strings, :func:`metadata_json`), so callers
-    that split a batch (the sharded store) refuse it whole, before any part is written."""
+def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[str], list[dict]]:
+    """``(ids, texts, metadata JSON, metadata as it reads back)`` of documents about to be
+    upserted: every check an upsert makes before it writes (lengths, unique ids, strings,
+    :func:`metadata_json`), so callers that split a batch (the sharded store) refuse it whole,
+    before any part is written."""
     ids, texts = check_strings(ids, "ids"), check_strings(texts, "texts")
     if metadatas is None:
         metadatas = [None] * len(ids)
@@ -43,12 +44,38 @@ def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[s
         )
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique within one call; got duplicates.")
-    return ids, texts, [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
+    stored = [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
+    return ids, texts, stored, [stored_metadata(m, j) for m, j in zip(metadatas, stored)]
 
 
 def _type_name(value: Any) -> str:
     t = type(value)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _where(what: str, path: tuple) -> str:
+    """Where a value sits in a document's metadata (``metadata of item 3['tags'][0]``), made
+    only for an error message."""
+    return what + "".join(f"[{p!r}]" for p in path)
+
+
+_PLAIN = {str, int, float, bool, type(None)}
+
+
+def stored_metadata(metadata: dict | None, stored: str) -> dict:
+    """The metadata as it reads back from its JSON ``stored`` (checked by :func:`metadata_json`):
+    ``metadata`` itself when JSON keeps it as it is (plain dicts, lists and scalars), else the
+    JSON parsed (a tuple becomes a list, a float subclass a float, ...)."""
+    return metadata if metadata is not None and _plain(metadata) else json.loads(stored)
+
+
+def _plain(value: Any) -> bool:
+    t = type(value)
+    if t is dict:
+        return all(_plain(v) for v in value.values())
+    if t is list:
+        return all(_plain(v) for v in value)
+    return t in _PLAIN
 
 
 def metadata_json(metadata: Any, what: str = "metadata") -> str:
@@ -67,19 +94,20 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
         return "{}"
     if not isinstance(metadata, dict):
         raise TypeError(f"{what} must be a dict; got {type(metadata).__name__}.")
-    stack = [(metadata, what, 1)]
+    stack = [(metadata, (), 1)]
     while stack:  # iterative, so no input reaches Python's recursion limit
-        value, where, depth = stack.pop()
+        value, path, depth = stack.pop()
         if value is None or isinstance(value, bool):
             continue
         if isinstance(value, str):
-            check_unicode(value, where)
+            if not value.isascii():
+                check_unicode(value, _where(what, path))
         elif isinstance(value, int):
             if not -(2**63) <= value < 2**63:
-                raise ValueError(f"{where} is an integer beyond 64 bits: {value}.")
+                raise ValueError(f"{_where(what, path)} is an integer beyond 64 bits: {value}.")
         elif isinstance(value, float):
             if not math.isfinite(value):
-                raise ValueError(f"{where} is {value!r}; metadata numbers must be finite.")
+                raise ValueError(f"{_where(what, path)} is {value!r}; metadata numbers must be finite.")
         elif isinstance(value, (dict, list, tuple)):
             if depth > MAX_METADATA_DEPTH:
                 raise ValueError(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels (or contains itself).")
@@ -87,15 +115,17 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
                 for k, v in value.items():
                     if not isinstance(k, str):
                         raise TypeError(
-                            f"{where} has the key {k!r} of type {type(k).__name__}; metadata keys must be str."
+                            f"{_where(what, path)} has the key {k!r} of type {type(k).__name__}; "
+                            "metadata keys must be str."
                         )
-                    check_unicode(k, f"{where} key")
-                    stack.append((v, f"{where}[{k!r}]", depth + 1))
+                    if not k.isascii():
+                        check_unicode(k, f"{_where(what, path)} key")
+                    stack.append((v, (*path, k), depth + 1))
             else:
-                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+                stack.extend((v, (*path, i), depth + 1) for i, v in enumerate(value))
         else:
             raise TypeError(
-                f"{where} is a {_type_name(value)} ({value!r:.60}); metadata values must be "
+                f"{_where(what, path)} is a {_type_name(value)} ({value!r:.60}); metadata values must be "
                 "JSON data: str, int, float, bool, None, lists or dicts with str keys (convert it first, e.g. "
                 "str(x), x.isoformat(), x.tolist() or x.item())."
             )

@@ -66,7 +66,7 @@ class FilterCache:
         self._size, self._catch_up_max, self._catch_up = size, catch_up_max, catch_up
         self._sets: OrderedDict = OrderedDict()  # (filter, ids) -> (version, Selection)
         self._sets_lock = threading.Lock()
-        self._writes: deque = deque(maxlen=writes_kept)  # (version, dead keys, added keys)
+        self._writes: deque = deque(maxlen=writes_kept)  # (version, dead, added, changed keys)
 
     def __len__(self) -> int:
         return len(self._sets)
@@ -102,11 +102,14 @@ class FilterCache:
                     self._sets.popitem(last=False)
         return selection
 
-    def remember(self, version: int, dead: np.ndarray = _EMPTY, added: np.ndarray = _EMPTY) -> None:
-        """Record the write that made ``version`` (call under the publish lock); a write too
-        large to catch up with is recorded without its keys."""
-        small = len(dead) + len(added) <= self._catch_up_max
-        self._writes.append((version, dead if small else None, added if small else None))
+    def remember(
+        self, version: int, dead: np.ndarray = _EMPTY, added: np.ndarray = _EMPTY, changed: np.ndarray = _EMPTY
+    ) -> None:
+        """Record the write that made ``version`` (call under the publish lock): keys that died,
+        were added, or stayed with new metadata; a write too large to catch up with is recorded
+        without its keys."""
+        small = len(dead) + len(added) + len(changed) <= self._catch_up_max
+        self._writes.append((version, *((dead, added, changed) if small else (None, None, None))))
 
     def forget_writes(self) -> None:
         """Writes this process did not see (a read-only store moved on): start over."""
@@ -114,18 +117,18 @@ class FilterCache:
 
     def _caught_up(self, where: Filter, keys: np.ndarray, since: int, version: int) -> np.ndarray | None:
         """The keys matching ``where`` at ``version``, from ``keys`` (those at ``since``) and the
-        writes in between: their dead keys leave, their added documents alone are tested.
-        ``None`` when those writes are not all remembered or added too many documents."""
+        writes in between: their dead keys leave, their added and changed documents alone are
+        tested. ``None`` when those writes are not all remembered or touched too many documents."""
         with self._lock:
             writes = [w for w in self._writes if since < w[0] <= version]
         if not self._catch_up or len(writes) != version - since or any(w[1] is None for w in writes):
             return None
-        dead = np.sort(np.concatenate([w[1] for w in writes] + [_EMPTY]))
-        added = np.sort(np.concatenate([w[2] for w in writes] + [_EMPTY]))
-        added = added[~sorted_member(added, dead)]
-        if len(dead) + len(added) > self._catch_up_max:
+        dead, added, changed = (np.sort(np.concatenate([w[i] for w in writes] + [_EMPTY])) for i in (1, 2, 3))
+        tested = np.union1d(added, changed)
+        tested = tested[~sorted_member(tested, dead)]
+        if len(dead) + len(tested) > self._catch_up_max:
             return None
-        keys = keys[~sorted_member(keys, dead)]
-        fresh = self._matching(where, within=added) if len(added) else added
+        keys = keys[~(sorted_member(keys, dead) | sorted_member(keys, changed))]
+        fresh = self._matching(where, within=tested) if len(tested) else tested
         fresh = fresh[~sorted_member(fresh, keys)]  # already there if the key set was newer than `since`
         return np.insert(keys, np.searchsorted(keys, fresh), fresh)

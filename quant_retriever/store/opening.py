@@ -5,6 +5,7 @@ the records, and what a crash interrupted reconciled; and a read-only store's re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -15,12 +16,25 @@ import numpy as np
 from quant_retriever.files import DirectoryLock, recover_replacement
 from quant_retriever.index import MANIFEST as INDEX_MANIFEST
 from quant_retriever.index import READ_RETRIES, QuantizedIndex
-from quant_retriever.store.database import DB_FILE, INDEX_DIR, Database, check_files, identify, schema_is_known
+from quant_retriever.store.database import (
+    DB_FILE,
+    INDEX_DIR,
+    NO_KEYWORDS,
+    Database,
+    add_keywords,
+    check_files,
+    identify,
+    meta_value,
+    schema_is_known,
+)
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
     from quant_retriever.store.core import QuantizedStore
 
 __all__ = ["open_store", "reconcile", "refresh"]
+
+log = logging.getLogger("quant_retriever")
 
 
 def open_store(cls: type[QuantizedStore], path: Path, device, read_only: bool) -> QuantizedStore:
@@ -51,10 +65,29 @@ def _open(cls: type[QuantizedStore], path: Path, device, read_only: bool) -> Qua
         dim = store._db.query("SELECT value FROM meta WHERE name = 'dim'")  # again, under the lock
         if dim:
             _open_index(store, int(dim[0][0]), device)
+        _open_keywords(store)
     except BaseException:
         store._release()
         raise
     return store
+
+
+def _open_keywords(store: QuantizedStore) -> None:
+    """The keyword index's tokenizer; a writable store written before keyword search existed
+    gets its index here, built from its texts in one transaction (and says so)."""
+    recorded = meta_value(store._db.connection, "keywords")
+    if recorded is None and not store.read_only:
+        with store._db.lock:
+            count = add_keywords(store._db.connection, DEFAULT_TOKENIZER)
+        log.warning(
+            "quant_retriever: built the keyword index of %s (%d documents, tokenizer %r); it was written before "
+            "keyword search existed.",
+            store.path,
+            count,
+            DEFAULT_TOKENIZER,
+        )
+        recorded = DEFAULT_TOKENIZER
+    store._keywords = None if recorded in (None, NO_KEYWORDS) else recorded
 
 
 def _open_index(store: QuantizedStore, dim: int, device) -> None:
@@ -117,6 +150,8 @@ def refresh(store: QuantizedStore) -> bool:
     store._db.pin(store._db.connection)
     store._version += 1
     store._cache.forget_writes()  # another process's writes: cached key sets start over
+    recorded = meta_value(store._db.connection, "keywords")  # (a writer may have built the index)
+    store._keywords = None if recorded in (None, NO_KEYWORDS) else recorded
     changed = store._index is not None and store._index.refresh()
     if store._index is not None:
         reconcile(store)

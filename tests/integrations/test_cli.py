@@ -199,6 +199,42 @@ def test_query_uses_the_recorded_model(folder_store):
     assert len(previews) == 2 and all(5 < len(p) <= 65 for p in previews)
 
 
+def test_query_modes(folder_store):
+    """``--mode keyword`` loads no model and ranks by BM25; ``--mode hybrid`` fuses both; each
+    equals the store's own search of that mode; the index command built the keyword index."""
+    store, _ = folder_store
+    question = "heapq heappush"
+    keyword = run_json("query", "--store", store, "-k", "3", "--mode", "keyword", question)
+    assert keyword["mode"] == "keyword" and keyword["model"] is None
+    hybrid = run_json("query", "--store", store, "-k", "3", "--mode", "hybrid", question)
+    assert hybrid["mode"] == "hybrid" and "minilm" in hybrid["model"].lower()
+    s = QuantizedStore.open(store, read_only=True)
+    try:
+        expected = [(r.id, s) for r, s in s.keyword_search([question], k=3)[0]]
+        assert s.verify() == []
+    finally:
+        s.close()
+    got = [(h["id"], h["score"]) for h in keyword["results"][0]["hits"]]
+    assert [i for i, _ in got] == [i for i, _ in expected] and expected
+    assert all(abs(a - b) <= 1e-6 for (_, a), (_, b) in zip(got, expected))  # printed to 6 places
+    assert hybrid["results"][0]["hits"][0]["metadata"]["source"] == "heapq.txt"
+    assert_one_line_error(run("query", "--store", store, "--mode", "sparse", "x", ok=False), "--mode")
+
+
+@pytest.mark.parametrize("keywords", ["trigram", "none"])
+def test_index_chooses_the_keyword_tokenizer(docs_dir, tmp_path, keywords):
+    store = tmp_path / "s.qr"
+    run_json("index", docs_dir / "heapq.txt", "--store", store, "--keywords", keywords, "--chunk-size", "600")
+    s = QuantizedStore.open(store, read_only=True)
+    assert s.settings["keywords"] == (None if keywords == "none" else keywords)
+    s.close()
+    if keywords == "none":
+        assert_one_line_error(run("query", "--store", store, "--mode", "keyword", "heap", ok=False), "no keyword index")
+    else:  # trigrams: a part of a word finds it
+        hits = run_json("query", "--store", store, "--mode", "keyword", "eappus")["results"][0]["hits"]
+        assert hits and "heappush" in hits[0]["text"]
+
+
 def test_reindex_does_not_duplicate_and_drops_stale_chunks(docs_dir, tmp_path):
     docs = tmp_path / "docs"
     shutil.copytree(docs_dir, docs)

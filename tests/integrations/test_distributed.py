@@ -440,3 +440,86 @@ def test_a_read_only_sharded_object_stays_read_only_through_a_restart(tmp_path, 
     write(writer)  # the writer still holds its lock: the restarted reader took none
     opened.close()
     writer.close()
+
+
+# ---------------------------------------------------------------------------- keyword and hybrid
+TEXTS = ["new text 17", "text 42 13 7", "nothing here", '"NEAR" AND (x* OR -y):']
+
+
+def test_store_keyword_and_hybrid_modes_merge_each_branch_then_fuse_once():
+    """Keyword search finds the same documents as one store (which documents match does not
+    depend on BM25's statistics; the scores use each shard's own), and a hybrid search equals
+    fusing the sharded store's own two branches, merged: each branch across the shards first,
+    then one fusion (equal fused scores by shard, then key), with filters and allowed ids in
+    both branches."""
+    from quant_retriever.store.fusion import fuse_hits
+
+    sharded, single = ShardedStore(codec="int4", shards=SHARDS), QuantizedStore(codec="int4")
+    fill(sharded)
+    fill(single)
+    q = data(len(TEXTS), seed=8)
+    allowed = [f"doc-{i}" for i in range(0, 300, 3)] + ["missing"]
+    for where in FILTERS:
+        for ids in (None, allowed, []):
+            got = sharded.keyword_search(TEXTS, 400, where, ids)
+            want = single.keyword_search(TEXTS, 400, where, ids)
+            assert [{r.id for r, _ in row} for row in got] == [{r.id for r, _ in row} for row in want], (where, ids)
+            hybrid = sharded.hybrid_search(q, TEXTS, 5, 300, where, ids, dense_top_k=12, sparse_top_k=9)
+            dense = sharded.search(q, 12, 300, where, ids)
+            keyword = sharded.keyword_search(TEXTS, 9, where, ids)
+            by_shard = lambda r: (int(shard_of([r.id], SHARDS)[0]), r.key)  # noqa: E731  equal fused scores
+            expected = [fuse_hits([d, s], 5, key=by_shard) for d, s in zip(dense, keyword)]
+            assert [[(r.id, s) for r, s in row] for row in hybrid] == [[(r.id, s) for r, s in row] for row in expected]
+    assert sharded.hybrid_search(q, TEXTS, 0) == [[]] * len(TEXTS)
+    with pytest.raises(ValueError, match="one text per query"):
+        sharded.hybrid_search(q, TEXTS[:1])
+    with pytest.raises(ValueError, match="alpha must be"):
+        sharded.hybrid_search(q, TEXTS, alpha=2)
+    sharded.close()
+
+
+def test_one_shard_ranks_keyword_and_hybrid_exactly_as_one_store():
+    """With one shard BM25's statistics are the whole corpus's: the scores equal one store's.
+    Every match is asked for, so no tie is cut differently (a store orders BM25 ties by key,
+    the driver by id); fused ties are ordered by id on both sides."""
+    sharded, single = ShardedStore(codec="int8", shards=1), QuantizedStore(codec="int8")
+    fill(sharded)
+    fill(single)
+    q = data(len(TEXTS), seed=8)
+    for where in FILTERS[:3]:
+        got, want = sharded.keyword_search(TEXTS, 400, where), single.keyword_search(TEXTS, 400, where)
+        assert [by_score(row) for row in got] == [by_score(row) for row in want], where
+        got = sharded.hybrid_search(q, TEXTS, 6, 300, where, dense_top_k=300, sparse_top_k=400)
+        want = single.hybrid_search(q, TEXTS, 6, 300, where, dense_top_k=300, sparse_top_k=400)
+        assert [[r.id for r, _ in row] for row in got] == [[r.id for r, _ in row] for row in want], where
+        for a, b in zip(got, want):
+            np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-6)
+    sharded.close()
+
+
+def by_score(row) -> list[tuple[float, list[str]]]:
+    """A ranking as its scores (best first), each with the ids that share it."""
+    groups: dict[float, list[str]] = {}
+    for record, score in row:
+        groups.setdefault(round(score, 9), []).append(record.id)
+    return [(score, sorted(ids)) for score, ids in groups.items()]
+
+
+def test_store_records_api_matches_one_store():
+    sharded, single = ShardedStore(codec="int4", shards=SHARDS), QuantizedStore(codec="int4")
+    fill(sharded)
+    fill(single)
+    changed = ["doc-1", "doc-150", "missing", "doc-299"]
+    metas = [{"color": "violet", "i": n} for n in range(len(changed))]
+    assert sharded.update_metadata(changed, metas) == single.update_metadata(changed, metas)
+    violet = Cond("color", "eq", "violet")
+    assert sharded.count(violet) == single.count(violet) == 2 and sharded.count() == single.count()
+    assert {r.id for r in sharded.get(where=violet)} == {r.id for r in single.get(where=violet)}
+    assert sharded.keyword_search(["150"], 3, where=violet)[0][0][0].id == "doc-150"  # texts kept, filter sees it
+    pages = [sharded.get(where=FILTERS[1], limit=7, offset=o) for o in range(0, 200, 7)]
+    assert [r.id for page in pages for r in page] == [r.id for r in sharded.records(FILTERS[1])]
+    with pytest.raises(TypeError, match="metadata"):
+        sharded.update_metadata(["doc-2", "doc-3"], [{"ok": 1}, {"bad": object()}])  # nothing changed
+    assert sharded.get(["doc-2"])[0].metadata == single.get(["doc-2"])[0].metadata
+    assert sharded.settings["keywords"] == "porter unicode61" and sharded.verify() == []
+    sharded.close()

@@ -115,6 +115,38 @@ def test_langchain_end_to_end_on_a_persistent_sharded_store(tmp_path, encoder, d
     reopened.close()
 
 
+def test_langchain_keyword_hybrid_and_records_api_on_a_sharded_store(encoder, docs):
+    """The modes and the records API route through the sharded store: the same documents
+    match a keyword query as on one store (BM25's statistics are per shard, the matches are
+    not), filters hold in every mode, and metadata updates, counts, pages and deletes by filter
+    agree with one store."""
+    emb = QuantizedEmbeddings(encoder=encoder)
+    documents = [Document(id=i, page_content=t, metadata=m) for i, t, m in docs]
+    sharded = LangChainStore(emb, store=ShardedStore(codec="int4", shards=2, metric="cosine"), retrieval_mode="hybrid")
+    single = LangChainStore(emb, codec="int4", retrieval_mode="hybrid")
+    for store in (sharded, single):
+        store.add_documents(documents)
+    for query in QUERIES + ["JSONDecodeError", "heappush heappop"]:
+        assert {d.id for d in sharded.keyword_search(query, k=200)} == {
+            d.id for d in single.keyword_search(query, k=200)
+        }
+        for flt in ({"module": "json"}, {"i": {"$lt": 30}}):
+            hits = sharded.similarity_search(query, k=4, filter=flt)  # retrieval_mode="hybrid"
+            assert hits and all(sharded.get(filter=flt, limit=None).count(d) for d in hits)
+    assert sharded.as_retriever(search_type="hybrid", search_kwargs={"k": 3, "alpha": 0.5}).invoke(QUERIES[0])
+    os_ids = [d.id for d in single.get(filter={"module": "os"})]
+    for store in (sharded, single):
+        assert store.update_metadata(os_ids[:3], [{"module": "json", "i": -1}] * 3) == os_ids[:3]
+    assert sharded.count({"module": "json"}) == single.count({"module": "json"}) == 17
+    moved = sharded.get(filter={"i": -1})  # the shards' records, merged by key
+    assert sorted(d.id for d in moved) == sorted(os_ids[:3])
+    assert sharded.get(filter={"i": -1}, limit=2, offset=1) == moved[1:3]
+    sharded.delete(filter={"module": "json"})
+    single.delete(filter={"module": "json"})
+    assert sharded.count() == single.count() == len(docs) - 17 and sharded.store.verify() == []
+    sharded.close()
+
+
 # ---------------------------------------------------------------------------- LlamaIndex
 def _li_hits(index, query: str, filters) -> list[tuple[str, float]]:
     return [

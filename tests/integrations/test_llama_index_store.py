@@ -152,7 +152,9 @@ def test_mmr_and_unsupported_modes(store):
         VectorStoreQuery(query_embedding=unit(1), similarity_top_k=2, mode=VectorStoreQueryMode.MMR, mmr_threshold=0.5)
     )
     assert len(res.ids) == 2 and res.ids[0] == "n1"
-    with pytest.raises(ValueError, match="query modes"):
+    with pytest.raises(ValueError, match="query modes 'default', 'mmr', 'hybrid', 'sparse', 'text_search'; got"):
+        store.query(VectorStoreQuery(query_embedding=unit(1), mode=VectorStoreQueryMode.SEMANTIC_HYBRID))
+    with pytest.raises(ValueError, match="needs query_str"):
         store.query(VectorStoreQuery(query_embedding=unit(1), mode=VectorStoreQueryMode.HYBRID))
     with pytest.raises(ValueError, match="embeddings"):
         store.add([TextNode(id_="x", text="no embedding")])

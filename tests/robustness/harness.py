@@ -206,14 +206,16 @@ def build_store(path: Path, material: Path, codec: str = "int4", rescore_dtype: 
 
 
 def observe(path: Path, read_only: bool) -> tuple:
-    """What a user sees of the store at ``path``: its records and the top hits of fixed
-    queries (and that every part agrees: ``verify()``)."""
+    """What a user sees of the store at ``path``: its records, the top hits of fixed queries,
+    dense and keyword, and that every part agrees (``verify()``: the keyword index against the
+    texts too)."""
     from quant_retriever.store import QuantizedStore
 
     store = QuantizedStore.open(path, read_only=read_only)
     try:
         records = sorted((r.id, r.text, r.key) for r in store.records())
         hits = [[r.id for r, _ in row] for row in store.search(vectors(3, QUERIES_SEED), k=4)] if records else []
+        hits += [[(r.id, round(s, 9)) for r, s in row] for row in store.keyword_search(["t3b n1 t5 t0"], k=4)]
         return records, hits, store.verify()
     finally:
         store.close()

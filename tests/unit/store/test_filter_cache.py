@@ -34,17 +34,22 @@ class Documents:
     def keys_of(self, ids: list[str]) -> dict[str, int]:
         return {i: int(i) for i in ids if int(i) in self.groups}
 
-    def write(self, cache: FilterCache, add: list[int], remove: list[int]) -> None:
-        """Remove keys and add documents (with the given groups) as one published write."""
+    def write(
+        self, cache: FilterCache, add: list[int], remove: list[int], change: dict[int, int] | None = None
+    ) -> None:
+        """Remove keys, change the groups of kept ones (metadata updated) and add documents (with
+        the given groups) as one published write."""
         dead = np.array(sorted({k for k in remove if k in self.groups}), dtype=np.int64)
         for k in dead.tolist():
             del self.groups[k]
+        changed = np.array(sorted(k for k in (change or {}) if k in self.groups), dtype=np.int64)
+        self.groups.update((k, change[k]) for k in changed.tolist())
         added = np.arange(self.next_key, self.next_key + len(add), dtype=np.int64)
         self.groups.update(zip(added.tolist(), add))
         self.index.add(np.ones((len(add), 4), np.float32), ids=added) if len(add) else None
         self.next_key += len(add)
         self.version += 1
-        cache.remember(self.version, dead, added)
+        cache.remember(self.version, dead, added, changed)
 
     def expected(self, group: int) -> set[int]:
         return {k for k, g in self.groups.items() if g == group}
@@ -90,6 +95,16 @@ def test_forgotten_or_large_writes_evaluate_again():
     assert selected(cache, docs, 0) == docs.expected(0) and docs.calls[-1] is not None
 
 
+def test_a_metadata_change_moves_a_kept_document_between_filters():
+    docs = Documents()
+    cache = make(docs)
+    docs.write(cache, [0, 1, 0], [])
+    assert selected(cache, docs, 0) == {0, 2} and selected(cache, docs, 1) == {1}
+    docs.write(cache, [], [], {0: 1, 1: 1})
+    assert selected(cache, docs, 0) == {2} and selected(cache, docs, 1) == {0, 1}
+    assert [c.tolist() for c in docs.calls[2:]] == [[0, 1], [0, 1]]  # caught up by testing the two
+
+
 def test_the_cache_keeps_the_last_filters_only():
     docs = Documents()
     cache = make(docs, size=2)
@@ -111,17 +126,23 @@ def test_allowed_ids_intersect_the_filter():
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     writes=st.lists(
-        st.tuples(st.lists(st.integers(0, 2), max_size=6), st.lists(st.integers(0, 40), max_size=4)), max_size=12
+        st.tuples(
+            st.lists(st.integers(0, 2), max_size=6),
+            st.lists(st.integers(0, 40), max_size=4),
+            st.dictionaries(st.integers(0, 40), st.integers(0, 2), max_size=4),
+        ),
+        max_size=12,
     ),
     kept=st.integers(1, 8),
     catch_up=st.integers(0, 8),
 )
 def test_cached_key_sets_equal_a_full_evaluation_after_any_writes(writes, kept, catch_up):
-    """Differential: after every write, each cached filter equals the full evaluation."""
+    """Differential: after every write (additions, deletions, metadata changes), each cached
+    filter equals the full evaluation."""
     docs = Documents()
     cache = make(docs, writes_kept=kept, catch_up_max=catch_up)
-    for add, remove in writes:
-        docs.write(cache, add, remove)
+    for add, remove, change in writes:
+        docs.write(cache, add, remove, change)
         for group in (0, 1, 2):
             assert selected(cache, docs, group) == docs.expected(group)
 

@@ -92,6 +92,8 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
     """
     if metadata is None:
         return "{}"
+    if type(metadata) is dict and _flat_and_valid(metadata):
+        return _ENCODE(metadata)
     if not isinstance(metadata, dict):
         raise TypeError(f"{what} must be a dict; got {type(metadata).__name__}.")
     stack = [(metadata, (), 1)]
@@ -129,4 +131,29 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
                 "JSON data: str, int, float, bool, None, lists or dicts with str keys (convert it first, e.g. "
                 "str(x), x.isoformat(), x.tolist() or x.item())."
             )
-    return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+    return _ENCODE(metadata)
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def _flat_and_valid(metadata: dict) -> bool:
+    """Whether a dict is flat (ASCII ``str`` keys, scalar values) and passes every check of
+    :func:`metadata_json` (the common case, checked in one pass; anything else takes the full
+    walk, which names what is wrong)."""
+    for k, v in metadata.items():
+        if type(k) is not str or not k.isascii():
+            return False
+        t = type(v)
+        if t is str:
+            if not v.isascii():
+                return False
+        elif t is int:
+            if not -(2**63) <= v < 2**63:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is not bool and v is not None:
+            return False
+    return True

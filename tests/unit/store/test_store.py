@@ -438,6 +438,50 @@ def test_metadata_is_stored_exactly_or_refused_whole(value):
         assert snapshot(s) == [("keep", "t", {"k": 1})] and len(s.index) == 1
 
 
+class _Walked(dict):
+    """A dict subclass: :func:`metadata_json` takes its full walk for it, never the flat path."""
+
+
+@PROPERTY
+@given(
+    st.dictionaries(
+        st.one_of(st.text(max_size=3), st.integers(0, 2)),
+        st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(), st.text(max_size=3)),
+        max_size=4,
+    )
+)
+def test_flat_metadata_fast_path_agrees_with_the_full_walk(metadata):
+    """Differential: a flat dict's JSON (or its refusal) is the same on the one-pass fast path
+    (plain dicts) as on the full walk (a dict subclass), and the fast path is taken exactly for
+    flat dicts of ASCII keys whose values pass every check."""
+    from quant_retriever.store import documents
+
+    def outcome(m):
+        try:
+            return documents.metadata_json(m)
+        except (TypeError, ValueError) as e:
+            return type(e)
+
+    assert outcome(metadata) == outcome(_Walked(metadata))
+    ok = documents._flat_and_valid(metadata)
+    assert ok == (
+        all(isinstance(k, str) and k.isascii() for k in metadata)
+        and json_data(metadata)
+        and all(v is None or type(v) in (bool, int, float) or v.isascii() for v in metadata.values())
+    )
+
+
+def test_flat_metadata_takes_the_fast_path(monkeypatch):
+    from quant_retriever.store import documents
+
+    taken = []
+    real = documents._flat_and_valid
+    monkeypatch.setattr(documents, "_flat_and_valid", lambda m: taken.append(real(m)) or taken[-1])
+    s = QuantizedStore(codec="fp16")
+    s.upsert(["a", "b"], vecs(2), ["t", "u"], [{"k": 1, "s": "x", "f": 0.5}, {"l": [1]}])
+    assert taken == [True, False] and [r.metadata for r in s.get(["a", "b"])] == [{"k": 1, "s": "x", "f": 0.5}, {"l": [1]}]
+
+
 def json_data(v) -> bool:
     """The documented rule, restated for this test."""
     if v is None or isinstance(v, (bool, str)):

@@ -20,7 +20,14 @@ from typing_extensions import override
 
 from quant_retriever.codecs import CodecName, RescoreDtype
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
-from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier, check_strings
+from quant_retriever.store import (
+    DEFAULT_TOKENIZER,
+    QuantizedStore,
+    Record,
+    Tokenizer,
+    check_rescore_multiplier,
+    check_strings,
+)
 
 __all__ = ["QuantizedVectorStore", "QuantizedRetriever", "RetrievalMode"]
 
@@ -105,7 +112,8 @@ class QuantizedVectorStore(VectorStore):
     see :meth:`hybrid_search`). Dense scores are cosine similarities in ``[-1, 1]``, as
     ``InMemoryVectorStore``'s (a new store normalises every vector on add, so embeddings need
     not be unit length), and relevance scores map them to ``[0, 1]`` as ``(1 + score) / 2``;
-    keyword scores are BM25, hybrid ones the fusion's. Filters: a dict in the common LangChain
+    keyword scores are BM25, hybrid ones the fusion's. ``keywords``: the keyword index's tokenizer
+    for a new store (``None``: no keyword index, only dense retrieval). Filters: a dict in the common LangChain
     ``$``-operator style (see :func:`filter_from_dict`) or a callable on ``Document``
     (evaluated over all stored documents before top-k); every mode applies them before top-k.
     """
@@ -123,6 +131,7 @@ class QuantizedVectorStore(VectorStore):
         rescore_dtype: RescoreDtype = "int8",
         store: QuantizedStore | None = None,
         retrieval_mode: RetrievalMode = "dense",
+        keywords: Tokenizer | None = DEFAULT_TOKENIZER,
     ):
         if retrieval_mode not in RETRIEVAL_MODES:
             raise ValueError(
@@ -150,6 +159,7 @@ class QuantizedVectorStore(VectorStore):
                 block_size=block_size,
                 rescore_dtype=rescore_dtype,
                 metric="cosine",
+                keywords=keywords,
             )
         )
 

@@ -24,7 +24,7 @@ from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_
 from typing_extensions import override
 
 from quant_retriever.filters import And, Cond, Filter, Not, Or, check_depth
-from quant_retriever.store import QuantizedStore, Record, check_rescore_multiplier
+from quant_retriever.store import DEFAULT_TOKENIZER, QuantizedStore, Record, check_rescore_multiplier
 
 __all__ = ["QuantizedVectorStore"]
 
@@ -84,8 +84,9 @@ class QuantizedVectorStore(BasePydanticVectorStore):
     idiom: ``storage_context.persist(persist_dir=d)`` writes it to ``d`` (atomically replacing
     an earlier copy) and :meth:`from_persist_dir` reopens it. Similarities are cosines in
     ``[-1, 1]`` (vectors are normalised on add), as ``SimpleVectorStore``'s. Query modes:
-    ``DEFAULT`` and ``MMR``. ``store=`` wraps a store made elsewhere (a ``QuantizedStore`` or a
-    sharded one) instead.
+    ``DEFAULT``, ``MMR``, ``SPARSE``/``TEXT_SEARCH`` (BM25) and ``HYBRID`` (see :meth:`query`);
+    ``keywords`` is a new store's keyword tokenizer (``None``: no keyword index). ``store=``
+    wraps a store made elsewhere (a ``QuantizedStore`` or a sharded one) instead.
     """
 
     stores_text: bool = True
@@ -110,6 +111,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
         rescore_dtype: str = "int8",
         read_only: bool = False,
         store: QuantizedStore | None = None,
+        keywords: str | None = DEFAULT_TOKENIZER,
         **kwargs: Any,
     ) -> None:
         if store is not None and path is not None:
@@ -141,6 +143,7 @@ class QuantizedVectorStore(BasePydanticVectorStore):
                 block_size=block_size,
                 rescore_dtype=rescore_dtype,
                 metric="cosine",
+                keywords=keywords,
             )
         self.dim = self._store.dim
 

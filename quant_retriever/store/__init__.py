@@ -23,9 +23,13 @@ from quant_retriever.store.core import QuantizedStore, check_metric
 from quant_retriever.store.database import DB_FILE, INDEX_DIR, METRICS, Metric, empty_store_problem
 from quant_retriever.store.documents import MAX_METADATA_DEPTH, Record, check_documents, metadata_json
 from quant_retriever.store.filter_cache import FilterCache
+from quant_retriever.store.keywords import DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer
 from quant_retriever.store.protocol import StoreLike
 
 __all__ = [
+    "DEFAULT_TOKENIZER",
+    "TOKENIZERS",
+    "Tokenizer",
     "QuantizedStore",
     "StoreLike",
     "Record",

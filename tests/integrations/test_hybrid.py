@@ -216,3 +216,20 @@ def test_llama_index_records_api(li_index):
     assert {n.ref_doc_id for n in store.get_nodes(filters=network)} == {"proxy", "timeout", "cache"}
     store.delete_nodes(filters=network)
     assert store.count() == len(NOTES) - 3 and store.client.verify() == []
+
+
+def test_adapters_without_a_keyword_index_say_so(lc_embeddings, tmp_path):
+    """``keywords=None``: a dense-only store (no keyword table); keyword and hybrid searches
+    raise a ``ValueError`` that says why, dense search works."""
+    lc = qlc.QuantizedVectorStore(lc_embeddings, codec="int4", path=tmp_path / "lc", keywords=None)
+    lc.add_documents(lc_docs())
+    assert lc.store.settings["keywords"] is None and len(lc.similarity_search("proxy", k=2)) == 2
+    for call in (lc.keyword_search, lc.hybrid_search):
+        with pytest.raises(ValueError, match="has no keyword index"):
+            call("proxy")
+    li = qli.QuantizedVectorStore(codec="int4", dim=384, keywords=None)
+    assert li.client.settings["keywords"] is None
+    with pytest.raises(ValueError, match="has no keyword index"):
+        li.query(_query(VectorStoreQueryMode.SPARSE, "proxy"))
+    with pytest.raises(ValueError, match="keywords must be None or one of"):
+        qli.QuantizedVectorStore(codec="int4", dim=384, keywords="porter")

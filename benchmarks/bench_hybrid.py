@@ -21,9 +21,11 @@ Tables (medians; the timings interleave the settings they compare, round by roun
    (``retrieval_mode``) and the LlamaIndex ``QuantizedVectorStore`` (query modes);
 2. latency of one query (k=10) at ``--n`` documents (the corpus repeated, each copy's vectors
    moved by a little noise): dense, keyword and hybrid, with and without a filter;
-3. indexing throughput (``upsert`` of ``--n`` documents in batches of 1,000 into a persistent
-   store) with and without the keyword index, and the keyword index's bytes per document (the
-   database's files with it minus without it, after closing);
+3. indexing throughput with and without the keyword index: ``upsert`` of ``--n`` documents
+   (vectors given) in batches of 1,000 into a persistent store, and what a user runs,
+   ``ingest.index_documents`` (chunking, embedding with MiniLM at INT8, upserts) of
+   ``--embed-n`` documents; and the keyword index's bytes per document (the database's files
+   with it minus without it, after closing);
 4. with ``--sharded`` (default; needs ``ray``): a 2-shard store against one store, whose BM25
    statistics are per shard: mean top-10 overlap and MRR@10 of keyword and hybrid retrieval.
 """
@@ -153,6 +155,19 @@ def fill(path, keywords, docs, progress=False) -> float:
     return seconds
 
 
+def embed_and_index(path, keywords, texts, encoder) -> float:
+    """Seconds of ``ingest.index_documents`` (chunk, embed, upsert) of ``texts`` into a new store."""
+    from quant_retriever.ingest import Document, index_documents
+
+    documents = [Document(f"d{i}", t, {}, "bench") for i, t in enumerate(texts)]
+    store = QuantizedStore(None, codec="int4", path=path, metric="cosine", keywords=keywords)
+    start = time.perf_counter()
+    index_documents(store, encoder, documents, batch_size=64)
+    seconds = time.perf_counter() - start
+    store.close()
+    return seconds
+
+
 def latency(store, queries, qv, rounds, half):
     """Median ms of one query per mode, with and without the filter ``half``, interleaved."""
     calls = {
@@ -205,6 +220,7 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=2000, help="queries per query set")
     parser.add_argument("--codecs", nargs="+", default=["int4", "binary"])
     parser.add_argument("--n", type=int, default=60_000, help="documents for the latency and indexing tables")
+    parser.add_argument("--embed-n", type=int, default=1000, help="documents embedded for table 3's second part")
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the latency and indexing tables")
     parser.add_argument("--no-sharded", action="store_true", help="leave out table 4 (Ray)")
@@ -237,6 +253,15 @@ def main(argv=None) -> None:
                 path = Path(tmp) / f"{keywords}-{r}"
                 seconds[keywords].append(fill(path, keywords, docs))
                 size[keywords] = sum(f.stat().st_size for f in path.glob("store.sqlite*"))
+        from quant_retriever.models import load_encoder
+        from quant_retriever.models.settings import minilm_path
+
+        encoder, embedded = load_encoder(minilm_path(), precision="int8"), {None: [], "porter unicode61": []}
+        for r in tqdm(range(args.rounds), desc="embed + index rounds", leave=False):
+            for keywords in (None, "porter unicode61") if r % 2 == 0 else ("porter unicode61", None):
+                embedded[keywords].append(
+                    embed_and_index(Path(tmp) / f"e{keywords}-{r}", keywords, texts[: args.embed_n], encoder)
+                )
         store = QuantizedStore.open(Path(tmp) / f"porter unicode61-{args.rounds - 1}", read_only=True)
         half = Cond("copy", "lt", max(1, args.n // len(ids) // 2))
         ms = {}
@@ -259,6 +284,13 @@ def main(argv=None) -> None:
     for keywords in (None, "porter unicode61"):
         ratio = rate[keywords] / rate[None]
         print(f"{str(keywords):<22}{rate[keywords]:>10.0f}{ratio:>8.3f}{size[keywords] / 1e6:>17.1f}")
+    e_rate = {k: args.embed_n / float(np.median(v)) for k, v in embedded.items()}
+    print(
+        f"\n   embedding and indexing {args.embed_n:,} documents "
+        f"(ingest.index_documents, MiniLM int8, median of {args.rounds})"
+    )
+    for keywords in (None, "porter unicode61"):
+        print(f"{str(keywords):<22}{e_rate[keywords]:>10.1f}{e_rate[keywords] / e_rate[None]:>8.3f}")
     per_doc = (size["porter unicode61"] - size[None]) / args.n
     print(
         f"keyword index: {per_doc:.0f} bytes per document (texts of {np.mean([len(t) for t in texts]):.0f} characters)"

@@ -22,6 +22,7 @@ document it is in (about 1.5 microseconds each); from the cache it costs an addi
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -102,6 +103,7 @@ class WordScores:
         self._size = 0
         self._lock = threading.Lock()
         self.misses = 0  # words read from FTS5 (not from the cache)
+        self.pruned = 0  # queries whose frequent words were looked up for candidates only
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -118,6 +120,9 @@ class WordScores:
         self.misses += 1
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         shares = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+        if len(keys) > 1 and not (np.diff(keys) > 0).all():  # FTS5 gives them in key order
+            order = np.argsort(keys, kind="stable")
+            keys, shares = keys[order], shares[order]
         with self._lock:
             old = self._entries.pop(word, None)
             self._size -= 0 if old is None else len(old[1])
@@ -134,16 +139,15 @@ class WordScores:
         words = query_words(text)
         if not words or n == 0 or (allowed is not None and len(allowed) == 0):
             return []
-        parts = [self.get(query, w, version) for w in words]
-        keys = np.concatenate([k for k, _ in parts])
-        if not len(keys):
+        parts = [p for p in (self.get(query, w, version) for w in words) if len(p[0])]
+        total = sum(len(k) for k, _ in parts)
+        if not total:
             return []
-        shares = np.concatenate([s for _, s in parts])
-        if int(keys.max()) < 8 * len(keys) + 65536:  # keys dense enough to add up by index
-            sums = np.bincount(keys, weights=shares)
-            docs = np.flatnonzero(sums) if allowed is None else allowed[allowed < len(sums)]
-            scores = sums[docs]
+        end = max(int(k[-1]) for k, _ in parts) + 1
+        if end < 8 * total + 65536:  # keys dense enough to add up by index
+            docs, scores = self._by_index(parts, n, end, allowed)
         else:
+            keys, shares = np.concatenate([k for k, _ in parts]), np.concatenate([s for _, s in parts])
             docs, where = np.unique(keys, return_inverse=True)
             scores = np.bincount(where, weights=shares)
             if allowed is not None:
@@ -156,3 +160,44 @@ class WordScores:
             docs, scores = docs[cut], scores[cut]
         order = np.lexsort((docs, -scores))[:n]
         return list(zip(docs[order].tolist(), scores[order].tolist()))
+
+    def _by_index(self, parts, n: int, end: int, allowed) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate documents and their scores, added up in an array indexed by key, rarest
+        word first. Once the words left could add at most ``rest`` (the sum of their largest
+        shares) and the ``n``-th best score so far is above that, a document none of the words
+        so far holds cannot reach the top ``n`` (MaxScore): the words left are then looked up
+        for the candidates only, not added up over all their documents."""
+        inside = None
+        if allowed is not None:
+            inside = np.zeros(end, dtype=bool)
+            inside[allowed[allowed < end]] = True
+        parts = sorted(parts, key=lambda p: len(p[0]))
+        best = [float(s.max()) for _, s in parts]
+        sums, touched, seen, i = np.zeros(end), np.zeros(end, dtype=bool), [], 0
+        while True:
+            keys, shares = parts[i]
+            sums[keys] += shares  # a word's keys are distinct
+            new = keys[~touched[keys]]
+            touched[new] = True
+            seen.append(new if inside is None else new[inside[new]])
+            i += 1
+            if i == len(parts) or sum(map(len, seen)) > len(parts[-1][0]):
+                break  # the words left are as cheap to add up as to look up
+            docs = np.concatenate(seen)
+            if len(docs) < n:
+                continue
+            bar = np.partition(sums[docs], len(docs) - n)[len(docs) - n] * (1 - 1e-9)  # below the n-th best
+            rest = math.fsum(best[i:])
+            if rest < bar:
+                docs = docs[sums[docs] + rest >= bar]
+                wanted = np.zeros(end, dtype=bool)
+                wanted[docs] = True
+                for keys, shares in parts[i:]:
+                    hit = wanted[keys]
+                    sums[keys[hit]] += shares[hit]
+                self.pruned += 1
+                return docs, sums[docs]
+        for keys, shares in parts[i:]:
+            sums[keys] += shares
+        docs = np.flatnonzero(sums) if inside is None else np.flatnonzero(inside & (sums > 0))
+        return docs, sums[docs]

@@ -351,4 +351,50 @@ def test_adding_word_shares_equals_a_reference(postings, allowed, n):
             total[key] = total.get(key, 0.0) + share
     if allowed is not None:
         total = {k: v for k, v in total.items() if k in set(allowed)}
-    assert got == sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    assert_same_top(got, total, n)
+
+
+def assert_same_top(got: list[tuple[int, float]], total: dict[int, float], n: int) -> None:
+    """``got`` is the top ``n`` of ``total`` (ties by key), up to the rounding of a sum: its
+    scores are the reference's, best first, and each key's score is that key's own."""
+    want = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    assert len(got) == len(want)
+    assert np.allclose([s for _, s in got], [s for _, s in want], rtol=1e-12, atol=0)
+    assert all(np.isclose(s, total[key], rtol=1e-12, atol=0) for key, s in got)
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_pruned_adding_up_equals_the_full_sum(seed):
+    """Differential on long posting lists, where the frequent words are looked up for the
+    candidates only (MaxScore): the same top as adding every share."""
+    check_pruned_case(seed)
+
+
+def test_pruning_is_taken():
+    assert sum(check_pruned_case(seed) for seed in range(60)) >= 15
+
+
+def check_pruned_case(seed: int) -> int:
+    """One random case of the test above; how many times it pruned (0 or 1)."""
+    from quant_retriever.store.keywords import WordScores
+
+    rng = np.random.default_rng(seed)
+    n_docs = int(rng.integers(50, 5000))
+    table = {}
+    for w in range(int(rng.integers(2, 8))):
+        count = int(min(n_docs, rng.choice([3, 20, 200, n_docs // 2, n_docs])))
+        keys = np.sort(rng.choice(n_docs, count, replace=False))
+        top = 20.0 / (1 + np.log1p(count))  # rare words weigh more, as IDF makes them
+        table[f"w{w}"] = list(zip(keys.tolist(), rng.uniform(1e-6, top, count).tolist()))
+    n = int(rng.integers(1, 30))
+    allowed = None if seed % 3 else np.sort(rng.choice(n_docs, n_docs // 2, replace=False))
+    scores = WordScores()
+    got = scores.top(lambda sql, params: table[params[0].strip('"')], " ".join(table), n, 0, allowed)
+    total: dict[int, float] = {}
+    for rows in table.values():
+        for key, share in rows:
+            if allowed is None or key in set(allowed.tolist()):
+                total[key] = total.get(key, 0.0) + share
+    assert_same_top(got, total, n)
+    return scores.pruned

@@ -16,7 +16,9 @@ of each word's share.
 :class:`WordScores` computes that sum word by word: FTS5 scores the documents of one word
 (``bm25()`` over a one-phrase query is that word's share, with the whole index's statistics),
 the shares are cached per store version (a write changes every document's statistics), and
-numpy adds them up and takes the top. A frequent word costs FTS5 a ``bm25()`` call per
+numpy adds them up and takes the top, rarest word first: once the words left cannot lift a
+document none of the words so far holds past the ``n``-th best score (MaxScore), they are
+added for the remaining candidates only. A frequent word costs FTS5 a ``bm25()`` call per
 document it is in (about 1.5 microseconds each); from the cache it costs an addition.
 """
 

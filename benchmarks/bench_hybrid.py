@@ -50,10 +50,10 @@ MODES = ("dense", "keyword", "hybrid")
 _FIRST = re.compile(r"(.{20,}?[.!?])\s+(.*)", re.S)
 
 
-def build_corpus(n_queries: int):
+def build_corpus(n_queries: int, limit: int | None = None):
     """(ids, texts, query sets {name: [(query, relevant id)]}) of the stdlib corpus."""
     ids, texts, sentence, name = [], [], [], []
-    for doc in stdlib_docstrings():
+    for doc in stdlib_docstrings(limit):
         ids.append(doc.id)
         m = _FIRST.match(doc.text)
         if m and len(m.group(2)) >= 40:
@@ -218,6 +218,7 @@ def sharded_overlap(ids, texts, vectors, query_sets):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=2000, help="queries per query set")
+    parser.add_argument("--docs", type=int, default=None, help="docstrings in the corpus (default: all)")
     parser.add_argument("--codecs", nargs="+", default=["int4", "binary"])
     parser.add_argument("--n", type=int, default=60_000, help="documents for the latency and indexing tables")
     parser.add_argument("--embed-n", type=int, default=1000, help="documents embedded for table 3's second part")
@@ -227,7 +228,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
-    ids, texts, sets = build_corpus(args.queries)
+    ids, texts, sets = build_corpus(args.queries, args.docs)
     vectors = embed_cached(texts)
     query_sets = {name: (queries, embed_cached([q for q, _ in queries])) for name, queries in sets.items()}
     sizes = ", ".join(f"{len(v)} {k}" for k, v in sets.items())

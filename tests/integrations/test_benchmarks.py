@@ -58,6 +58,19 @@ def test_bench_paths_runs_every_path_at_a_tiny_size(tmp_path, monkeypatch, capsy
         assert row in out, row
 
 
+def test_bench_hybrid_prints_every_table_at_a_tiny_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QUANT_RETRIEVER_CACHE", str(tmp_path))
+    bench = _load(BENCHMARKS / "bench_hybrid.py")
+    bench.main(
+        ["--docs", "300", "--queries", "20", "--n", "1200", "--rounds", "1", "--latency-queries", "4", "--embed-n", "20"]
+        + ["--no-sharded"]
+    )
+    out = capsys.readouterr().out
+    for row in ("LangChain   int4   hybrid", "LlamaIndex  binary keyword", "name      copy < ", "porter unicode61"):
+        assert row in out, row
+    assert "bytes per document" in out and "4. two shards" not in out
+
+
 def test_interleaved_timings_alternate_their_calls():
     """Ratios in the benchmarks come from calls made in turn, so a burst of load falls on both."""
     from quant_retriever.bench import interleaved_ms

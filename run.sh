@@ -40,7 +40,8 @@ case "$cmd" in
             "$PY" "examples/$example.py" "$@"
         done ;;
     test)
-        .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet .
+        .venv/bin/ruff check --quiet . || exit 1  # (a failing "a && b" would not stop the script)
+        .venv/bin/ruff format --check --quiet . || exit 1
         order=()
         if [[ " $* " != *" no:randomly "* && " $* " != *"-p no:randomly"* ]]; then
             seed=${RANDOMLY_SEED:-$((RANDOM * 32768 + RANDOM))}

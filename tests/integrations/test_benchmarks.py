@@ -62,7 +62,20 @@ def test_bench_hybrid_prints_every_table_at_a_tiny_size(tmp_path, monkeypatch, c
     monkeypatch.setenv("QUANT_RETRIEVER_CACHE", str(tmp_path))
     bench = _load(BENCHMARKS / "bench_hybrid.py")
     bench.main(
-        ["--docs", "300", "--queries", "20", "--n", "1200", "--rounds", "1", "--latency-queries", "4", "--embed-n", "20"]
+        [
+            "--docs",
+            "300",
+            "--queries",
+            "20",
+            "--n",
+            "1200",
+            "--rounds",
+            "1",
+            "--latency-queries",
+            "4",
+            "--embed-n",
+            "20",
+        ]
         + ["--no-sharded"]
     )
     out = capsys.readouterr().out

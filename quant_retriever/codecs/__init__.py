@@ -16,6 +16,10 @@ binary    :class:`Binary`     sign bits, whole 64-bit words
 int8      :class:`Int8`       per-row absmax INT8 of ``u``, float32 norm and scale
 fp16      :class:`Float16`    ``u`` as FP16, float32 norm
 fp32      :class:`Float32`    ``u`` as FP32, float32 norm
+rq1       :class:`Rq1`        ``R u`` (a fixed random rotation) on a 1-bit grid, float32
+                              norm and correction (RaBitQ's estimator)
+rq2       :class:`Rq2`        the same on a 2-bit Lloyd-Max grid
+rq4       :class:`Rq4`        the same on a 4-bit Lloyd-Max grid
 ========  ==================  =============================================================
 
 Adding a format is one module with a :class:`Codec` subclass and one line in ``CODECS``;
@@ -31,6 +35,7 @@ from quant_retriever.codecs.binary import Binary
 from quant_retriever.codecs.floats import Float16, Float32
 from quant_retriever.codecs.int4 import Int4
 from quant_retriever.codecs.int8 import Int8
+from quant_retriever.codecs.rotated import Rq1, Rq2, Rq4
 
 __all__ = [
     "FLOAT32_MAX",
@@ -44,9 +49,9 @@ __all__ = [
     "split_norm",
 ]
 
-CodecName = Literal["int4", "binary", "int8", "fp16", "fp32"]
+CodecName = Literal["int4", "binary", "int8", "fp16", "fp32", "rq1", "rq2", "rq4"]
 #: The registry: format name -> class.
-CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (Int4, Binary, Int8, Float16, Float32)}
+CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (Int4, Binary, Int8, Float16, Float32, Rq1, Rq2, Rq4)}
 CODEC_NAMES: tuple[str, ...] = tuple(CODECS)
 
 RescoreDtype = Literal["int8", "fp16"]

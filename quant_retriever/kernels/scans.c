@@ -465,6 +465,126 @@ int int4_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t half_p
     return sink_close(&k) || status ? -1 : 0;
 }
 
+/* Rotated rows (see codecs/rotated.py): `code_bytes` bytes of `bits`-bit codes (element j in
+   bits (j * bits) % 8 .. of byte j * bits / 8, low first), then float32 norm and dot. A row is
+   decoded in planes: plane t (0 <= t < 8 / bits) holds the elements i * (8 / bits) + t of
+   bytes i, at buf[t * code_bytes + i], each the level its code names (levels: 16 floats, the
+   grid padded); the queries come laid out the same way. Factor: norm / dot. */
+typedef struct { const uint8_t* codes; int64_t row_bytes, code_bytes; int bits; const float* levels; } rq_rows;
+
+static float decode_rq(const void* ctx, int64_t r, float* buf) {
+    const rq_rows* c = (const rq_rows*)ctx;
+    const uint8_t* row = c->codes + r * c->row_bytes;
+    const int b = c->bits, planes = 8 / c->bits, mask = (1 << c->bits) - 1;
+    const int64_t cb = c->code_bytes;
+    int64_t i = 0;
+#ifdef __AVX512F__
+    const __m512 lev = _mm512_loadu_ps(c->levels);
+    for (; i + 16 <= cb; i += 16) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + i)));
+        for (int t = 0; t < planes; t++) {
+            const __m512i at = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(t * b)), _mm512_set1_epi32(mask));
+            _mm512_storeu_ps(buf + t * cb + i, _mm512_permutexvar_ps(at, lev));
+        }
+    }
+#endif
+    for (; i < cb; i++)
+        for (int t = 0; t < planes; t++) buf[t * cb + i] = c->levels[(row[i] >> (t * b)) & mask];
+    const float* f = (const float*)(row + cb);
+    return f[0] / f[1];
+}
+
+#ifdef __AVX512F__
+/* One rotated row against nq <= 4 queries (in decode_rq's layout, rows of p16), 16 bytes a
+   step: each plane's levels looked up in a register and multiplied by every query, no buffer. */
+static inline __attribute__((always_inline)) void rq_row_avx512(const uint8_t* row, int64_t cb, const int b,
+                                                                __m512 lev, const float* q, int64_t p16,
+                                                                const int nq, float* out, int64_t n) {
+    const int planes = 8 / b;
+    __m512 acc[4];
+    float tail[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int qi = 0; qi < nq; qi++) acc[qi] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= cb; i += 16) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(row + i)));
+        for (int t = 0; t < planes; t++) {
+            const __m512i at = _mm512_and_si512(_mm512_srli_epi32(v, t * b), _mm512_set1_epi32((1 << b) - 1));
+            const __m512 x = _mm512_permutexvar_ps(at, lev);
+            for (int qi = 0; qi < nq; qi++)
+                acc[qi] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + qi * p16 + t * cb + i), acc[qi]);
+        }
+    }
+    float levels[16];
+    _mm512_storeu_ps(levels, lev);
+    for (; i < cb; i++)
+        for (int t = 0; t < planes; t++) {
+            const float x = levels[(row[i] >> (t * b)) & ((1 << b) - 1)];
+            for (int qi = 0; qi < nq; qi++) tail[qi] += x * q[qi * p16 + t * cb + i];
+        }
+    const float* f = (const float*)(row + cb);
+    const float factor = f[0] / f[1];
+    for (int qi = 0; qi < nq; qi++) out[qi * n] = (_mm512_reduce_add_ps(acc[qi]) + tail[qi]) * factor;
+}
+
+/* A few queries (nq <= FUSED_MAX_QUERIES), one fused pass per row (rq_row_avx512). */
+static int rq_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t cb, int b, const float* levels,
+                    const float* q, int64_t nq, int64_t p16, const uint8_t* valid, sink* k) {
+    const __m512 lev = _mm512_loadu_ps(levels);
+    int failed = 0;
+    #pragma omp parallel num_threads(k->threads)
+    {
+        float* s = (float*)malloc((size_t)(nq * BLK) * sizeof(float));
+        if (!s) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < n; r0 += BLK) {
+            if (!s) continue;
+            const int64_t m = n - r0 < BLK ? n - r0 : BLK;
+            for (int64_t i = 0; i < m; i++) {
+                const uint8_t* row = codes + (r0 + i) * row_bytes;
+                if (valid && !valid[r0 + i]) { skip_row(s, BLK, i, nq); continue; }
+#define RQ_ROW(B, NQ) rq_row_avx512(row, cb, B, lev, q, p16, NQ, s + i, BLK)
+#define RQ_BITS(B)                                                                                  \
+                switch (nq) {                                                                        \
+                    case 1: RQ_ROW(B, 1); break;                                                     \
+                    case 2: RQ_ROW(B, 2); break;                                                     \
+                    case 3: RQ_ROW(B, 3); break;                                                     \
+                    default: RQ_ROW(B, 4);                                                           \
+                }
+                if (b == 1) { RQ_BITS(1) } else if (b == 2) { RQ_BITS(2) } else { RQ_BITS(4) }
+#undef RQ_BITS
+#undef RQ_ROW
+            }
+            sink_block(k, omp_get_thread_num(), s, r0, m);
+        }
+        free(s);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
+/* Rotated rows against queries q [nq, p16] (rotated, in decode_rq's plane layout, zero-padded
+   to p16 = 8 * code_bytes / bits rounded up to 16): scores into out [nq, n], or the best `keep`
+   into top_s / top_r, as int4_scan. Returns -1 without memory, else 0. */
+int rq_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t code_bytes, int64_t bits,
+            const float* levels, const float* q, int64_t nq, const uint8_t* valid, float* out, int64_t keep,
+            float* top_s, int64_t* top_r, int nthreads) {
+    const int64_t p16 = (code_bytes * 8 / bits + 15) / 16 * 16;
+    sink k;
+    if (sink_open(&k, out, n, nq, keep, top_s, top_r, nthreads)) return -1;
+    const rq_rows ctx = {codes, row_bytes, code_bytes, (int)bits, levels};
+    int status;
+#ifdef __AVX512F__
+    if (nq <= FUSED_MAX_QUERIES)
+        status = rq_fused(codes, n, row_bytes, code_bytes, (int)bits, levels, q, nq, p16, valid, &k);
+    else
+#endif
+        status = scan_rows(&ctx, decode_rq, n, q, nq, p16, valid, &k);
+    return sink_close(&k) || status ? -1 : 0;
+}
+
 /* Dense rows (see codecs/int8.py, codecs/floats.py): `dim` values of type T, then `nf` float32
    factors at byte `fo`; score = <q, values> * product(factors). q [nq, p16] zero-padded (see
    row_dots); scores into a sink as int4_scan's; rows with valid[r] == 0 (valid may be NULL)

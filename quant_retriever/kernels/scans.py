@@ -15,6 +15,7 @@ __all__ = [
     "LIBRARY",
     "available",
     "int4_scan",
+    "rq_scan",
     "hamming_scan",
     "hamming_select",
     "binary_candidates",
@@ -28,6 +29,7 @@ LIBRARY = Library(
     "scans.c",
     {
         "int4_scan": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
+        "rq_scan": signature("p", "i64", "i64", "i64", "i64", "p", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
         "binary_candidates": signature("p", "i64", "i64", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
@@ -127,6 +129,24 @@ def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid:
     nq, n = q.shape[0], codes.shape[0]
     args = (codes.data_ptr(), n, codes.shape[1], half_p, nb, q.data_ptr(), nq)
     return _scan(lib.int4_scan, args, valid, n, nq, keep)
+
+
+def rq_scan(
+    q: torch.Tensor, codes: torch.Tensor, code_bytes: int, bits: int, levels: torch.Tensor, valid=None, keep=None
+):
+    """Scores ``[nq, n]`` of rotated queries in the plane layout of ``scans.c``'s ``decode_rq``
+    (``q: [nq, 8 * code_bytes / bits]``) against rotated rows ``codes: [n, row_bytes]`` (see
+    ``codecs/rotated.py``; ``levels``: the grid, at most 16 floats); ``valid`` and ``keep`` as
+    in :func:`int4_scan`."""
+    lib = _usable(q, codes)
+    if lib is None:
+        return None
+    codes = codes.contiguous()
+    q, _ = _padded_queries(q)
+    table = _zero_padded(levels.view(1, -1), 1, 16)
+    nq, n = q.shape[0], codes.shape[0]
+    args = (codes.data_ptr(), n, codes.shape[1], code_bytes, bits, table.data_ptr(), q.data_ptr(), nq)
+    return _scan(lib.rq_scan, args, valid, n, nq, keep)
 
 
 def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:

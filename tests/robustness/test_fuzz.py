@@ -17,7 +17,7 @@ SETTINGS = settings(
 )
 
 dtypes = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.bool_])
-codecs = st.sampled_from(["int4", "binary", "int8", "fp16", "fp32"])
+codecs = st.sampled_from(["int4", "binary", "int8", "fp16", "fp32", "rq1", "rq2", "rq4"])
 floats = st.floats(allow_nan=True, allow_infinity=True, width=16)  # representable in every float dtype
 
 

@@ -11,7 +11,16 @@ from quant_retriever.codecs import CODECS, Codec, make_codec
 
 NAMES = list(CODECS)
 #: Minimum cosine of a decoded vector to its original, per format (binary decodes to +-1).
-FIDELITY = {"int4": 0.98, "binary": 0.5, "int8": 0.9995, "fp16": 0.99999, "fp32": 0.999999}
+FIDELITY = {
+    "int4": 0.98,
+    "binary": 0.5,
+    "int8": 0.9995,
+    "fp16": 0.99999,
+    "fp32": 0.999999,
+    "rq1": 0.6,
+    "rq2": 0.9,
+    "rq4": 0.99,
+}
 
 
 def unit(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -24,7 +33,7 @@ def codec_for(name: str, dim: int) -> Codec:
 
 
 def test_every_format_is_registered_under_its_own_name():
-    assert NAMES == ["int4", "binary", "int8", "fp16", "fp32"]
+    assert NAMES == ["int4", "binary", "int8", "fp16", "fp32", "rq1", "rq2", "rq4"]
     for name, cls in CODECS.items():
         assert issubclass(cls, Codec) and cls.name == name
         assert name in FIDELITY, f"add {name!r} to FIDELITY so the contract covers it"

@@ -355,7 +355,16 @@ def test_cuda_index_matches_cpu_index(codec):
 
 
 @pytest.mark.parametrize(
-    "codec, rescore", [("int4", True), ("binary", True), ("int8", False), ("fp16", False), ("fp32", False)]
+    "codec, rescore",
+    [
+        ("int4", True),
+        ("binary", True),
+        ("int8", False),
+        ("fp16", False),
+        ("fp32", False),
+        ("rq1", True),
+        ("rq4", False),
+    ],
 )
 @pytest.mark.parametrize("norm", [1e-38, 1e-20, 1e-9, 1.0, 7e4, 1e15, 1e30])
 def test_any_finite_norm_finds_itself(codec, rescore, norm):

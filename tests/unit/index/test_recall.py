@@ -10,7 +10,8 @@ import torch
 from quant_retriever import QuantizedIndex
 
 # (codec, rescore, multiplier) -> recall@10 floor. The targets: int4 alone >= 0.92,
-# int4 + INT8 rescore x2 >= 0.985, binary + rescore x4 >= 0.94.
+# int4 + INT8 rescore x2 >= 0.985, binary + rescore x4 >= 0.94; the rotated codes: rq4 alone
+# >= 0.95, rq2 alone >= 0.85 and x4 >= 0.99, rq1 x4 >= 0.97.
 FLOORS = [
     ("fp32", False, 1, 0.999),
     ("fp16", False, 1, 0.99),
@@ -20,6 +21,12 @@ FLOORS = [
     ("int4", True, 4, 0.985),  # the INT8 copy itself is the ceiling (int8 alone: ~0.99)
     ("binary", False, 1, 0.70),
     ("binary", True, 4, 0.94),
+    ("rq4", False, 1, 0.95),
+    ("rq4", True, 2, 0.99),
+    ("rq2", False, 1, 0.85),
+    ("rq2", True, 4, 0.99),
+    ("rq1", False, 1, 0.70),
+    ("rq1", True, 4, 0.97),
 ]
 
 
@@ -52,6 +59,9 @@ BATCHINGS = [
     ("int4", False, 1, "int8"),
     ("binary", True, 4, "int8"),
     ("binary", False, 1, "int8"),
+    ("rq1", True, 4, "int8"),
+    ("rq2", True, 4, "int8"),
+    ("rq4", False, 1, "int8"),
     ("int8", False, 1, "int8"),
     ("fp16", False, 1, "int8"),
     ("fp32", False, 1, "int8"),

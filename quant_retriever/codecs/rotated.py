@@ -1,0 +1,199 @@
+"""Rotated codes: 1, 2 or 4 bits per dimension on one fixed grid, with a per-row correction
+(RaBitQ's and TurboQuant's estimator, calibration-free).
+
+A vector ``x`` is split into its norm and direction ``u = x / |x|``; ``u`` is rotated by a
+fixed random orthogonal matrix ``R`` (the same for every vector of a dimension: seeded, never
+learned from data), so each coordinate of ``R u`` is close to ``N(0, 1/dim)`` whatever ``u``
+was. Each coordinate, times ``sqrt(dim)``, is rounded to the nearest level of the Lloyd-Max
+grid of a standard normal with ``2**bits`` levels (:data:`LEVELS`): the code ``c``, and
+``xbar = LEVELS[c]``. Inner products are estimated as
+
+    <q, x> ~= |x| * <R q, xbar> / <xbar, R u>
+
+(the division removes the bias of the grid: RaBitQ, SIGMOD 2024; it is exact when ``q = u``).
+``<xbar, R u>`` is positive for any non-zero ``u`` (each level has its coordinate's sign).
+Decoding gives the vector this estimator scores against: ``R^T xbar / <xbar, R u>`` and the
+norm.
+
+Packed row layout (``P`` = ``dim`` rounded up so that the codes fill whole 4-byte words):
+
+==============  ===================  ==============================================
+bytes            content              shape per row
+==============  ===================  ==============================================
+0 .. P*b/8       codes                (P*b/8,) uint8: element ``j`` in bits
+                                      ``(j*b) % 8 ..`` of byte ``j*b // 8`` (low first)
+P*b/8 + 0        norm                 (1,) float32: ``|x|``
+P*b/8 + 4        dot                  (1,) float32: ``<xbar, R u>`` (1 for a zero vector)
+==============  ===================  ==============================================
+
+Example, ``dim=384``: 48 + 8 = 56 bytes at 1 bit (``rq1``), 96 + 8 = 104 at 2 bits
+(``rq2``), 192 + 8 = 200 at 4 bits (``rq4``). Padding elements hold code 0 and are never
+scored (rotated queries are padded with zeros).
+
+The rotation is the Q of a QR decomposition of a ``dim x dim`` standard normal matrix drawn
+with numpy's PCG64 from :data:`SEED` (in float64, signs fixed by R's diagonal), cached per
+dimension, device and precision: vectors are rotated in float64 (so that a code never depends
+on its batch), queries in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from quant_retriever.codecs.base import Codec, split_norm
+from quant_retriever.kernels import scans
+
+__all__ = ["Rotated", "Rq1", "Rq2", "Rq4", "LEVELS", "SEED", "rotation"]
+
+SEED = 20250417
+#: Lloyd-Max levels of a standard normal, ascending, per bit width (1 bit: +-sqrt(2/pi)).
+LEVELS: dict[int, tuple[float, ...]] = {
+    1: (-0.7978845608, 0.7978845608),
+    2: (-1.5104176, -0.4527800, 0.4527800, 1.5104176),
+    4: tuple(
+        s * v
+        for s, half in ((-1, True), (1, False))
+        for v in (
+            (2.7326, 2.0690, 1.6181, 1.2562, 0.9424, 0.6568, 0.3881, 0.1284)
+            if half
+            else (0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326)
+        )
+    ),
+}
+
+_ROTATIONS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def rotation(dim: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The fixed ``[dim, dim]`` orthogonal matrix ``R`` of this dimension (float64 as drawn,
+    or rounded to ``dtype``)."""
+    key = (dim, dtype, torch.device(device))
+    r = _ROTATIONS.get(key)
+    if r is None:
+        exact = _ROTATIONS.get((dim, torch.float64, torch.device("cpu")))
+        if exact is None:
+            g = np.random.Generator(np.random.PCG64(SEED)).standard_normal((dim, dim))
+            q, tri = np.linalg.qr(g)
+            q *= np.where(np.diag(tri) < 0, -1.0, 1.0)[None, :]
+            exact = _ROTATIONS.setdefault((dim, torch.float64, torch.device("cpu")), torch.from_numpy(q.T.copy()))
+        r = _ROTATIONS.setdefault(key, exact.to(device=device, dtype=dtype))
+    return r
+
+
+class Rotated(Codec):
+    """Rotated ``bits``-bit codes (see the module docstring); subclasses fix ``bits``."""
+
+    bits: int
+
+    @property
+    def padded(self) -> int:
+        per_word = 32 // self.bits
+        return -(-self.dim // per_word) * per_word
+
+    @property
+    def code_bytes(self) -> int:
+        return self.padded * self.bits // 8
+
+    @property
+    def row_bytes(self) -> int:
+        return self.code_bytes + 8
+
+    def _levels(self, device) -> torch.Tensor:
+        return torch.tensor(LEVELS[self.bits], dtype=torch.float32, device=device)
+
+    def rotate(self, v: torch.Tensor) -> torch.Tensor:
+        """``[n, dim]`` -> ``R v`` per row, zero-padded to ``[n, padded]`` float32."""
+        out = v.float() @ rotation(self.dim, v.device).T
+        return torch.nn.functional.pad(out, (0, self.padded - self.dim)) if self.padded > self.dim else out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        u, norms = split_norm(x)
+        # in float64, so that a row's code never depends on the batch (a float32 GEMM's
+        # rounding does, through its blocking)
+        ru = u.double() @ rotation(self.dim, x.device, torch.float64).T
+        codes, dot = self._nearest(ru)
+        dot = torch.where(norms > 0, dot, torch.ones_like(dot)).float()
+        full = torch.zeros(n, self.padded, dtype=torch.uint8, device=x.device)
+        full[:, : self.dim] = codes.to(torch.uint8)
+        per_byte = 8 // self.bits
+        shifts = torch.arange(per_byte, device=x.device, dtype=torch.uint8) * self.bits
+        packed = (full.view(n, -1, per_byte) << shifts).sum(dim=2, dtype=torch.uint8)
+        out = torch.empty(n, self.row_bytes, dtype=torch.uint8, device=x.device)
+        out[:, : self.code_bytes] = packed
+        out[:, self.code_bytes :] = torch.stack([norms.float(), dot], dim=1).view(torch.uint8)
+        return out
+
+    def _nearest(self, ru: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes of rotated unit rows ``ru [n, dim]`` (float64): the nearest level of
+        ``ru * sqrt(dim)``; and their ``dot``, ``<xbar, ru>``."""
+        levels = self._levels(ru.device).double()
+        codes = torch.searchsorted((levels[1:] + levels[:-1]) / 2, (ru * self.dim**0.5).contiguous())
+        return codes, (levels[codes] * ru).sum(dim=1)
+
+    def _fields(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of rows ``[n, row_bytes]``: codes ``[n, code_bytes]`` uint8, norms, dots ``[n]``."""
+        floats = rows.view(torch.float32)
+        first = self.code_bytes // 4
+        return rows[:, : self.code_bytes], floats[:, first], floats[:, first + 1]
+
+    def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._fields(rows)[1:]
+
+    def levels_of(self, codes: torch.Tensor) -> torch.Tensor:
+        """Packed codes ``[n, code_bytes]`` -> grid levels ``xbar [n, padded]`` float32."""
+        per_byte = 8 // self.bits
+        shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * self.bits
+        c = (codes.unsqueeze(2) >> shifts) & ((1 << self.bits) - 1)
+        return self._levels(codes.device)[c.view(codes.shape[0], -1).long()]
+
+    def decode_unit(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, norms, dots = self._fields(rows)
+        xbar = self.levels_of(codes)[:, : self.dim]
+        u = (xbar @ rotation(self.dim, rows.device)) / dots.unsqueeze(1)
+        return u, norms.clone()
+
+    def _planes(self, q: torch.Tensor) -> torch.Tensor:
+        """Rotated queries in the native kernel's layout: plane ``t`` holds the elements
+        ``i * (8 / bits) + t`` (see ``decode_rq`` in ``scans.c``)."""
+        r = self.rotate(q)
+        return r.view(r.shape[0], self.code_bytes, 8 // self.bits).transpose(1, 2).reshape(r.shape[0], -1)
+
+    def _native(self, q: torch.Tensor, rows: torch.Tensor, valid, keep=None):
+        return scans.rq_scan(self._planes(q), rows, self.code_bytes, self.bits, self._levels("cpu"), valid, keep)
+
+    def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._native(q, rows, valid)
+        return out if out is not None else self._score_eager(q, rows)
+
+    def _score_eager(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        codes, norms, dots = self._fields(rows)
+        return (self.rotate(q) @ self.levels_of(codes).T) * (norms / dots).unsqueeze(0)
+
+    def scans_in_place(self, device: torch.device) -> bool:
+        return scans.available(device)
+
+    def selects_in_place(self, device: torch.device) -> bool:
+        return scans.available(device)
+
+    def top(
+        self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = self._native(q, rows, valid, keep=n)
+        return picked if picked is not None else super().top(q, rows, valid, n)
+
+
+class Rq1(Rotated):
+    name = "rq1"
+    bits = 1
+
+
+class Rq2(Rotated):
+    name = "rq2"
+    bits = 2
+
+
+class Rq4(Rotated):
+    name = "rq4"
+    bits = 4

@@ -15,7 +15,8 @@ grid of a standard normal with ``2**bits`` levels (:data:`LEVELS`): the code ``c
 Decoding gives the vector this estimator scores against: ``R^T xbar / <xbar, R u>`` and the
 norm.
 
-Packed row layout (``P`` = ``dim`` rounded up so that the codes fill whole 4-byte words):
+Packed row layout (``P`` = ``dim`` rounded up so that the codes fill whole 4-byte words, or
+8-byte words at 1 bit, whose rows a Hamming pass reads as 64-bit words):
 
 ==============  ===================  ==============================================
 bytes            content              shape per row
@@ -41,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from quant_retriever.codecs.base import Codec, split_norm
+from quant_retriever.codecs.base import Codec, Scan, split_norm
+from quant_retriever.codecs.binary import WIDEN
 from quant_retriever.kernels import scans
 
 __all__ = ["Rotated", "Rq1", "Rq2", "Rq4", "LEVELS", "SEED", "rotation"]
@@ -88,7 +90,7 @@ class Rotated(Codec):
 
     @property
     def padded(self) -> int:
-        per_word = 32 // self.bits
+        per_word = (64 if self.bits == 1 else 32) // self.bits
         return -(-self.dim // per_word) * per_word
 
     @property
@@ -171,6 +173,14 @@ class Rotated(Codec):
         codes, norms, dots = self._fields(rows)
         return (self.rotate(q) @ self.levels_of(codes).T) * (norms / dots).unsqueeze(0)
 
+    def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Each query against its own candidates ``rows [nq, c, row_bytes]``, in the rotated
+        space (nothing rotated back)."""
+        nq, c = rows.shape[0], rows.shape[1]
+        codes, norms, dots = self._fields(rows.reshape(nq * c, -1))
+        xbar = self.levels_of(codes).view(nq, c, -1)
+        return torch.einsum("qp,qcp->qc", self.rotate(q), xbar) * (norms / dots).view(nq, c)
+
     def scans_in_place(self, device: torch.device) -> bool:
         return scans.available(device)
 
@@ -185,8 +195,38 @@ class Rotated(Codec):
 
 
 class Rq1(Rotated):
+    """1-bit rotated codes. Candidates get two stages, as binary's: a Hamming pass over the
+    sign bits (the codes are the signs of ``R u``) against those of ``R q`` keeps
+    ``WIDEN * k`` rows, which the estimator re-ranks."""
+
     name = "rq1"
     bits = 1
+
+    def candidates(
+        self,
+        q: torch.Tensor,
+        codes: torch.Tensor,
+        mask: torch.Tensor | None,
+        n_valid: int,
+        n_cand: int,
+        k: int,
+        scan: Scan,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        width = min(max(n_cand, WIDEN * k), n_valid)
+        if not scans.available(codes.device):  # no native kernel: the estimator over every row
+            return scan(n_cand)
+        planes = self._planes(q)  # R q, plane t = element t of each byte: bit t of the codes
+        signs = np.packbits(planes.view(len(q), 8, -1).transpose(1, 2).numpy() > 0, axis=2, bitorder="little")
+        dist, rows = scans.hamming_select(
+            torch.from_numpy(signs.reshape(len(q), -1)), codes, mask, width, words=self.code_bytes // 8
+        )
+        levels = self._levels("cpu")
+        s = torch.stack(
+            [scans.rq_scan(planes[i : i + 1], codes[rows[i]], self.code_bytes, 1, levels)[0] for i in range(len(q))]
+        )
+        s = s.masked_fill(dist == torch.iinfo(torch.int32).max, -torch.inf)  # padding: too few valid rows
+        s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)
+        return s, torch.gather(rows, 1, pos)
 
 
 class Rq2(Rotated):

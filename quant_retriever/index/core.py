@@ -80,7 +80,7 @@ class QuantizedIndex:
 
     Scores are inner products (cosine for unit vectors). ``codec``: ``"int4"`` (block-wise,
     ``block_size`` elements per block), ``"binary"``, ``"int8"``, ``"fp16"`` or ``"fp32"``.
-    ``rescore``: keep the rescore copy (``None``: for int4 and binary only), in
+    ``rescore``: keep the rescore copy (``None``: for the quantized codes: int4, binary, rq*), in
     ``rescore_dtype`` ``"int8"`` (dim + 8 bytes per vector) or ``"fp16"`` (2 * dim + 4).
     ``path=None`` keeps everything in memory (the rescore copy in a temporary file); a
     ``path`` (a new or empty directory) makes the index persistent: every ``add``/``remove``

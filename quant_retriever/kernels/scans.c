@@ -713,9 +713,10 @@ static inline __m512i hamming8(const uint64_t* rows, int64_t w, __mmask8 words, 
    best `keep` (which lowers the threshold). The threads' lists are then merged per query.
    Result: the `keep` rows with the smallest (distance, row) per query into dist_out/rows_out
    [nq, keep], unsorted; rows with valid[r] == 0 only pad a short result (in row order,
-   distance INT32_MAX). Requires keep <= n. */
-void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const uint64_t* q, int64_t nq,
-                    const uint8_t* valid, int64_t keep, int32_t* dist_out, int64_t* rows_out, int nthreads) {
+   distance INT32_MAX). Requires keep <= n. Rows: the first row_words words of every
+   `stride` words of codes (rows with more than bits in them: the rotated 1-bit codes). */
+void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, int64_t stride, const uint64_t* q,
+                    int64_t nq, const uint8_t* valid, int64_t keep, int32_t* dist_out, int64_t* rows_out, int nthreads) {
     const int32_t maxd = (int32_t)(row_words * 64);
     /* queries transposed to [row_words, nqp] (zero-padded to whole groups of QB), so the
        distances of one row to QB queries accumulate in one AVX-512 register (or, without
@@ -754,7 +755,7 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
         }
 #define SCAN_ONE(W)                                                                                 \
         for (int64_t r = lo8; r < hi; r++) {                                                         \
-            const int64_t d = hamming_words(codes + r * (W), q, (W));                                \
+            const int64_t d = hamming_words(codes + r * stride, q, (W));                             \
             TAKE_ONE(d, r)                                                                           \
         }
         int64_t lo8 = lo;  /* rows before lo8 are done */
@@ -763,7 +764,7 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
             const __mmask8 words = (__mmask8)((1u << row_words) - 1);
             const __m512i qv = _mm512_maskz_loadu_epi64(words, q);
             for (; lo8 + 8 <= hi; lo8 += 8) {
-                const __m512i d8 = hamming8(codes + lo8 * row_words, row_words, words, qv);
+                const __m512i d8 = hamming8(codes + lo8 * stride, stride, words, qv);
                 __mmask8 hit = _mm512_cmplt_epi64_mask(d8, _mm512_set1_epi64(thr[0]));
                 if (!hit) continue;
                 int64_t dd[8];
@@ -788,7 +789,7 @@ void hamming_select(const uint64_t* codes, int64_t n, int64_t row_words, const u
         } else {
             for (int64_t r = lo; r < hi; r++) {
                 if (valid && !valid[r]) continue;
-                const uint64_t* row = codes + r * row_words;
+                const uint64_t* row = codes + r * stride;
                 int64_t hit = 0;
                 if (nq < 4) {  /* a few queries: a plain loop beats the vector one */
                     for (int64_t qi = 0; qi < nq; qi++) {
@@ -956,7 +957,7 @@ void binary_candidates(const uint64_t* codes, int64_t n, int64_t row_words, cons
     }
     int32_t* dist = (int32_t*)malloc((size_t)(nq * width) * sizeof(int32_t));
     int64_t* rows = (int64_t*)malloc((size_t)(nq * width) * sizeof(int64_t));
-    hamming_select(codes, n, row_words, (const uint64_t*)qbits, nq, valid, width, dist, rows, nthreads);
+    hamming_select(codes, n, row_words, row_words, (const uint64_t*)qbits, nq, valid, width, dist, rows, nthreads);
     free(qbits);
     /* per thread: the table (256 floats a byte), the scores and the kept order */
     const int64_t floats = (nbytes * 256 + width + 1) / 2 * 2;  /* the kept order after them, 8-byte aligned */

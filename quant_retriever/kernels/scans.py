@@ -31,7 +31,7 @@ LIBRARY = Library(
         "int4_scan": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
         "rq_scan": signature("p", "i64", "i64", "i64", "i64", "p", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
-        "hamming_select": signature("p", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
+        "hamming_select": signature("p", "i64", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
         "binary_candidates": signature("p", "i64", "i64", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
         "dense_scan_i8": _DENSE,
         "dense_scan_f16": _DENSE,
@@ -169,25 +169,31 @@ def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | No
 
 
 def hamming_select(
-    qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int
+    qcodes: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, words: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The ``keep`` rows of smallest Hamming distance per query: ``(distances [nq, keep] int32,
     rows [nq, keep] int64)``, unsorted; rows where ``valid`` is False come last with distance
-    ``INT32_MAX``. Ties keep the lower row, for any thread count."""
+    ``INT32_MAX``. Ties keep the lower row, for any thread count. ``words``: the 64-bit words of
+    bits at the start of each row (default: the whole row); ``qcodes [nq, words * 8]``."""
     lib = _usable(qcodes, codes)
     if lib is None:
         return None
     codes, qcodes = codes.contiguous(), qcodes.contiguous()
     nq, n = qcodes.shape[0], codes.shape[0]
+    stride = codes.shape[1] // 8
+    words = stride if words is None else words
     if not 0 < keep <= n < 2**31:
         raise ValueError(f"hamming_select needs 0 < keep <= rows < 2**31; got keep={keep}, rows={n}.")
+    if codes.shape[1] % 8 or qcodes.shape[1] != 8 * words or not 0 < words <= stride:
+        raise ValueError(f"hamming_select needs rows of whole words holding the query's {qcodes.shape[1]} bytes.")
     mask = None if valid is None else valid.contiguous().view(torch.uint8)
     dist = torch.empty(nq, keep, dtype=torch.int32)
     rows = torch.empty(nq, keep, dtype=torch.int64)
     lib.hamming_select(
         codes.data_ptr(),
         n,
-        codes.shape[1] // 8,
+        words,
+        stride,
         qcodes.data_ptr(),
         nq,
         None if mask is None else mask.data_ptr(),

@@ -251,7 +251,7 @@ def test_loading_the_kernels_keeps_subnormal_floats():
 
 
 def test_unknown_codec_lists_the_choices():
-    with pytest.raises(ValueError, match="'int4', 'binary', 'int8', 'fp16', 'fp32'; got 'pq'"):
+    with pytest.raises(ValueError, match="'int4', 'binary', 'int8', 'fp16', 'fp32', 'rq1', 'rq2', 'rq4'; got 'pq'"):
         make_codec("pq", 8)
 
 

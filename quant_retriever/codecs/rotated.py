@@ -45,6 +45,7 @@ import torch
 from quant_retriever.codecs.base import Codec, Scan, split_norm
 from quant_retriever.codecs.binary import WIDEN
 from quant_retriever.kernels import scans
+from quant_retriever.kernels import triton as gpu
 
 __all__ = ["Rotated", "Rq1", "Rq2", "Rq4", "LEVELS", "SEED", "rotation"]
 
@@ -182,14 +183,16 @@ class Rotated(Codec):
         return torch.einsum("qp,qcp->qc", self.rotate(q), xbar) * (norms / dots).view(nq, c)
 
     def scans_in_place(self, device: torch.device) -> bool:
-        return scans.available(device)
+        return scans.available(device) or gpu.available(device)
 
     def selects_in_place(self, device: torch.device) -> bool:
-        return scans.available(device)
+        return scans.available(device) or gpu.available(device)
 
     def top(
         self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if gpu.available(rows.device):  # CUDA: scores and top-k fused in one Triton kernel
+            return gpu.rq_topk(self.rotate(q), rows, valid, n, self.bits, self._levels(rows.device))
         picked = self._native(q, rows, valid, keep=n)
         return picked if picked is not None else super().top(q, rows, valid, n)
 
@@ -213,8 +216,8 @@ class Rq1(Rotated):
         scan: Scan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = min(max(n_cand, WIDEN * k), n_valid)
-        if not scans.available(codes.device):  # no native kernel: the estimator over every row
-            return scan(n_cand)
+        if gpu.available(codes.device) or not scans.available(codes.device):
+            return scan(n_cand)  # CUDA (a Triton scan) or no native kernel: the estimator over every row
         planes = self._planes(q)  # R q, plane t = element t of each byte: bit t of the codes
         signs = np.packbits(planes.view(len(q), 8, -1).transpose(1, 2).numpy() > 0, axis=2, bitorder="little")
         dist, rows = scans.hamming_select(

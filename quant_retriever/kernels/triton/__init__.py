@@ -5,7 +5,7 @@ Dispatch rule (each codec owns it; one method per codec, no branches in the inde
 ==========================  ===============================================================
 rows on                     first-stage scan
 ==========================  ===============================================================
-CUDA, Triton importable     these kernels (:func:`hamming_topk`, :func:`int4_topk`)
+CUDA, Triton importable     these kernels (:func:`hamming_topk`, :func:`int4_topk`, :func:`rq_topk`)
 the CPU                     the C kernels (:mod:`quant_retriever.kernels.scans`)
 anything else               eager torch, the reference every kernel is tested against
 ==========================  ===============================================================
@@ -23,6 +23,9 @@ kernel              what it does per (query block x row split) program
                     row; multiply-add for fewer than 16 queries, ``tl.dot`` (FP16 tensor cores,
                     split into high and low halves for FP32 accuracy) for more; a running top-k
                     on packed ``(score, row)`` int64 keys; one small merge (see ``_int4.py``)
+``rq_topk``         int32 loads of the rotated codes, levels gathered from the grid, the float32
+                    norm and dot of each row; multiply-add, the same running top-k and merge
+                    (see ``_rotated.py``)
 ==================  ==========================================================================
 
 Both read the codes in the codec's own layout (no padded or transposed copy): INT4 rows are
@@ -45,7 +48,7 @@ import os
 
 import torch
 
-__all__ = ["available", "enabled", "hamming_topk", "int4_topk"]
+__all__ = ["available", "enabled", "hamming_topk", "int4_topk", "rq_topk"]
 
 #: Triton's NVIDIA backend needs compute capability 8.0 (Ampere) or newer.
 MIN_CAPABILITY = (8, 0)
@@ -182,3 +185,29 @@ def int4_topk(
 
     valid = None if valid is None else valid.contiguous()
     return _int4.topk(q.float(), _aligned(codes), valid, keep, padded, block_size)
+
+
+def rq_topk(
+    q: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None, keep: int, bits: int, levels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` best rotated rows per query, best first.
+
+    ``q [nq, padded]``: the queries rotated by the codec's ``R`` and zero-padded (see
+    ``codecs/rotated.py``, ``Rotated.rotate``); ``codes [n, padded * bits / 8 + 8]`` its rows;
+    ``levels`` its grid. Returns ``(scores [nq, keep] float32, rows [nq, keep] int64)`` as
+    :func:`int4_topk` does: ``Rotated.score`` values, ties to the lower row, invalid rows
+    last only when fewer than ``keep`` are valid.
+    """
+    if bits not in (1, 2, 4):
+        raise ValueError(f"bits must be 1, 2 or 4; got {bits!r}.")
+    if not isinstance(q, torch.Tensor) or not q.dtype.is_floating_point or q.dim() != 2 or q.shape[1] % (32 // bits):
+        raise TypeError(f"q must be a 2-D float tensor of whole {32 // bits}-element words; got {_describe(q)}.")
+    n = _check_rows(codes, q.shape[1] * bits // 8 + 8, "codes")
+    keep = _check_keep(keep, n)
+    device = _check_device(q, codes, _check_valid(valid, n))
+    if q.shape[0] == 0:
+        return _empty(keep, torch.float32, device)
+    from quant_retriever.kernels.triton import _rotated
+
+    valid = None if valid is None else valid.contiguous()
+    return _rotated.topk(q.float(), _aligned(codes), valid, keep, bits, levels)

@@ -88,3 +88,15 @@ def test_rq1_candidates_take_the_hamming_pass(monkeypatch):
     got = np.take_along_axis(estimator.numpy(), res.ids, axis=1) * np.linalg.norm(q, axis=1, keepdims=True)
     np.testing.assert_allclose(res.scores, got, rtol=1e-4, atol=1e-4)
     assert (res.ids[:, 0] == np.arange(20)).mean() >= 0.95
+
+
+def test_rq1_on_cuda_scans_every_row(monkeypatch):
+    """With a Triton kernel for the rows' device, rq1 does not take the CPU's Hamming pass:
+    its candidates come from the index's scan (the fused estimator kernel)."""
+    from quant_retriever.kernels import triton as gpu
+
+    codec = make_codec("rq1", 64)
+    codes = codec.encode(torch.randn(100, 64))
+    monkeypatch.setattr(gpu, "available", lambda device: True)
+    got = codec.candidates(torch.randn(2, 64), codes, None, 100, 10, 5, lambda n: ("scanned", n))
+    assert got == ("scanned", 10)

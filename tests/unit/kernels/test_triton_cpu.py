@@ -26,7 +26,7 @@ import torch
 triton = pytest.importorskip("triton", reason="the Triton kernels need triton (pip install 'quant-retriever[gpu]')")
 
 import quant_retriever  # noqa: E402
-from quant_retriever.kernels.triton import _common, _hamming, _int4  # noqa: E402
+from quant_retriever.kernels.triton import _common, _hamming, _int4, _rotated  # noqa: E402
 
 KERNEL_TESTS = "test_triton_kernels.py"
 #: Cases of KERNEL_TESTS that run without CUDA (the cuda_only ones skip).
@@ -114,7 +114,31 @@ def int4_cases():
         yield f"int4-q{nq}-keep{keep}{'-dot' if meta['DOT'] else ''}", _int4._topk_kernel, args, meta
 
 
-CASES = [*hamming_cases(), *int4_cases()]
+RQ_ARGS = dict(
+    words_ptr="*i32",
+    floats_ptr="*fp32",
+    q_ptr="*fp32",
+    levels_ptr="*fp32",
+    valid_ptr="*u8",
+    out_ptr="*i64",
+    row0=_I32,
+    n=_I32,
+    nq=_I32,
+    n_splits=_I32,
+    n_qblocks=_I32,
+)
+
+
+def rq_cases():
+    """The specialisations ``rq_topk`` launches at 384 dimensions, 10M rows, per bit width:
+    1 and 8 queries, and every key written."""
+    for bits, padded in ((1, 384), (2, 384), (4, 384)):
+        for nq, keep in ((1, 40), (8, 40), (4, 2000)):
+            meta = _rotated.config(10_000_000, nq, keep, padded, bits, CPU, True)
+            yield f"rq{bits}-q{nq}-keep{keep}", _rotated._topk_kernel, RQ_ARGS, meta
+
+
+CASES = [*hamming_cases(), *int4_cases(), *rq_cases()]
 
 
 @pytest.mark.skipif(_common.INTERPRETED, reason="TRITON_INTERPRET is set: the kernels are interpreted, not compiled")
@@ -126,7 +150,7 @@ def test_kernels_compile_for_the_gpu_without_spills(name, kernel, arg_types, met
         assert "ld.global" in compiled.asm["ptx"]
         usage = resource_usage(compiled.asm["cubin"], tmp_path)
         assert usage["LOCAL"] == 0 and usage["STACK"] == 0, f"{name} spills registers on sm_{capability}: {usage}"
-        if kernel is not _int4._topk_kernel:  # the native popcount, not the interpreter's bit trick
+        if kernel not in (_int4._topk_kernel, _rotated._topk_kernel):  # the native popcount, not the interpreter's
             assert "popc.b64" in compiled.asm["ptx"]
 
 

@@ -144,6 +144,13 @@ class Rotated(Codec):
     def stored_floats(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._fields(rows)[1:]
 
+    def bad_rows(self, rows: torch.Tensor) -> np.ndarray:
+        """Rows with a stored NaN or infinity, and rows no encoder writes: a negative norm or a
+        ``dot`` that is not positive (it divides every score)."""
+        _, norms, dots = self._fields(rows)
+        odd = torch.nonzero(~(norms >= 0) | ~(dots > 0)).flatten().cpu().numpy()
+        return np.union1d(super().bad_rows(rows), odd).astype(np.int64)
+
     def levels_of(self, codes: torch.Tensor) -> torch.Tensor:
         """Packed codes ``[n, code_bytes]`` -> grid levels ``xbar [n, padded]`` float32."""
         per_byte = 8 // self.bits

@@ -100,3 +100,19 @@ def test_rq1_on_cuda_scans_every_row(monkeypatch):
     monkeypatch.setattr(gpu, "available", lambda device: True)
     got = codec.candidates(torch.randn(2, 64), codes, None, 100, 10, 5, lambda n: ("scanned", n))
     assert got == ("scanned", 10)
+
+
+@pytest.mark.parametrize("name", ["rq1", "rq2", "rq4"])
+def test_rows_no_encoder_writes_are_damaged(name):
+    """A zero or negative ``dot`` (it divides every score) or a negative norm marks a row as
+    damaged, as a NaN does: an index holding one refuses to open."""
+    codec = make_codec(name, 64)
+    rows = codec.encode(torch.randn(6, 64, generator=torch.Generator().manual_seed(0)))
+    floats = rows.view(torch.float32)
+    at = codec.code_bytes // 4
+    floats[1, at + 1] = 0.0  # dot
+    floats[3, at] = -1.0  # norm
+    floats[4, at + 1] = float("nan")
+    assert codec.bad_rows(rows).tolist() == [1, 3, 4]
+    zero = codec.encode(torch.zeros(1, 64))
+    assert codec.bad_rows(zero).tolist() == []  # a zero vector is stored with dot 1

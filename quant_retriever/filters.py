@@ -256,10 +256,18 @@ def _code_and_val(v: Any) -> tuple[int, Any]:
     return _KIND_CODE[kind], v if kind in ("number", "str") else None
 
 
+#: The ``fields`` kind code of a scalar of exactly this type (the common case, without _kind).
+_SCALAR_CODE = {str: 3, int: 2, float: 2, type(None): 0}
+
+
 def field_rows(key: int, metadata: dict) -> list[tuple]:
     """The ``fields`` rows ``(key, name, kind, elem, val)`` of one document's metadata."""
     rows = []
     for name, v in metadata.items():
+        code = _SCALAR_CODE.get(type(v))
+        if code is not None and (type(v) is not int or -(2**63) <= v < 2**63):
+            rows.append((key, name, code, 0, v))
+            continue
         code, val = _code_and_val(v)
         rows.append((key, name, code, 0, val))
         if isinstance(v, list):

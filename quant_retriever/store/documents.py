@@ -44,8 +44,15 @@ def check_documents(ids, texts, metadatas) -> tuple[list[str], list[str], list[s
         )
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique within one call; got duplicates.")
-    stored = [metadata_json(m, f"metadata of item {i}") for i, m in enumerate(metadatas)]
-    return ids, texts, stored, [stored_metadata(m, j) for m, j in zip(metadatas, stored)]
+    stored, read_back = [], []
+    for i, m in enumerate(metadatas):
+        if type(m) is dict and _flat_and_valid(m):  # the common case: one pass, kept as it is
+            stored.append(_ENCODE(m))
+            read_back.append(m)
+        else:
+            stored.append(metadata_json(m, f"metadata of item {i}"))
+            read_back.append(stored_metadata(m, stored[-1]))
+    return ids, texts, stored, read_back
 
 
 def _type_name(value: Any) -> str:

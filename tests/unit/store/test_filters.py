@@ -727,3 +727,40 @@ def test_the_one_filter_table_names_every_operator():
     assert set(OPERATORS) <= core
     assert set(_langchain_store._OPS) | set(_langchain_store._FLAGS) | {"$and", "$or", "$not"} <= langchain
     assert {FilterOperator(op).name for op in _llama_index_store._OPS} <= llama
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=3),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**64), 2**64),
+            st.floats(),
+            st.text(max_size=3),
+            st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=2), st.none()), max_size=3),
+            st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+        ),
+        max_size=5,
+    )
+)
+def test_field_rows_fast_path_agrees_with_the_kinds(metadata):
+    """Differential: the rows of scalars of exact types (the fast path) are those the general
+    kind rules give, for every value (bools, ints beyond 64 bits, lists and objects included)."""
+    from quant_retriever.filters import _code_and_val, _kind, field_rows
+
+    want = []
+    for name, v in metadata.items():
+        code, val = _code_and_val(v)
+        want.append((7, name, code, 0, val))
+        if isinstance(v, list):
+            want += [
+                (7, name, _code_and_val(e)[0], 1, _code_and_val(e)[1])
+                for e in v
+                if _kind(e) in ("null", "bool", "number", "str")
+            ]
+    got = field_rows(7, metadata)
+    assert [r[:4] for r in got] == [r[:4] for r in want]
+    for g, w in zip(got, want):
+        assert type(g[4]) is type(w[4]) and (g[4] == w[4] or g[4] != g[4])  # (NaN)

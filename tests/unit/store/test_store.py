@@ -479,7 +479,7 @@ def test_flat_metadata_takes_the_fast_path(monkeypatch):
     monkeypatch.setattr(documents, "_flat_and_valid", lambda m: taken.append(real(m)) or taken[-1])
     s = QuantizedStore(codec="fp16")
     s.upsert(["a", "b"], vecs(2), ["t", "u"], [{"k": 1, "s": "x", "f": 0.5}, {"l": [1]}])
-    assert taken == [True, False] and [r.metadata for r in s.get(["a", "b"])] == [
+    assert taken == [True, False, False] and [r.metadata for r in s.get(["a", "b"])] == [
         {"k": 1, "s": "x", "f": 0.5},
         {"l": [1]},
     ]

@@ -141,7 +141,21 @@ def metadata_json(metadata: Any, what: str = "metadata") -> str:
     return _ENCODE(metadata)
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+def _not_json(value: Any):
+    raise TypeError(f"{_type_name(value)} is not JSON data")  # never reached: values are checked first
+
+
+def _encoder():
+    """``json.dumps(value, ensure_ascii=False, allow_nan=False)`` of checked metadata: the C
+    encoder made once (``JSONEncoder.encode`` makes one a call), else the pure-Python one."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+    encode = make(None, _not_json, json.encoder.encode_basestring, None, ": ", ", ", False, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_ENCODE = _encoder()
 
 
 def _flat_and_valid(metadata: dict) -> bool:

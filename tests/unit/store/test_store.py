@@ -463,6 +463,8 @@ def test_flat_metadata_fast_path_agrees_with_the_full_walk(metadata):
             return type(e)
 
     assert outcome(metadata) == outcome(_Walked(metadata))
+    if isinstance(outcome(metadata), str):  # the stored JSON is json.dumps's, to the byte
+        assert outcome(metadata) == json.dumps(metadata, ensure_ascii=False, allow_nan=False)
     ok = documents._flat_and_valid(metadata)
     assert ok == (
         all(isinstance(k, str) and k.isascii() for k in metadata)

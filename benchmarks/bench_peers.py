@@ -33,7 +33,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,16 +46,18 @@ K = 10
 SPEED = {"int4": 0, "rq4": 0, "rq2": 4, "rq1": 4, "binary": 4}
 
 
-@dataclass
 class Method:
     """One searchable setting: ``build(x)`` -> state, ``search(state, q, k)`` -> ids ``[nq, k]``."""
 
-    name: str
-    bytes_per_vector: float
-    build: Callable[[np.ndarray], object]
-    search: Callable[[object, np.ndarray, int], np.ndarray]
-    timed: bool = True
-    recall: dict = field(default_factory=dict)
+    def __init__(self, name: str, bytes_per_vector: float, build: Callable, search: Callable, timed: bool = True):
+        self.name, self.bytes_per_vector, self.build, self.search, self.timed = (
+            name,
+            bytes_per_vector,
+            build,
+            search,
+            timed,
+        )
+        self.recall = float("nan")
 
 
 def ours(codec: str, mult: int) -> Method:
@@ -173,7 +174,7 @@ def real_vectors(args):
 
         texts = bench_paths.passages(args.n_real)
     else:
-        _, texts, _ = bench_hybrid.build_corpus(10)
+        _, texts, _ = bench_hybrid.build_corpus(10, args.docs)
     _, _, sets = bench_hybrid.build_corpus(args.queries)
     x = embed_cached(texts)
     q = embed_cached([t for t, _ in sets["sentence"]])
@@ -209,6 +210,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", choices=["docstrings", "passages"], default="docstrings")
     parser.add_argument("--n-real", type=int, default=60530, help="passages with --corpus passages")
+    parser.add_argument("--docs", type=int, default=None, help="docstrings with --corpus docstrings (default: all)")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--n-random", type=int, default=1_000_000)
     parser.add_argument("--multipliers", type=int, nargs="+", default=[2, 4, 10])

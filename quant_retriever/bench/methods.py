@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from quant_retriever.codecs import CODEC_NAMES
+from quant_retriever.codecs import CODEC_NAMES, CODECS
 from quant_retriever.index import QuantizedIndex
+
+#: Codecs measured with the INT8 rescore copy at each multiplier too (the quantized ones).
+RESCORED = tuple(name for name in CODEC_NAMES if not CODECS[name].exact)
 
 __all__ = ["Method", "DEFAULT_MULTIPLIERS", "INSTALL_BENCH", "index_methods", "default_methods"]
 
@@ -41,7 +44,7 @@ class Method:
 
 def _ours(codec: str, rescore: bool, mult: int = 1) -> Method:
     label = f"qr {codec}" + (f" +int8 x{mult}" if rescore else "")
-    group = f"qr {codec}" if codec in ("int4", "binary") else label
+    group = f"qr {codec}" if codec in RESCORED else label
 
     def build(x: np.ndarray) -> QuantizedIndex:
         index = QuantizedIndex(x.shape[1], codec=codec, rescore=rescore)
@@ -182,11 +185,11 @@ def index_methods(
 
 
 def default_methods(multipliers: list[int], codecs: list[str], baselines: bool, skipped: list[str]) -> list[Method]:
-    order = ["fp32", "fp16", "int8", "int4", "binary"]
+    order = ["fp32", "fp16", "int8", "int4", "binary", "rq4", "rq2", "rq1"]
     out = []
-    for codec in sorted(codecs, key=order.index):
+    for codec in sorted(codecs, key=lambda c: order.index(c) if c in order else len(order)):
         out.append(_ours(codec, False))
-        if codec in ("int4", "binary"):
+        if codec in RESCORED:
             out.extend(_ours(codec, True, m) for m in multipliers)
     if baselines:
         out += _faiss_methods(skipped) + _sentence_transformers_methods(skipped)

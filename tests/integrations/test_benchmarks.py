@@ -84,6 +84,22 @@ def test_bench_hybrid_prints_every_table_at_a_tiny_size(tmp_path, monkeypatch, c
     assert "bytes per document" in out and "4. two shards" not in out
 
 
+def test_bench_peers_prints_every_method_at_a_tiny_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QUANT_RETRIEVER_CACHE", str(tmp_path))
+    bench = _load(BENCHMARKS / "bench_peers.py")
+    bench.main(["--docs", "300", "--queries", "20", "--n-random", "3000", "--rounds", "1", "--multipliers", "2"])
+    out = capsys.readouterr().out
+    for row in (
+        "ours rq2 + INT8 x2",
+        "ours rq1",
+        "ours binary + INT8 x2",
+        "faiss RaBitQ 1-bit + SQ8 x2",
+        "turbovec 2-bit",
+    ):
+        assert row in out, row
+    assert "random: 3,000 unit vectors" in out
+
+
 def test_interleaved_timings_alternate_their_calls():
     """Ratios in the benchmarks come from calls made in turn, so a burst of load falls on both."""
     from quant_retriever.bench import interleaved_ms

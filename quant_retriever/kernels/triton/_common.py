@@ -101,3 +101,23 @@ def split_rows(n: int, device: torch.device, block_rows: int, at_most: int) -> i
     small enough for at least :func:`programs_wanted` programs over ``n`` rows when it can."""
     fair = max(1, n // programs_wanted(device))
     return max(block_rows, min(at_most, 1 << (fair.bit_length() - 1)))
+
+
+def chunked_topk(kernel, args: tuple, n: int, nq: int, keep: int, meta: dict, budget: int, device) -> tuple:
+    """Launch a top-k scan kernel ``kernel[grid](*args, out, row0, rows, nq, n_splits,
+    n_qblocks, **meta)`` over row chunks whose candidate keys (int64) fit ``budget``, merging
+    each chunk's per-program lists into the best ``keep`` keys with ``torch.topk``; returns
+    :func:`decode_keys` of them."""
+    split, kp = meta["SPLIT"], meta["KP"]
+    n_qblocks = -(-nq // meta["QB"])
+    chunk = max(split, (budget // (nq * kp)) * split)  # rows per launch
+    best = None
+    for row0 in range(0, n, chunk):
+        rows = min(chunk, n - row0)
+        n_splits = -(-rows // split)
+        out = torch.empty(nq, n_splits * kp, dtype=torch.int64, device=device)
+        kernel[(n_qblocks * n_splits,)](*args, out, row0, rows, nq, n_splits, n_qblocks, **meta)
+        if best is not None:
+            out = torch.cat([best, out], dim=1)
+        best = torch.topk(out, min(keep, out.shape[1]), dim=1).values
+    return decode_keys(best)

@@ -30,7 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from quant_retriever.kernels.triton._common import decode_keys, empty_top, insert_top, next_pow2, score_keys, split_rows
+from quant_retriever.kernels.triton._common import (
+    chunked_topk,
+    empty_top,
+    insert_top,
+    next_pow2,
+    score_keys,
+    split_rows,
+)
 
 #: Below this many queries, multiply-add; from it, tensor cores.
 DOT_MIN_QUERIES = 16
@@ -232,22 +239,8 @@ def topk(
     ``overrides`` go to :func:`config`."""
     n, nq = codes.shape[0], q.shape[0]
     meta = config(n, nq, keep, padded, block_size, codes.device, valid is not None, **overrides)
-    split, kp, qb = meta["SPLIT"], meta["KP"], meta["QB"]
     qa, qb_, qsa, qsb, qscale = _queries(q, padded, meta["DOT"])
     words, halves, floats = codes.view(torch.int32), codes.view(torch.float16), codes.view(torch.float32)
     mask = valid.view(torch.uint8) if valid is not None else words
-    n_qblocks = -(-nq // qb)
-    # rows per launch: every candidate key of a launch fits KEY_BUDGET
-    chunk = max(split, (KEY_BUDGET // (nq * kp)) * split)
-    best = None
-    for row0 in range(0, n, chunk):
-        rows = min(chunk, n - row0)
-        n_splits = -(-rows // split)
-        out = torch.empty(nq, n_splits * kp, dtype=torch.int64, device=codes.device)
-        _topk_kernel[(n_qblocks * n_splits,)](
-            words, halves, floats, qa, qb_, qsa, qsb, qscale, mask, out, row0, rows, nq, n_splits, n_qblocks, **meta
-        )
-        if best is not None:
-            out = torch.cat([best, out], dim=1)
-        best = torch.topk(out, min(keep, out.shape[1]), dim=1).values
-    return decode_keys(best)
+    args = (words, halves, floats, qa, qb_, qsa, qsb, qscale, mask)
+    return chunked_topk(_topk_kernel, args, n, nq, keep, meta, KEY_BUDGET, codes.device)

@@ -19,7 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from quant_retriever.kernels.triton._common import decode_keys, empty_top, insert_top, next_pow2, score_keys, split_rows
+from quant_retriever.kernels.triton._common import (
+    chunked_topk,
+    empty_top,
+    insert_top,
+    next_pow2,
+    score_keys,
+    split_rows,
+)
 from quant_retriever.kernels.triton._int4 import BLOCK_ROWS, KEY_BUDGET, MAX_KP, MAX_LIST, MAX_SPLIT_ROWS
 
 
@@ -155,22 +162,10 @@ def topk(
     bits``); inputs validated by the caller; ``overrides`` go to :func:`config`."""
     n, nq = codes.shape[0], q.shape[0]
     meta = config(n, nq, keep, q.shape[1], bits, codes.device, valid is not None, **overrides)
-    split, kp, qb, nw, per = meta["SPLIT"], meta["KP"], meta["QB"], meta["NW"], meta["PER"]
+    nw, per = meta["NW"], meta["PER"]
     qph = q.float().view(nq, nw, per).transpose(1, 2).contiguous()  # [nq, PER, NW]
     words, floats = codes.view(torch.int32), codes.view(torch.float32)
     mask = valid.view(torch.uint8) if valid is not None else words
     table = levels.to(device=codes.device, dtype=torch.float32).contiguous()
-    n_qblocks = -(-nq // qb)
-    chunk = max(split, (KEY_BUDGET // (nq * kp)) * split)
-    best = None
-    for row0 in range(0, n, chunk):
-        rows = min(chunk, n - row0)
-        n_splits = -(-rows // split)
-        out = torch.empty(nq, n_splits * kp, dtype=torch.int64, device=codes.device)
-        _topk_kernel[(n_qblocks * n_splits,)](
-            words, floats, qph, table, mask, out, row0, rows, nq, n_splits, n_qblocks, **meta
-        )
-        if best is not None:
-            out = torch.cat([best, out], dim=1)
-        best = torch.topk(out, min(keep, out.shape[1]), dim=1).values
-    return decode_keys(best)
+    args = (words, floats, qph, table, mask)
+    return chunked_topk(_topk_kernel, args, n, nq, keep, meta, KEY_BUDGET, codes.device)

@@ -170,8 +170,9 @@ class Rotated(Codec):
         r = self.rotate(q)
         return r.view(r.shape[0], self.code_bytes, 8 // self.bits).transpose(1, 2).reshape(r.shape[0], -1)
 
-    def _native(self, q: torch.Tensor, rows: torch.Tensor, valid, keep=None):
-        return scans.rq_scan(self._planes(q), rows, self.code_bytes, self.bits, self._levels("cpu"), valid, keep)
+    def _native(self, q: torch.Tensor, rows: torch.Tensor, valid, keep=None, approx=False):
+        levels = self._levels("cpu")
+        return scans.rq_scan(self._planes(q), rows, self.code_bytes, self.bits, levels, valid, keep, approx)
 
     def score(self, q: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         out = self._native(q, rows, valid)
@@ -200,7 +201,8 @@ class Rotated(Codec):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if gpu.available(rows.device):  # CUDA: scores and top-k fused in one Triton kernel
             return gpu.rq_topk(self.rotate(q), rows, valid, n, self.bits, self._levels(rows.device))
-        picked = self._native(q, rows, valid, keep=n)
+        # approx: where built, an INT8 scan chooses a longer list, scored again exactly in C
+        picked = self._native(q, rows, valid, keep=n, approx=True)
         return picked if picked is not None else super().top(q, rows, valid, n)
 
 

@@ -565,16 +565,234 @@ static int rq_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t 
 }
 #endif
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#define RQ8 1
+/* ---------------------------------------------------------------- rotated rows in INT8
+   An approximate scan for choosing candidates (the codec re-scores its choice exactly): each
+   query rounded to int8 (one scale a query), each level to uint8 (level * 127 / max|level| +
+   128), so that a row's dot is integer multiply-adds, 64 a vpdpbusd. Rows go 16 at a time:
+   their codes are turned into levels by vpermb (a 64-byte table, the index's low bits) into
+   a buffer, as decode_rq's planes (plane t at t * cb; rows w bytes apart, planes * cb rounded up
+   to 64, the queries zero past the planes); each query then meets all 16 rows, and the 16 sums
+   are reduced at once. */
+#define RQ8_ROWS 16
+
+/* Lane i of the result: the sum of the 16 lanes of v[i]. */
+static inline __m512i sum16(const __m512i* v) {
+    __m512i a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xDD));
+}
+
+/* The codes of one row as uint8 levels, in the buffer layout above. */
+static inline __attribute__((always_inline)) void rq8_decode(const uint8_t* row, int64_t cb, const int b,
+                                                             __m512i table, uint8_t* dst) {
+    for (int64_t c = 0; c < cb; c += 64) {
+        const __mmask64 mk = cb - c >= 64 ? ~0ULL : (1ULL << (cb - c)) - 1;
+        const __m512i x = _mm512_maskz_loadu_epi8(mk, row + c);
+        for (int t = 0; t < 8 / b; t++)
+            _mm512_mask_storeu_epi8(dst + t * cb + c, mk, _mm512_permutexvar_epi8(_mm512_srli_epi16(x, t * b), table));
+    }
+}
+
+/* QT queries from q0 against the 16 decoded rows in buf (rows of w bytes), RT = 16 / QT rows
+   at a time: 16 accumulators, each query vector loaded serving RT rows and each row vector QT
+   queries; lane a * RT + r of the reduced sums is query q0 + a, row r0 + r. Scores to
+   out[qi * BLK + i] (qi from q0, i < 16); lf: the rows' factors f repeated QT times. */
+static inline __attribute__((always_inline)) void rq8_tile(const uint8_t* buf, int64_t w, const int8_t* q8,
+                                                           const float* scale, const int32_t* sum128,
+                                                           const float* lf, int64_t q0, const int QT, float* out) {
+    const int RT = RQ8_ROWS / QT;
+    float ls[RQ8_ROWS], lo[RQ8_ROWS];
+    for (int l = 0; l < RQ8_ROWS; l++) {
+        ls[l] = scale[q0 + l / RT];
+        lo[l] = (float)sum128[q0 + l / RT];
+    }
+    const __m512 vs = _mm512_loadu_ps(ls), voff = _mm512_loadu_ps(lo);
+    for (int r0 = 0; r0 < RQ8_ROWS; r0 += RT) {
+        __m512i acc[RQ8_ROWS];
+        for (int i = 0; i < RQ8_ROWS; i++) acc[i] = _mm512_setzero_si512();
+        for (int64_t j = 0; j < w; j += 64) {
+            __m512i qv[4];
+            for (int a = 0; a < QT; a++) qv[a] = _mm512_load_si512(q8 + (q0 + a) * w + j);
+            for (int r = 0; r < RT; r++) {
+                const __m512i x = _mm512_load_si512(buf + (r0 + r) * w + j);
+                for (int a = 0; a < QT; a++) acc[a * RT + r] = _mm512_dpbusd_epi32(acc[a * RT + r], x, qv[a]);
+            }
+        }
+        const __m512 dots = _mm512_sub_ps(_mm512_cvtepi32_ps(sum16(acc)), voff);
+        float sc[RQ8_ROWS];
+        _mm512_storeu_ps(sc, _mm512_mul_ps(_mm512_mul_ps(dots, vs), _mm512_loadu_ps(lf + r0 * QT)));
+        for (int a = 0; a < QT; a++)
+            for (int r = 0; r < RT; r++) out[(q0 + a) * BLK + r0 + r] = sc[a * RT + r];
+    }
+}
+
+/* Queries q [nq, p16] (decode_rq's layout) -> q8 [nq, w] (the buffer layout), their scales
+   (times the levels' scale) and 128 * their sums. */
+static void rq8_queries(const float* q, int64_t nq, int64_t p16, int64_t cb, int64_t w, int planes,
+                        float level_scale, int8_t* q8, float* scale, int32_t* sum128) {
+    for (int64_t qi = 0; qi < nq; qi++) {
+        const float* x = q + qi * p16;
+        float top = 0.f;
+        for (int64_t j = 0; j < planes * cb; j++) top = fabsf(x[j]) > top ? fabsf(x[j]) : top;
+        const float sq = top > 0.f && isfinite(top) ? top / 127.f : 1.f;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < w; i++) {
+            const int8_t v = i < planes * cb ? (int8_t)lrintf(x[i] / sq) : 0;
+            q8[qi * w + i] = v;
+            sum += v;
+        }
+        scale[qi] = sq * level_scale;
+        sum128[qi] = 128 * sum;
+    }
+}
+
+static int rq8_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t cb, int b, const float* levels,
+                    const float* q, int64_t nq, int64_t p16, const uint8_t* valid, sink* k) {
+    const int planes = 8 / b, mask = (1 << b) - 1;
+    const int64_t w = (planes * cb + 63) / 64 * 64;
+    float top = 0.f;
+    for (int i = 0; i <= mask; i++) top = fabsf(levels[i]) > top ? fabsf(levels[i]) : top;
+    uint8_t table[64];
+    for (int i = 0; i < 64; i++) table[i] = (uint8_t)(lrintf(levels[i & mask] * 127.f / top) + 128);
+    const __m512i lut = _mm512_loadu_si512(table);
+    int8_t* q8 = (int8_t*)aligned_alloc(64, (size_t)(nq * w));
+    float* scale = (float*)malloc((size_t)nq * sizeof(float));
+    int32_t* sum128 = (int32_t*)malloc((size_t)nq * sizeof(int32_t));
+    int failed = 0;
+    if (!q8 || !scale || !sum128) {
+        free(q8); free(scale); free(sum128);
+        return -1;
+    }
+    rq8_queries(q, nq, p16, cb, w, planes, top / 127.f, q8, scale, sum128);
+    #pragma omp parallel num_threads(k->threads)
+    {
+        uint8_t* buf = (uint8_t*)aligned_alloc(64, (size_t)(RQ8_ROWS * w));
+        float* s = (float*)malloc((size_t)(nq * BLK) * sizeof(float));
+        if (!buf || !s) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < n; r0 += BLK) {
+            if (!buf || !s) continue;
+            const int64_t m = n - r0 < BLK ? n - r0 : BLK;
+            for (int64_t g = 0; g < m; g += RQ8_ROWS) {
+                const int64_t mg = m - g < RQ8_ROWS ? m - g : RQ8_ROWS;
+                float f[RQ8_ROWS];
+                for (int64_t i = 0; i < RQ8_ROWS; i++) {
+                    const uint8_t* row = codes + (r0 + g + (i < mg ? i : 0)) * row_bytes;
+                    const float* nd = (const float*)(row + cb);
+                    f[i] = nd[0] / nd[1];
+                    if (i < mg) {
+                        if (b == 4) rq8_decode(row, cb, 4, lut, buf + i * w);
+                        else if (b == 2) rq8_decode(row, cb, 2, lut, buf + i * w);
+                        else rq8_decode(row, cb, 1, lut, buf + i * w);
+                    }
+                }
+                float lf2[2 * RQ8_ROWS], lf4[4 * RQ8_ROWS];  /* f laid out for rq8_tile's lanes */
+                for (int l = 0; l < 2 * RQ8_ROWS; l++) lf2[l] = f[l / 16 * 8 + l % 8];
+                for (int l = 0; l < 4 * RQ8_ROWS; l++) lf4[l] = f[l / 16 * 4 + l % 4];
+                int64_t qi = 0;
+                for (; qi + 4 <= nq; qi += 4) rq8_tile(buf, w, q8, scale, sum128, lf4, qi, 4, s + g);
+                for (; qi + 2 <= nq; qi += 2) rq8_tile(buf, w, q8, scale, sum128, lf2, qi, 2, s + g);
+                for (; qi < nq; qi++) rq8_tile(buf, w, q8, scale, sum128, f, qi, 1, s + g);
+            }
+            for (int64_t i = 0; i < m; i++)
+                if (valid && !valid[r0 + i]) skip_row(s, BLK, i, nq);
+            sink_block(k, omp_get_thread_num(), s, r0, m);
+        }
+        free(buf);
+        free(s);
+    }
+    free(q8); free(scale); free(sum128);
+    return failed ? -1 : 0;
+}
+#endif
+
+#ifdef RQ8
+/* The approximate scan's list wr [nq, wide] scored again exactly (decode_rq), each query's
+   best `keep` into top_s / top_r; entries at -inf (invalid rows) stay there. */
+static int rq_refine(const rq_rows* ctx, const float* q, int64_t nq, int64_t p16, const float* ws,
+                     const int64_t* wr, int64_t wide, int64_t keep, float* top_s, int64_t* top_r) {
+    float* buf = (float*)calloc((size_t)p16, sizeof(float));
+    scored* all = (scored*)malloc((size_t)wide * sizeof(scored));
+    for (int64_t qi = 0; buf && all && qi < nq; qi++) {
+        const float* x = q + qi * p16;
+        for (int64_t j = 0; j < wide; j++) {
+            const int64_t r = wr[qi * wide + j];
+            float d = -INFINITY;
+            if (ws[qi * wide + j] != -INFINITY) {
+                const float f = decode_rq(ctx, r, buf);
+                d = 0.f;
+                for (int64_t i = 0; i < p16; i++) d += buf[i] * x[i];
+                d *= f;
+            }
+            all[j] = (scored){d == d ? d : -INFINITY, r};
+        }
+        qsort(all, (size_t)wide, sizeof(scored), better_first);
+        for (int64_t j = 0; j < keep; j++) {
+            top_s[qi * keep + j] = all[j].s;
+            top_r[qi * keep + j] = all[j].r;
+        }
+    }
+    const int status = buf && all ? 0 : -1;
+    free(buf); free(all);
+    return status;
+}
+#endif
+
+/* Whether rq_scan's approximate INT8 path is built (AVX-512 VNNI and VBMI). */
+int rq8_built(void) {
+#ifdef RQ8
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Rotated rows against queries q [nq, p16] (rotated, in decode_rq's plane layout, zero-padded
    to p16 = 8 * code_bytes / bits rounded up to 16): scores into out [nq, n], or the best `keep`
-   into top_s / top_r, as int4_scan. Returns -1 without memory, else 0. */
+   into top_s / top_r, as int4_scan. With `approx` (and rq8_built()): scores are rq8_scan's, and
+   the best `keep` are chosen by it from a list `keep + max(keep / 4, 8)` long scored again
+   exactly (rq_refine). Returns -1 without memory, else 0. */
 int rq_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t code_bytes, int64_t bits,
-            const float* levels, const float* q, int64_t nq, const uint8_t* valid, float* out, int64_t keep,
-            float* top_s, int64_t* top_r, int nthreads) {
+            const float* levels, const float* q, int64_t nq, int approx, const uint8_t* valid, float* out,
+            int64_t keep, float* top_s, int64_t* top_r, int nthreads) {
     const int64_t p16 = (code_bytes * 8 / bits + 15) / 16 * 16;
-    sink k;
-    if (sink_open(&k, out, n, nq, keep, top_s, top_r, nthreads)) return -1;
     const rq_rows ctx = {codes, row_bytes, code_bytes, (int)bits, levels};
+    sink k;
+#ifdef RQ8
+    if (approx) {
+        if (out) {
+            if (sink_open(&k, out, n, nq, 0, NULL, NULL, nthreads)) return -1;
+            const int status = rq8_scan(codes, n, row_bytes, code_bytes, (int)bits, levels, q, nq, p16, valid, &k);
+            return sink_close(&k) || status ? -1 : 0;
+        }
+        int64_t wide = keep + (keep / 4 > 8 ? keep / 4 : 8);
+        wide = wide < n ? wide : n;
+        float* ws = (float*)malloc((size_t)(nq * wide) * sizeof(float));
+        int64_t* wr = (int64_t*)malloc((size_t)(nq * wide) * sizeof(int64_t));
+        int status = !ws || !wr || sink_open(&k, NULL, n, nq, wide, ws, wr, nthreads) ? -1 : 0;
+        if (!status) {
+            status = rq8_scan(codes, n, row_bytes, code_bytes, (int)bits, levels, q, nq, p16, valid, &k);
+            status = sink_close(&k) || status ? -1 : 0;
+        }
+        if (!status) status = rq_refine(&ctx, q, nq, p16, ws, wr, wide, keep, top_s, top_r);
+        free(ws); free(wr);
+        return status;
+    }
+#endif
+    if (sink_open(&k, out, n, nq, keep, top_s, top_r, nthreads)) return -1;
     int status;
 #ifdef __AVX512F__
     if (nq <= FUSED_MAX_QUERIES)

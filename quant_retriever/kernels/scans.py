@@ -16,6 +16,7 @@ __all__ = [
     "available",
     "int4_scan",
     "rq_scan",
+    "rq8_available",
     "hamming_scan",
     "hamming_select",
     "binary_candidates",
@@ -29,7 +30,8 @@ LIBRARY = Library(
     "scans.c",
     {
         "int4_scan": signature("p", "i64", "i64", "i64", "i64", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
-        "rq_scan": signature("p", "i64", "i64", "i64", "i64", "p", "p", "i64", "p", "p", "i64", "p", "p", "i32"),
+        "rq_scan": signature("p", "i64", "i64", "i64", "i64", "p", "p", "i64", "i32", "p", "p", "i64", "p", "p", "i32"),
+        "rq8_built": signature(),
         "hamming_scan": signature("p", "i64", "i64", "p", "i64", "p", "i32"),
         "hamming_select": signature("p", "i64", "i64", "i64", "p", "i64", "p", "i64", "p", "p", "i32"),
         "binary_candidates": signature("p", "i64", "i64", "p", "i64", "p", "i64", "i64", "p", "p", "i32"),
@@ -132,12 +134,20 @@ def int4_scan(q: torch.Tensor, codes: torch.Tensor, half_p: int, nb: int, valid:
 
 
 def rq_scan(
-    q: torch.Tensor, codes: torch.Tensor, code_bytes: int, bits: int, levels: torch.Tensor, valid=None, keep=None
+    q: torch.Tensor,
+    codes: torch.Tensor,
+    code_bytes: int,
+    bits: int,
+    levels: torch.Tensor,
+    valid=None,
+    keep=None,
+    approx: bool = False,
 ):
     """Scores ``[nq, n]`` of rotated queries in the plane layout of ``scans.c``'s ``decode_rq``
     (``q: [nq, 8 * code_bytes / bits]``) against rotated rows ``codes: [n, row_bytes]`` (see
     ``codecs/rotated.py``; ``levels``: the grid, at most 16 floats); ``valid`` and ``keep`` as
-    in :func:`int4_scan`."""
+    in :func:`int4_scan`. With ``approx`` and :func:`rq8_available`, queries and levels are
+    rounded to 8 bits (``rq8_scan`` in ``scans.c``): all scores approximate, or, with ``keep``, the best ``keep`` of a longer approximate list, scored again exactly."""
     lib = _usable(q, codes)
     if lib is None:
         return None
@@ -145,8 +155,14 @@ def rq_scan(
     q, _ = _padded_queries(q)
     table = _zero_padded(levels.view(1, -1), 1, 16)
     nq, n = q.shape[0], codes.shape[0]
-    args = (codes.data_ptr(), n, codes.shape[1], code_bytes, bits, table.data_ptr(), q.data_ptr(), nq)
+    args = (codes.data_ptr(), n, codes.shape[1], code_bytes, bits, table.data_ptr(), q.data_ptr(), nq, int(approx))
     return _scan(lib.rq_scan, args, valid, n, nq, keep)
+
+
+def rq8_available() -> bool:
+    """Whether :func:`rq_scan` has its INT8 path here (a native build with AVX-512 VNNI and VBMI)."""
+    lib = LIBRARY.get()
+    return lib is not None and bool(lib.rq8_built())
 
 
 def hamming_scan(qcodes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor | None:

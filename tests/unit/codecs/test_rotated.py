@@ -116,3 +116,85 @@ def test_rows_no_encoder_writes_are_damaged(name):
     assert codec.bad_rows(rows).tolist() == [1, 3, 4]
     zero = codec.encode(torch.zeros(1, 64))
     assert codec.bad_rows(zero).tolist() == []  # a zero vector is stored with dot 1
+
+
+def int8_reference(planes: np.ndarray, rows: torch.Tensor, codec) -> np.ndarray:
+    """``rq8_scan``'s arithmetic restated in numpy: each query rounded to int8 on its own scale
+    (max |q| / 127), each level to uint8 (level * 127 / max|level| + 128, so the dot subtracts
+    128 * sum(q8)), integer dots, then the scales and the row's norm / dot, in float32."""
+    f32 = np.float32
+    levels = np.array(rq.LEVELS[codec.bits], dtype=f32)
+    top = np.abs(levels).max()
+    u8 = (np.rint(levels * f32(127) / top) + 128).astype(np.int64)
+    sq = np.abs(planes).max(axis=1) / f32(127)
+    q8 = np.rint(planes / sq[:, None]).astype(np.int64)
+    xbar = codec.levels_of(rows[:, : codec.code_bytes]).numpy()  # float levels, plane layout below
+    idx = np.abs(xbar[:, :, None] - levels).argmin(axis=2)
+    per_byte = 8 // codec.bits
+    idx = idx.reshape(len(idx), -1, per_byte).transpose(0, 2, 1).reshape(len(idx), -1)  # planes
+    dots = q8 @ u8[idx].T - 128 * q8.sum(axis=1, keepdims=True)
+    _, norms, dot = codec._fields(rows)
+    return (dots.astype(f32) * (sq * (top / f32(127)))[:, None]) * (norms / dot).numpy()[None, :]
+
+
+@pytest.mark.parametrize("name", ["rq1", "rq2", "rq4"])
+@pytest.mark.parametrize("dim, nq", [(7, 1), (64, 2), (100, 3), (384, 7), (200, 33)])
+def test_int8_scan_matches_its_reference(name, dim, nq):
+    """The approximate INT8 scan (every tile shape: 1, 2 and 4 queries at a time; row counts
+    not a multiple of 16 or 64; code bytes not a multiple of 64) computes exactly the rounding
+    its reference states, and stays within 2% of the float estimator."""
+    if not scans.rq8_available():
+        pytest.skip("no AVX-512 VNNI/VBMI build here")
+    rng = np.random.default_rng(dim + nq)
+    codec = make_codec(name, dim)
+    rows = codec.encode(torch.from_numpy(rng.standard_normal((1000 + dim, dim)).astype(np.float32)))
+    planes = codec._planes(torch.from_numpy(rng.standard_normal((nq, dim)).astype(np.float32)))
+    levels = codec._levels("cpu")
+    got = scans.rq_scan(planes, rows, codec.code_bytes, codec.bits, levels, approx=True)
+    np.testing.assert_allclose(got.numpy(), int8_reference(planes.numpy(), rows, codec), rtol=1e-5, atol=1e-5)
+    exact = scans.rq_scan(planes, rows, codec.code_bytes, codec.bits, levels)
+    assert not torch.equal(got, exact)  # the INT8 path ran
+    assert ((got - exact).abs().amax(dim=1) <= 0.02 * exact.abs().amax(dim=1)).all()
+
+
+@pytest.mark.parametrize("name", ["rq1", "rq2", "rq4"])
+def test_top_takes_the_int8_scan_and_returns_exact_scores(name, monkeypatch):
+    """Where the INT8 path is built, ``top`` takes it (a spy sees approx=True) and returns the
+    float estimator's own scores for its rows, the same rows as the exact scan's top-n but for
+    near-ties; invalid rows only when fewer valid ones than n are left."""
+    rng = np.random.default_rng(3)
+    codec = make_codec(name, 384)
+    x = rng.standard_normal((3000, 384)).astype(np.float32)
+    rows = codec.encode(torch.from_numpy(x))
+    q = torch.from_numpy(x[:9] + 0.5 * rng.standard_normal((9, 384)).astype(np.float32))
+    valid = torch.from_numpy(rng.random(3000) > 0.5)
+    calls = []
+    real = scans.rq_scan
+    monkeypatch.setattr(scans, "rq_scan", lambda *a: calls.append(a[-1]) or real(*a))
+    s, pos = codec.top(q, rows, valid, 40)
+    if scans.LIBRARY.get() is None:
+        pytest.skip("no native kernels")
+    assert calls == [True]
+    assert valid[pos].all()
+    want = codec._score_eager(q, rows)
+    np.testing.assert_allclose(s.numpy(), torch.gather(want, 1, pos).numpy(), rtol=1e-4, atol=1e-5)
+    best = torch.topk(want.masked_fill(~valid, -torch.inf), 40, dim=1).indices
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / 40 for a, b in zip(pos, best)])
+    assert overlap >= 0.98
+    few = torch.zeros(3000, dtype=torch.bool)
+    few[[5, 17, 2999]] = True
+    s, pos = codec.top(q, rows, few, 10)
+    assert sorted(pos[0, :3].tolist()) == [5, 17, 2999]
+    assert torch.isneginf(s[:, 3:]).all() and torch.isfinite(s[:, :3]).all()
+
+
+def test_int8_scan_is_built_where_the_cpu_has_it():
+    """A native build on a CPU with AVX-512 VNNI and VBMI has the INT8 path (so the tests above
+    do not skip on such machines, and the fast path is not silently lost)."""
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    if scans.LIBRARY.get() is None or not {"avx512_vnni", "avx512vbmi", "avx512bw"} <= flags:
+        pytest.skip("no native build, or a CPU without AVX-512 VNNI/VBMI")
+    assert scans.rq8_available()

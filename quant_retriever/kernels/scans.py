@@ -147,7 +147,8 @@ def rq_scan(
     (``q: [nq, 8 * code_bytes / bits]``) against rotated rows ``codes: [n, row_bytes]`` (see
     ``codecs/rotated.py``; ``levels``: the grid, at most 16 floats); ``valid`` and ``keep`` as
     in :func:`int4_scan`. With ``approx`` and :func:`rq8_available`, queries and levels are
-    rounded to 8 bits (``rq8_scan`` in ``scans.c``): all scores approximate, or, with ``keep``, the best ``keep`` of a longer approximate list, scored again exactly."""
+    rounded to 8 bits (``rq8_scan`` in ``scans.c``): every score approximate, or with ``keep``
+    the best ``keep`` of a longer approximate list, scored again exactly."""
     lib = _usable(q, codes)
     if lib is None:
         return None

@@ -576,6 +576,7 @@ static int rq_fused(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t 
    to 64, the queries zero past the planes); each query then meets all 16 rows, and the 16 sums
    are reduced at once. */
 #define RQ8_ROWS 16
+#define RQ8_INTERLEAVE 8  /* from this many queries, rq8_tile4 */
 
 /* Lane i of the result: the sum of the 16 lanes of v[i]. */
 static inline __m512i sum16(const __m512i* v) {
@@ -636,6 +637,74 @@ static inline __attribute__((always_inline)) void rq8_tile(const uint8_t* buf, i
     }
 }
 
+/* Rows r[i] -> r[g] holding dword g of rows 0..15 (a 16 x 16 transpose of 32-bit lanes). */
+static inline void transpose16(__m512i* r) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {  /* r[4i + e], 128-bit lane L: dword 4L + e of rows 4i..4i+3 */
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int e = 0; e < 4; e++) {
+        const __m512i x0 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x88), x1 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xDD);
+        const __m512i y0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x88);
+        const __m512i y1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xDD);
+        t[e] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        t[8 + e] = _mm512_shuffle_i32x4(x0, y0, 0xDD);
+        t[4 + e] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        t[12 + e] = _mm512_shuffle_i32x4(x1, y1, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* Many queries: the 16 decoded rows interleaved, ib[d] = dword d of each row (lane = row), so
+   a query's dword, broadcast, meets 16 rows in one vpdpbusd and the lanes are the rows' sums
+   (no reduction). Four queries from q0 (two accumulators each: eight independent chains, named
+   so that the compiler keeps each in its register); scores to out[qi * BLK + 0..15]. */
+static inline void rq8_scores(__m512i sum, const float* scale, const int32_t* sum128, __m512 fv, int64_t qi,
+                              float* out) {
+    sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(sum128[qi]));
+    _mm512_storeu_ps(out + qi * BLK, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(scale[qi])), fv));
+}
+
+static inline void rq8_tile4(const __m512i* ib, int64_t w, const int8_t* q8, const float* scale,
+                             const int32_t* sum128, __m512 fv, int64_t q0, float* out) {
+    const int32_t* p0 = (const int32_t*)(q8 + q0 * w);
+    const int32_t *p1 = p0 + w / 4, *p2 = p1 + w / 4, *p3 = p2 + w / 4;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t d = 0; d < w / 4; d += 2) {
+        const __m512i x = _mm512_load_si512(ib + d), y = _mm512_load_si512(ib + d + 1);
+        a0 = _mm512_dpbusd_epi32(a0, x, _mm512_set1_epi32(p0[d]));
+        a1 = _mm512_dpbusd_epi32(a1, x, _mm512_set1_epi32(p1[d]));
+        a2 = _mm512_dpbusd_epi32(a2, x, _mm512_set1_epi32(p2[d]));
+        a3 = _mm512_dpbusd_epi32(a3, x, _mm512_set1_epi32(p3[d]));
+        b0 = _mm512_dpbusd_epi32(b0, y, _mm512_set1_epi32(p0[d + 1]));
+        b1 = _mm512_dpbusd_epi32(b1, y, _mm512_set1_epi32(p1[d + 1]));
+        b2 = _mm512_dpbusd_epi32(b2, y, _mm512_set1_epi32(p2[d + 1]));
+        b3 = _mm512_dpbusd_epi32(b3, y, _mm512_set1_epi32(p3[d + 1]));
+    }
+    rq8_scores(_mm512_add_epi32(a0, b0), scale, sum128, fv, q0, out);
+    rq8_scores(_mm512_add_epi32(a1, b1), scale, sum128, fv, q0 + 1, out);
+    rq8_scores(_mm512_add_epi32(a2, b2), scale, sum128, fv, q0 + 2, out);
+    rq8_scores(_mm512_add_epi32(a3, b3), scale, sum128, fv, q0 + 3, out);
+}
+
+static inline void rq8_tile1(const __m512i* ib, int64_t w, const int8_t* q8, const float* scale,
+                             const int32_t* sum128, __m512 fv, int64_t qi, float* out) {
+    const int32_t* p = (const int32_t*)(q8 + qi * w);
+    __m512i a = _mm512_setzero_si512(), b = a;
+    for (int64_t d = 0; d < w / 4; d += 2) {
+        a = _mm512_dpbusd_epi32(a, _mm512_load_si512(ib + d), _mm512_set1_epi32(p[d]));
+        b = _mm512_dpbusd_epi32(b, _mm512_load_si512(ib + d + 1), _mm512_set1_epi32(p[d + 1]));
+    }
+    rq8_scores(_mm512_add_epi32(a, b), scale, sum128, fv, qi, out);
+}
+
 /* Queries q [nq, p16] (decode_rq's layout) -> q8 [nq, w] (the buffer layout), their scales
    (times the levels' scale) and 128 * their sums. */
 static void rq8_queries(const float* q, int64_t nq, int64_t p16, int64_t cb, int64_t w, int planes,
@@ -676,7 +745,8 @@ static int rq8_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t 
     rq8_queries(q, nq, p16, cb, w, planes, top / 127.f, q8, scale, sum128);
     #pragma omp parallel num_threads(k->threads)
     {
-        uint8_t* buf = (uint8_t*)aligned_alloc(64, (size_t)(RQ8_ROWS * w));
+        uint8_t* buf = (uint8_t*)aligned_alloc(64, (size_t)(2 * RQ8_ROWS * w));
+        __m512i* ib = (__m512i*)(buf + RQ8_ROWS * w);  /* the rows interleaved (rq8_tile4) */
         float* s = (float*)malloc((size_t)(nq * BLK) * sizeof(float));
         if (!buf || !s) {
             #pragma omp atomic write
@@ -698,6 +768,19 @@ static int rq8_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t 
                         else if (b == 2) rq8_decode(row, cb, 2, lut, buf + i * w);
                         else rq8_decode(row, cb, 1, lut, buf + i * w);
                     }
+                }
+                if (nq >= RQ8_INTERLEAVE) {
+                    const __m512 fv = _mm512_loadu_ps(f);
+                    for (int64_t j = 0; j < w; j += 64) {
+                        __m512i r[RQ8_ROWS];
+                        for (int i = 0; i < RQ8_ROWS; i++) r[i] = _mm512_load_si512(buf + i * w + j);
+                        transpose16(r);
+                        for (int i = 0; i < RQ8_ROWS; i++) _mm512_store_si512(ib + j / 4 + i, r[i]);
+                    }
+                    int64_t qi = 0;
+                    for (; qi + 4 <= nq; qi += 4) rq8_tile4(ib, w, q8, scale, sum128, fv, qi, s + g);
+                    for (; qi < nq; qi++) rq8_tile1(ib, w, q8, scale, sum128, fv, qi, s + g);
+                    continue;
                 }
                 float lf2[2 * RQ8_ROWS], lf4[4 * RQ8_ROWS];  /* f laid out for rq8_tile's lanes */
                 for (int l = 0; l < 2 * RQ8_ROWS; l++) lf2[l] = f[l / 16 * 8 + l % 8];

@@ -1,10 +1,11 @@
 """Our codes against the strongest peers, in one run: recall per device byte, and latency.
 
     python benchmarks/bench_peers.py                                     # all 6,112 docstrings + 1M random
-    python benchmarks/bench_peers.py --corpus passages --n-real 60530    # bench_paths' 60k passages (embedding: ~1 h)
+    python benchmarks/bench_peers.py --corpus passages --embed-precision int8   # bench_paths' 60,530 passages
     python benchmarks/bench_peers.py --n-random 100000 --queries 200 --rounds 5   # a quick check
 
-Real vectors: MiniLM fp32 embeddings (cached) of the standard library's docstrings
+Real vectors: MiniLM embeddings (cached; ``--embed-precision``, fp32 by default, int8 embeds
+60k passages in minutes rather than an hour) of the standard library's docstrings
 (``--corpus docstrings``, all 6,112, as ``bench_hybrid.py`` stores them) or of ``--n-real``
 passages (``--corpus passages``, as ``bench_paths.py`` embeds them); queries: ``--queries``
 docstring first sentences, embedded the same way (held out: not in the corpus). Recall@10 is
@@ -15,7 +16,9 @@ Methods (``--peers`` runs what is installed):
 
 - ours: ``int4``, ``rq4``, ``rq2``, ``rq1`` and ``binary`` codes, alone and with the INT8
   rescore copy at each ``--multipliers`` value (device bytes: the codes; the INT8 copy is on
-  disk);
+  disk); the rotated codes rescore only the candidates their error bounds cannot rule out
+  (``rescored/q``: rows read from the copy per query), and are shown again rescoring every
+  candidate (``every row``), for recall at equal multipliers;
 - turbovec ``TurboQuantIndex`` 2- and 4-bit (device bytes: ``dim * bits / 8 + 4``);
 - faiss ``IndexRaBitQ`` 1/2/4-bit (``qb=8``) alone and refined from an SQ8 copy
   (``IndexRefine``) at the multipliers, ``IndexRaBitQFastScan`` 4-bit, ``IndexScalarQuantizer``
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import quant_retriever.index.search as search_mod
 from quant_retriever import QuantizedIndex
 from quant_retriever._demo_corpus import embed_cached
 
@@ -60,9 +64,26 @@ class Method:
         self.recall = float("nan")
 
 
-def ours(codec: str, mult: int) -> Method:
+class Rescored:
+    """Counts the rows each query rescores, by wrapping the pipeline's pruning step (a query
+    none of whose candidates is pruned rescores them all)."""
+
+    def __init__(self):
+        self.rows, self.queries = 0, 0
+        self.real = search_mod.prune
+
+    def __call__(self, s, rows, bounds, k):
+        out = self.real(s, rows, bounds, k)
+        kept, pad = out[1].shape[1], out[2]
+        self.rows += kept * len(rows) - (0 if pad is None else int(pad.sum()))
+        self.queries += len(rows)
+        return out
+
+
+def ours(codec: str, mult: int, prune: bool = True) -> Method:
     def build(x):
         index = QuantizedIndex(x.shape[1], codec=codec, rescore=mult > 0)
+        index._pipeline.prune = prune
         index.add(torch.from_numpy(x))
         return index
 
@@ -70,8 +91,10 @@ def ours(codec: str, mult: int) -> Method:
         return np.asarray(index.search(torch.from_numpy(q), k=k, rescore_multiplier=max(mult, 1)).ids)
 
     bpv = QuantizedIndex(384, codec=codec).codec.row_bytes
-    label = f"ours {codec}" + (f" + INT8 x{mult}" if mult else "")
-    return Method(label, bpv, build, search, timed=SPEED[codec] == mult)
+    label = f"ours {codec}" + (f" + INT8 x{mult}" if mult else "") + ("" if prune else ", every row")
+    method = Method(label, bpv, build, search, timed=SPEED[codec] == mult and prune)
+    method.rescored = mult * K if mult else 0  # without bounds (or pruning off): every candidate
+    return method
 
 
 def turbovec_methods() -> list[Method]:
@@ -176,7 +199,7 @@ def real_vectors(args):
     else:
         _, texts, _ = bench_hybrid.build_corpus(10, args.docs)
     _, _, sets = bench_hybrid.build_corpus(args.queries)
-    x = embed_cached(texts)
+    x = embed_cached(texts, precision=args.embed_precision)
     q = embed_cached([t for t, _ in sets["sentence"]])
     return x.astype(np.float32), q.astype(np.float32)
 
@@ -211,6 +234,9 @@ def main(argv=None) -> None:
     parser.add_argument("--corpus", choices=["docstrings", "passages"], default="docstrings")
     parser.add_argument("--n-real", type=int, default=60530, help="passages with --corpus passages")
     parser.add_argument("--docs", type=int, default=None, help="docstrings with --corpus docstrings (default: all)")
+    parser.add_argument(
+        "--embed-precision", default="fp32", help="precision of the MiniLM that embeds the corpus (int8: faster)"
+    )
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--n-random", type=int, default=1_000_000)
     parser.add_argument("--multipliers", type=int, nargs="+", default=[2, 4, 10])
@@ -222,6 +248,7 @@ def main(argv=None) -> None:
     x, q = real_vectors(args)
     truth = np.argsort(-(q @ x.T), axis=1)[:, :K]
     methods = [ours(c, m) for c in SPEED for m in (0, *args.multipliers)]
+    methods += [ours(c, m, prune=False) for c in SPEED if c.startswith("rq") for m in args.multipliers]
     skipped = []
     if not args.no_peers:
         for name, make in (("turbovec", turbovec_methods), ("faiss", lambda: faiss_methods(args.multipliers))):
@@ -229,12 +256,21 @@ def main(argv=None) -> None:
                 methods += make()
             except ImportError:
                 skipped.append(name)
-    print(f"real: {len(x):,} x {x.shape[1]} MiniLM vectors ({args.corpus}), {len(q):,} queries; k={K}")
+    print(
+        f"real: {len(x):,} x {x.shape[1]} MiniLM vectors ({args.corpus}, embedded at {args.embed_precision}), "
+        f"{len(q):,} queries; k={K}"
+    )
     if skipped:
         print(f"not installed, skipped: {', '.join(skipped)}")
     for m in tqdm(methods, desc="recall", leave=False):
         state = m.build(x)
-        found = np.concatenate([m.search(state, q[i : i + 256], K) for i in range(0, len(q), 256)])
+        counter = search_mod.prune = Rescored()
+        try:  # one query at a time: rows rescored per query (a batch rescores its widest query's)
+            found = np.concatenate([m.search(state, q[i : i + 1], K) for i in range(len(q))])
+        finally:
+            search_mod.prune = counter.real
+        if counter.queries:
+            m.rescored = counter.rows / counter.queries
         m.recall = recall_at_k(found, truth)
         del state
 
@@ -248,7 +284,7 @@ def main(argv=None) -> None:
     random_ms = timings(timed, xr, qr, args.rounds, "random")
 
     print(
-        f"\n{'method':<34}{'B/vec':>7}{'recall@10':>11}{'real 1q ms':>12}{'32q ms/q':>10}"
+        f"\n{'method':<45}{'B/vec':>7}{'recall@10':>11}{'rescored/q':>12}{'real 1q ms':>12}{'32q ms/q':>10}"
         f"{'random 1q ms':>14}{'32q ms/q':>10}"
     )
     for m in methods:
@@ -256,7 +292,8 @@ def main(argv=None) -> None:
         if m.name in real_ms:
             (a, b), (c, d) = real_ms[m.name], random_ms[m.name]
             cells = f"{a:>12.3f}{b:>10.3f}{c:>14.3f}{d:>10.3f}"
-        print(f"{m.name:<34}{m.bytes_per_vector:>7.0f}{m.recall:>11.4f}{cells}")
+        rescored = f"{m.rescored:>12.1f}" if hasattr(m, "rescored") else f"{'':>12}"
+        print(f"{m.name:<45}{m.bytes_per_vector:>7.0f}{m.recall:>11.4f}{rescored}{cells}")
     print(f"\nrandom: {args.n_random:,} unit vectors; latency medians of {args.rounds} interleaved rounds")
 
 

@@ -171,6 +171,12 @@ class Codec:
             s = s.masked_fill(~valid, low)
         return torch.topk(s, n, dim=1)
 
+    def error_bounds(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """For rows ``[n, row_bytes]``, a bound ``[n]`` on how far a first-stage score of each
+        row (against a unit query) lies from the true inner product, or ``None`` when the
+        format has none (then every candidate is rescored)."""
+        return None
+
     def candidates(
         self,
         q: torch.Tensor,

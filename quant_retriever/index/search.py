@@ -8,7 +8,8 @@
    chunk by chunk elsewhere (at most ``SCORES_PER_CHUNK`` scores and ``DECODED_PER_CHUNK``
    decoded floats a step: 16 MB and 64 MB), merging a running top-k. A codec may add a second
    stage (binary: a ``20 * k`` Hamming pass re-ranked by the float query against +-1 codes);
-2. with rescoring on, those rows are read from the rescore copy and scored again
+2. with rescoring on, the candidates a codec's error bounds rule out are dropped (rotated codes:
+   :func:`prune`), and the rest are read from the rescore copy and scored again
    (:func:`rescore`): one query in place, in one native call; a few queries against every
    distinct candidate at once; many queries each against its own; the best ``k`` are kept and
    multiplied by the query norms. A row of the copy that holds a NaN or an infinity (a damaged
@@ -28,7 +29,7 @@ import torch
 from quant_retriever.codecs import FLOAT32_MAX, Codec, split_norm
 from quant_retriever.index.snapshot import Snapshot
 
-__all__ = ["SearchResult", "Pipeline", "SCORES_PER_CHUNK", "DECODED_PER_CHUNK", "RESCORE_ALL_PAIRS"]
+__all__ = ["SearchResult", "Pipeline", "prune", "SCORES_PER_CHUNK", "DECODED_PER_CHUNK", "RESCORE_ALL_PAIRS"]
 
 #: Scores held per scan step (``queries * rows``), and float elements of decoded rows per step
 #: where a codec has to decode (plain-torch paths): 16 MB and 64 MB.
@@ -56,12 +57,14 @@ class SearchResult:
 @dataclass
 class Pipeline:
     """How one index searches: its codec, its rescore format, its device. ``chunk`` fixes the
-    rows per scan step (``None``: sized by :meth:`chunk_rows`)."""
+    rows per scan step (``None``: sized by :meth:`chunk_rows`); ``prune``: rescore only the
+    candidates the codec's error bounds cannot rule out (see :func:`prune`)."""
 
     codec: Codec
     rescore_codec: Codec
     device: torch.device
     chunk: int | None = None
+    prune: bool = True
 
     def search(self, snap: Snapshot, q: torch.Tensor, mask, subset, n_valid: int, k: int, n_cand: int):
         """Top-``k`` (scores, rows: ``[q, k]`` float32 and int64 numpy) of ``snap`` among
@@ -76,6 +79,11 @@ class Pipeline:
         s, rows = self.codec.candidates(
             u, codes, mask, n_valid, n_cand, k, lambda n: self.scan(codes, u, mask, min(n, n_valid))
         )
+        pad = None
+        if snap.rescore is not None and self.prune and rows.shape[1] > k:
+            bounds = self.codec.error_bounds(codes[rows.flatten()])
+            if bounds is not None:
+                s, rows, pad = prune(s, rows, bounds.view(rows.shape), k)
         if subset is not None:
             rows = subset_t[rows]
         if snap.rescore is not None:
@@ -84,6 +92,8 @@ class Pipeline:
                 if top is not None:
                     return top[0][None], rows[0].numpy()[top[1]][None]
             s = rescore(snap, self.rescore_codec, self.device, u, rows)
+            if pad is not None:
+                s = s.masked_fill(pad.to(s.device), -torch.inf)
         s, pos = torch.sort(s.float(), dim=1, descending=True, stable=True)  # ties: first-stage order
         s, pos = s[:, :k], pos[:, :k]
         scaled = s.cpu().numpy().astype(np.float64) * qnorm.cpu().numpy().astype(np.float64)[:, None]
@@ -126,6 +136,25 @@ class Pipeline:
         if not self.codec.scans_in_place(self.device):
             step = min(step, DECODED_PER_CHUNK // self.codec.dim)
         return max(step, 1024)
+
+
+def prune(
+    s: torch.Tensor, rows: torch.Tensor, bounds: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Candidates worth rescoring: a row whose upper bound (score + bound) is below the k-th
+    best lower bound (score - bound) of its query cannot reach that query's top ``k``. Returns
+    the kept ``(scores, rows)`` first, in their order, cut to the most any query keeps, and the
+    mask ``[q, c]`` of the columns past a query's own kept rows (rescored, then dropped), or
+    ``None`` when every query keeps as many. At least ``k`` rows are always kept."""
+    lower = torch.topk(s - bounds, k, dim=1).values[:, -1:]
+    keep = (s + bounds) >= lower
+    if bool(keep.all()):
+        return s, rows, None
+    counts = keep.sum(dim=1)
+    width = int(counts.max())
+    order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :width]
+    pad = torch.arange(width, device=s.device)[None, :] >= counts[:, None]
+    return torch.gather(s, 1, order), torch.gather(rows, 1, order), (pad if bool(pad.any()) else None)
 
 
 def rescore(snap: Snapshot, codec: Codec, device: torch.device, u: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -198,3 +198,25 @@ def test_int8_scan_is_built_where_the_cpu_has_it():
     if scans.LIBRARY.get() is None or not {"avx512_vnni", "avx512vbmi", "avx512bw"} <= flags:
         pytest.skip("no native build, or a CPU without AVX-512 VNNI/VBMI")
     assert scans.rq8_available()
+
+
+@pytest.mark.parametrize("name", ["rq1", "rq2", "rq4"])
+def test_error_bounds_are_calibrated(name):
+    """The error of an estimate (unit queries) is close to normal with the standard deviation
+    the bound assumes (bound / ERROR_EPS): P(|N(0,1)| <= 1.9) = 0.9426 of the estimates lie
+    within the bound and all but a few in 1e5 within three times it; bounds shrink with more
+    bits; zero vectors: 0."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 384)).astype(np.float32) * rng.uniform(0.1, 5, (3000, 1)).astype(np.float32)
+    q = rng.standard_normal((30, 384)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    codec = make_codec(name, 384)
+    rows = codec.encode(torch.from_numpy(x))
+    err = np.abs(codec._score_eager(torch.from_numpy(q), rows).numpy() - q @ x.T)
+    bounds = codec.error_bounds(rows).numpy()
+    assert rq.ERROR_EPS == 1.9
+    assert 0.93 <= (err <= bounds).mean() <= 0.955
+    assert (err <= 3 * bounds).mean() >= 0.9999
+    relative = np.median(bounds / np.linalg.norm(x, axis=1))
+    assert relative < {1: 0.1, 2: 0.05, 4: 0.015}[codec.bits]
+    assert codec.error_bounds(codec.encode(torch.zeros(2, 384))).tolist() == [0.0, 0.0]

@@ -637,6 +637,30 @@ static inline __attribute__((always_inline)) void rq8_tile(const uint8_t* buf, i
     }
 }
 
+/* One query against rows r .. r + mg (mg <= 16): each row's codes turned into levels in
+   registers and multiplied at once (no buffer; the query's tail chunks masked as the codes'). */
+static inline __attribute__((always_inline)) void rq8_one(const uint8_t* codes, int64_t row_bytes, int64_t r,
+                                                          int64_t mg, int64_t cb, const int b, __m512i lut,
+                                                          const int8_t* q8, const float* f, float scale,
+                                                          int32_t sum128, float* out) {
+    __m512i acc[RQ8_ROWS];
+    for (int i = 0; i < RQ8_ROWS; i++) {
+        acc[i] = _mm512_setzero_si512();
+        if (i >= mg) continue;
+        const uint8_t* row = codes + (r + i) * row_bytes;
+        for (int64_t c = 0; c < cb; c += 64) {
+            const __mmask64 mk = cb - c >= 64 ? ~0ULL : (1ULL << (cb - c)) - 1;
+            const __m512i x = _mm512_maskz_loadu_epi8(mk, row + c);
+            for (int t = 0; t < 8 / b; t++) {
+                const __m512i u = _mm512_permutexvar_epi8(_mm512_srli_epi16(x, t * b), lut);
+                acc[i] = _mm512_dpbusd_epi32(acc[i], u, _mm512_maskz_loadu_epi8(mk, q8 + t * cb + c));
+            }
+        }
+    }
+    const __m512 dots = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum16(acc), _mm512_set1_epi32(sum128)));
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_mul_ps(dots, _mm512_set1_ps(scale)), _mm512_loadu_ps(f)));
+}
+
 /* Rows r[i] -> r[g] holding dword g of rows 0..15 (a 16 x 16 transpose of 32-bit lanes). */
 static inline void transpose16(__m512i* r) {
     __m512i t[16];
@@ -760,14 +784,20 @@ static int rq8_scan(const uint8_t* codes, int64_t n, int64_t row_bytes, int64_t 
                 const int64_t mg = m - g < RQ8_ROWS ? m - g : RQ8_ROWS;
                 float f[RQ8_ROWS];
                 for (int64_t i = 0; i < RQ8_ROWS; i++) {
-                    const uint8_t* row = codes + (r0 + g + (i < mg ? i : 0)) * row_bytes;
-                    const float* nd = (const float*)(row + cb);
+                    const float* nd = (const float*)(codes + (r0 + g + (i < mg ? i : 0)) * row_bytes + cb);
                     f[i] = nd[0] / nd[1];
-                    if (i < mg) {
-                        if (b == 4) rq8_decode(row, cb, 4, lut, buf + i * w);
-                        else if (b == 2) rq8_decode(row, cb, 2, lut, buf + i * w);
-                        else rq8_decode(row, cb, 1, lut, buf + i * w);
-                    }
+                }
+                if (nq == 1) {
+                    if (b == 4) rq8_one(codes, row_bytes, r0 + g, mg, cb, 4, lut, q8, f, scale[0], sum128[0], s + g);
+                    else if (b == 2) rq8_one(codes, row_bytes, r0 + g, mg, cb, 2, lut, q8, f, scale[0], sum128[0], s + g);
+                    else rq8_one(codes, row_bytes, r0 + g, mg, cb, 1, lut, q8, f, scale[0], sum128[0], s + g);
+                    continue;
+                }
+                for (int64_t i = 0; i < mg; i++) {
+                    const uint8_t* row = codes + (r0 + g + i) * row_bytes;
+                    if (b == 4) rq8_decode(row, cb, 4, lut, buf + i * w);
+                    else if (b == 2) rq8_decode(row, cb, 2, lut, buf + i * w);
+                    else rq8_decode(row, cb, 1, lut, buf + i * w);
                 }
                 if (nq >= RQ8_INTERLEAVE) {
                     const __m512 fv = _mm512_loadu_ps(f);

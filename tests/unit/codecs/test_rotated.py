@@ -138,7 +138,7 @@ def int8_reference(planes: np.ndarray, rows: torch.Tensor, codec) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["rq1", "rq2", "rq4"])
-@pytest.mark.parametrize("dim, nq", [(7, 1), (64, 2), (100, 3), (384, 7), (200, 33)])
+@pytest.mark.parametrize("dim, nq", [(7, 1), (100, 1), (384, 1), (64, 2), (100, 3), (384, 7), (200, 33)])
 def test_int8_scan_matches_its_reference(name, dim, nq):
     """The approximate INT8 scan (every tile shape: 1, 2 and 4 queries at a time; row counts
     not a multiple of 16 or 64; code bytes not a multiple of 64) computes exactly the rounding

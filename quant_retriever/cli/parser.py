@@ -6,6 +6,7 @@ precisions and reranker precisions.
     quant-retriever bench-index vectors.npy --queries queries.npy --qrels qrels.tsv --out bench/
     quant-retriever bench-models --texts texts.txt --precisions fp32 bf16 int8
     quant-retriever bench-rerank --precisions fp32 int8 bnb-nf4
+    quant-retriever serve --store my_store                  # HTTP on 127.0.0.1:8000, docs at /docs
 
 Every command takes --json (machine-readable output on stdout) and --quiet (no progress
 bars). Bad input ends with a one-line 'error:' message on stderr and exit status 1 (2 for a
@@ -27,7 +28,15 @@ from quant_retriever.cli.bench_commands import (
     show_bench_rerank,
 )
 from quant_retriever.cli.output import Parser
-from quant_retriever.cli.store_commands import PROG, cmd_index, cmd_query, show_index, show_query
+from quant_retriever.cli.store_commands import (
+    PROG,
+    cmd_index,
+    cmd_query,
+    cmd_serve,
+    show_index,
+    show_query,
+    show_serve,
+)
 from quant_retriever.store.keywords import DEFAULT_TOKENIZER, TOKENIZERS
 
 __all__ = ["build_parser"]
@@ -85,7 +94,17 @@ in the store, so 'query' and later runs use the same ones.""",
   quant-retriever query --store notes.qr "how do I parse JSON?"
   quant-retriever query --store notes.qr "socket timeout" "file locking" -k 3 --json
   quant-retriever query --store docs.qr "retry policy" --where source=guide.md
-  quant-retriever query --store docs.qr "json.JSONDecoder raw_decode" --mode hybrid""",
+  quant-retriever query --store docs.qr "json.JSONDecoder raw_decode" --mode hybrid
+  quant-retriever query --url http://127.0.0.1:8000 "retry policy"      # ask a running server""",
+    "serve": """examples:
+  quant-retriever serve --store notes.qr                              # 127.0.0.1:8000
+  quant-retriever serve --store notes.qr --read-only --port 9000
+  QUANT_RETRIEVER_API_KEY=... quant-retriever serve --store notes.qr --host 0.0.0.0
+
+The store and its recorded embedding model are loaded once; clients use RemoteStore (both
+framework adapters take it as store=) or the JSON API (OpenAPI at /docs). A host that is not
+loopback needs an API key from --api-key-file or $QUANT_RETRIEVER_API_KEY; SIGTERM finishes
+the requests in flight and closes the store.""",
     "bench-index": """examples:
   quant-retriever bench-index vectors.npy                           # 200 held-out vectors as queries
   quant-retriever bench-index docs.npy --queries q.npy --qrels qrels.tsv --out bench/
@@ -173,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("query", "Search a store built by 'index' with one or more questions.", cmd_query, show_query)
     p.add_argument("question", nargs="+", help="question text (several: one search each)")
-    p.add_argument("--store", required=True, help="store directory written by 'index'")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="store directory written by 'index'")
+    where.add_argument("--url", help="a running 'quant-retriever serve' (the server embeds the question)")
     p.add_argument("-k", type=_positive, default=5, help="hits per question (default 5)")
     p.add_argument(
         "--multiplier", type=_positive, default=4, help="rescore multiplier: candidates = k x this (default 4)"
@@ -195,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-only", action="store_true", help="open the store read-only (beside a writer, no write access)"
     )
     _model_options(p, "the one recorded by 'index'", "the one recorded by 'index'")
+    _common(p)
+
+    p = command("serve", "Serve a store over HTTP: one process owns it, many clients share it.", cmd_serve, show_serve)
+    p.add_argument("--store", required=True, help="store directory (created empty when there is none)")
+    p.add_argument(
+        "--codec", choices=CODEC_NAMES, metavar="C", help=f"device codes of a new store (default {DEFAULT_CODEC})"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need an API key)")
+    p.add_argument("--port", type=_positive, default=8000, help="port (default 8000)")
+    p.add_argument("--read-only", action="store_true", help="serve searches and reads only")
+    p.add_argument("--api-key-file", metavar="FILE", help="file whose first line is the API key")
+    p.add_argument("--max-body-mb", type=_positive, default=64, help="request body limit in MiB (default 64)")
+    p.add_argument("--max-batch", type=_positive, default=4096, help="documents or queries a request (default 4096)")
+    p.add_argument("--max-k", type=_positive, default=10000, help="largest k a search may ask (default 10000)")
+    p.add_argument("--no-model", action="store_true", help="load no embedding model (clients send vectors)")
+    _model_options(p, "the store's recorded model, else all-MiniLM-L6-v2", "the store's recorded one, else fp32")
     _common(p)
 
     p = command(

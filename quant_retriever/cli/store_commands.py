@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from quant_retriever.cli.output import preview, quiet_transformers
+from quant_retriever.server.wire import filter_to_json
 
-__all__ = ["cmd_index", "show_index", "cmd_query", "show_query"]
+__all__ = ["cmd_index", "show_index", "cmd_query", "show_query", "cmd_serve", "show_serve"]
 
 PROG = "quant-retriever"
 
@@ -85,11 +87,13 @@ def cmd_query(args) -> dict:
     from quant_retriever import ingest
     from quant_retriever.models.settings import portable_model_name
 
-    store_path = Path(args.store)
     where = parse_where(args.where)
     questions = [q for q in args.question if q.strip()]
     if not questions:
         raise ValueError("the question is empty.")
+    if args.url:
+        return _query_server(args, questions, where)
+    store_path = Path(args.store)
     quiet_transformers()
     try:
         store = ingest.open_store(store_path, read_only=args.read_only)
@@ -135,6 +139,70 @@ def cmd_query(args) -> dict:
             for q, row in zip(questions, hits)
         ],
     }
+
+
+def _query_server(args, questions: list[str], where) -> dict:
+    """``query --url``: the server embeds the questions with the store's own model."""
+    from quant_retriever.server.client import RemoteStore
+    from quant_retriever.server.run import API_KEY_ENV
+
+    with RemoteStore(args.url, api_key=os.environ.get(API_KEY_ENV) or None) as store:
+        started = time.perf_counter()
+        body = {"mode": args.mode, "texts": questions, "k": args.k, "rescore_multiplier": args.multiplier}
+        body["where"] = None if where is None else filter_to_json(where)
+        out = store._call("POST", "/search", body)
+        seconds = time.perf_counter() - started
+        info = store._info
+    return {
+        "store": args.url,
+        "mode": args.mode,
+        "model": info["model"],
+        "precision": info["precision"],
+        "k": args.k,
+        "seconds": round(seconds, 4),
+        "results": [
+            {
+                "query": q,
+                "hits": [
+                    {
+                        "rank": i + 1,
+                        "score": round(h["score"], 6),
+                        "id": h["id"],
+                        "text": h["text"],
+                        "metadata": h["metadata"],
+                    }
+                    for i, h in enumerate(row)
+                ],
+            }
+            for q, row in zip(questions, out["results"])
+        ],
+    }
+
+
+def cmd_serve(args) -> dict:
+    from quant_retriever.server.app import Limits
+    from quant_retriever.server.run import read_api_key, serve
+
+    quiet_transformers()
+    limits = Limits(max_body=args.max_body_mb << 20, max_batch=args.max_batch, max_k=args.max_k)
+    serve(
+        args.store,
+        host=args.host,
+        port=args.port,
+        read_only=args.read_only,
+        api_key=read_api_key(args.api_key_file),
+        model=args.model,
+        precision=args.precision,
+        device=args.device,
+        limits=limits,
+        embed=not args.no_model,
+        codec=args.codec,
+    )
+    return {"stopped": args.store}
+
+
+def show_serve(result: dict) -> None:
+    print(f"server stopped; store {result['stopped']} closed")
 
 
 def show_query(result: dict, width: int) -> None:

@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "bench": {"index", "store", "codecs", "kernels", "models", "ingest", "_demo_corpus"},
     "_demo_corpus": {"models"},
     "embeddings": {"models", "bench"},  # the deprecated alias
-    "cli": {"ingest", "bench", "models", "store", "codecs", "index", "__init__"},
+    "server": {"ingest", "store", "filters", "index"},
+    "cli": {"ingest", "bench", "models", "store", "codecs", "index", "server", "__init__"},
     "__main__": {"cli"},
     "__init__": {"index", "models", "bench"},
 }
@@ -40,6 +41,7 @@ FORBIDDEN = {
     "codecs": {"langchain_core", "llama_index", "sqlite3", "json", "os", "sentence_transformers"},
     "kernels": {"langchain_core", "llama_index", "sqlite3", "sentence_transformers"},
     "integrations": {"torch"},  # adapters convert; the math lives below them
+    "server": {"torch", "langchain_core", "llama_index"},  # HTTP in, the store API out
     "filters": {"torch"},
     "files": {"torch"},
     "checks": {"sqlite3", "langchain_core", "llama_index"},
@@ -91,6 +93,7 @@ INSIDE: dict[str, dict[str, set[str]]] = {
         "bench_commands": {"output"},
         "parser": {"output", "store_commands", "bench_commands"},
     },
+    "server": {"wire": set(), "client": {"wire"}, "app": {"wire"}, "run": {"app"}},
     "distributed": {
         "routing": set(),
         "shards": {"routing"},

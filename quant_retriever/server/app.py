@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -145,8 +145,8 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
             raise HTTPException(403, "this server's store is read-only (started with --read-only).")
         return write_lock
 
-    def hits(rows) -> dict:
-        return {"results": [[{**record_to_json(r), "score": float(s)} for r, s in row] for row in rows]}
+    def hits(rows) -> JSONResponse:
+        return _ok({"results": [[{**record_to_json(r), "score": float(s)} for r, s in row] for row in rows]})
 
     app = FastAPI(
         title="quant-retriever",
@@ -157,77 +157,79 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
     _install_guards(app, api_key, limits)
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        return _ok({"status": "ok"})
 
     @app.get("/readyz")
-    def readyz() -> dict:
-        return {"status": "ready", "count": len(store)}
+    def readyz() -> JSONResponse:
+        return _ok({"status": "ready", "count": len(store)})
 
     @app.get("/info")
-    def info() -> dict:
-        return {
-            "count": len(store),
-            "settings": store.settings,
-            "memory": asdict(store.memory()),
-            "model": model,
-            "precision": precision,
-            "read_only": store.read_only,
-            "limits": asdict(limits),
-        }
+    def info() -> JSONResponse:
+        return _ok(
+            {
+                "count": len(store),
+                "settings": store.settings,
+                "memory": asdict(store.memory()),
+                "model": model,
+                "precision": precision,
+                "read_only": store.read_only,
+                "limits": asdict(limits),
+            }
+        )
 
     @app.post("/documents")
-    def upsert(body: Upsert) -> dict:
+    def upsert(body: Upsert) -> JSONResponse:
         vectors = body.vectors
         if vectors is None:
             vectors = embed(body.texts) if body.texts else np.zeros((0, store.dim or 1), dtype=np.float32)
         with writable():
-            return {"ids": store.upsert(body.ids, vectors, body.texts, body.metadatas)}
+            return _ok({"ids": store.upsert(body.ids, vectors, body.texts, body.metadatas)})
 
     @app.post("/documents/get")
-    def get(body: Get) -> dict:
+    def get(body: Get) -> JSONResponse:
         if body.ids is not None:
             if body.where is not None or body.limit is not None or body.offset:
                 raise ValueError("get takes ids, or where/limit/offset; not both.")
             records = store.get(body.ids)
         else:
             records = store.get(where=where_of(body.where), limit=body.limit, offset=body.offset)
-        return {"records": [record_to_json(r) for r in records]}
+        return _ok({"records": [record_to_json(r) for r in records]})
 
     @app.post("/documents/count")
-    def count(body: Where) -> dict:
-        return {"count": store.count(where_of(body.where))}
+    def count(body: Where) -> JSONResponse:
+        return _ok({"count": store.count(where_of(body.where))})
 
     @app.post("/documents/delete")
-    def delete(body: Delete) -> dict:
+    def delete(body: Delete) -> JSONResponse:
         if (body.ids is None) == (body.where is None):
             raise ValueError("delete takes ids or where (exactly one).")
         with writable():
             if body.ids is not None:
-                return {"deleted": store.delete(body.ids)}
-            return {"deleted_count": store.delete_where(where_of(body.where))}
+                return _ok({"deleted": store.delete(body.ids)})
+            return _ok({"deleted_count": store.delete_where(where_of(body.where))})
 
     @app.post("/documents/metadata")
-    def update_metadata(body: Metadata) -> dict:
+    def update_metadata(body: Metadata) -> JSONResponse:
         with writable():
-            return {"ids": store.update_metadata(body.ids, body.metadatas)}
+            return _ok({"ids": store.update_metadata(body.ids, body.metadatas)})
 
     @app.post("/documents/vectors")
-    def vectors(body: Ids) -> dict:
+    def vectors(body: Ids) -> JSONResponse:
         records = store.get(body.ids)
         if len(records) != len(dict.fromkeys(body.ids)):
             missing = sorted(set(body.ids) - {r.id for r in records})
             raise ValueError(f"no documents with ids {missing[:10]}.")
-        return {"ids": [r.id for r in records], "vectors": store.vectors(records).tolist()}
+        return _ok({"ids": [r.id for r in records], "vectors": store.vectors(records).tolist()})
 
     @app.post("/documents/clear")
-    def clear() -> dict:
+    def clear() -> JSONResponse:
         with writable():
             store.clear()
-        return {"count": 0}
+        return _ok({"count": 0})
 
     @app.post("/search")
-    def search(body: Search) -> dict:
+    def search(body: Search) -> JSONResponse:
         where, texts = where_of(body.where), body.texts
         if body.mode == "keyword":
             if texts is None:
@@ -248,24 +250,24 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
         )
 
     @app.post("/compact")
-    def compact() -> dict:
+    def compact() -> JSONResponse:
         with writable():
             if hasattr(store, "compact"):
                 store.compact()
-        return {"count": len(store)}
+        return _ok({"count": len(store)})
 
     @app.get("/meta/{name}")
-    def get_meta(name: str) -> dict:
-        return {"name": name, "value": store.get_info(name)}
+    def get_meta(name: str) -> JSONResponse:
+        return _ok({"name": name, "value": store.get_info(name)})
 
     class Meta(_Strict):
         value: Any
 
     @app.put("/meta/{name}")
-    def set_meta(name: str, body: Meta) -> dict:
+    def set_meta(name: str, body: Meta) -> JSONResponse:
         with writable():
             store.set_info(name, body.value)
-        return {"name": name, "value": body.value}
+        return _ok({"name": name, "value": body.value})
 
     return app
 
@@ -284,8 +286,62 @@ def _lifespan(store):
     return lifespan
 
 
+def _ok(content: dict) -> JSONResponse:
+    """A response as it is (FastAPI neither re-validates nor re-encodes a Response)."""
+    return JSONResponse(content)
+
+
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class _Guard:
+    """The API key and the body limit, as plain ASGI (no per-request task of its own): a
+    request without the key gets a 401; a body over the limit a 413, by its declared length,
+    or (chunked) counted as it arrives, then replayed to the app."""
+
+    def __init__(self, app, expected: bytes | None, open_paths: set[str], max_body: int):
+        self.app, self.expected, self.open_paths, self.max_body = app, expected, open_paths, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.expected is not None and scope["path"] not in self.open_paths:
+            given = headers.get("api-key") or ""
+            bearer = headers.get("authorization", "")
+            if not given and bearer[:7].lower() == "bearer ":
+                given = bearer[7:]
+            if not hmac.compare_digest(given.encode("latin-1"), self.expected):
+                message = "a valid API key is required (header 'api-key: KEY' or 'Authorization: Bearer KEY')."
+                return await _error(401, message)(scope, receive, send)
+        too_large = _error(413, f"request bodies are limited to {self.max_body} bytes.")
+        size = headers.get("content-length")
+        if size is not None:  # the server holds a client to the length it declares
+            if not size.isdigit() or int(size) > self.max_body:
+                return await too_large(scope, receive, send)
+        elif scope["method"] in ("POST", "PUT", "PATCH"):  # chunked: counted as it arrives
+            chunks, total, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return await self.app(scope, receive, send)  # the client left
+                chunks.append(message.get("body", b""))
+                total += len(chunks[-1])
+                if total > self.max_body:
+                    return await too_large(scope, receive, send)
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+
+            async def replay():
+                nonlocal body
+                if body is None:
+                    return await receive()
+                message, body = {"type": "http.request", "body": body, "more_body": False}, None
+                return message
+
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
 
 
 def _install_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
@@ -293,31 +349,7 @@ def _install_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
     expected = None if api_key is None else api_key.encode()
     open_paths = {"/healthz", "/readyz"}
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if expected is not None and request.url.path not in open_paths:
-            given = request.headers.get("api-key") or ""
-            bearer = request.headers.get("authorization", "")
-            if not given and bearer[:7].lower() == "bearer ":
-                given = bearer[7:]
-            if not hmac.compare_digest(given.encode(), expected):
-                return _error(
-                    401, "a valid API key is required (header 'api-key: KEY' or 'Authorization: Bearer KEY')."
-                )
-        too_large = _error(413, f"request bodies are limited to {limits.max_body} bytes.")
-        size = request.headers.get("content-length")
-        if size is not None:  # the server holds a client to the length it declares
-            if not size.isdigit() or int(size) > limits.max_body:
-                return too_large
-        elif request.method in ("POST", "PUT", "PATCH"):  # chunked: counted as it arrives
-            chunks, total = [], 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limits.max_body:
-                    return too_large
-                chunks.append(chunk)
-            request._body = b"".join(chunks)  # replayed to the endpoint (starlette's cached request)
-        return await call_next(request)
+    app.add_middleware(_Guard, expected=expected, open_paths=open_paths, max_body=limits.max_body)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):

@@ -210,9 +210,10 @@ class RemoteStore:
         self._client.close()
 
     async def aclose(self) -> None:
-        self._client.close()
+        """Close the async client (an event loop's own; the next coroutine opens another)."""
         if self._async is not None:
             await self._async.aclose()
+            self._async = None
 
     def __enter__(self) -> RemoteStore:
         return self

@@ -19,6 +19,7 @@ from quant_retriever.store.search import Request, run
 __all__ = ["Reads"]
 
 _COLUMNS = "id, text, metadata, key"
+_INT64_MAX = 2**63 - 1
 
 
 def _record(row) -> Record:
@@ -47,9 +48,10 @@ class Reads:
             return [rows[i] for i in dict.fromkeys(ids) if i in rows]
         offset = int_at_least(offset, "offset", 0)
         limit = None if limit is None else int_at_least(limit, "limit", 0)
-        if where is None:
+        if where is None:  # (SQLite integers are 64-bit: larger counts mean "all" / "past the end")
             sql = f"SELECT {_COLUMNS} FROM docs ORDER BY key LIMIT ? OFFSET ?"
-            return [_record(r) for r in self._db.query(sql, (-1 if limit is None else limit, offset))]
+            params = (-1 if limit is None else min(limit, _INT64_MAX), min(offset, _INT64_MAX))
+            return [_record(r) for r in self._db.query(sql, params)]
         keys = self._matching(where).tolist()[offset : None if limit is None else offset + limit]
         return [_record(r) for r in sorted(self._db.lookup("key", keys, _COLUMNS), key=lambda r: r[3])]
 

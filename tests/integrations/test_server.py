@@ -407,3 +407,47 @@ def test_api_fuzzed_from_its_schema(api):
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+def test_a_slow_client_blocks_no_one_and_async_calls_work(shared):
+    """While one client sends its body slowly (a write, paused half way), others search and
+    read at once; the async methods of RemoteStore give what the sync ones give."""
+    import asyncio
+
+    shared.clear()
+    shared.upsert(["a", "b"], np.eye(2, 384, dtype=np.float32), ["one", "two"])
+    payload = json.dumps({"ids": ["slow"], "texts": ["t"], "vectors": np.ones((1, 384)).tolist()}).encode()
+    started, resume, answer = threading.Event(), threading.Event(), {}
+
+    def body():
+        yield payload[:100]
+        started.set()
+        resume.wait(30)
+        yield payload[100:]
+
+    slow = threading.Thread(
+        target=lambda: answer.update(
+            r=httpx.post(f"{shared.url}/documents", content=body(), headers={"content-type": "application/json"})
+        )
+    )
+    slow.start()
+    assert started.wait(30)
+    t0 = time.monotonic()
+    hits = shared.search(np.eye(1, 384, dtype=np.float32), k=1)
+    shared.upsert(["c"], np.eye(1, 384, k=2, dtype=np.float32), ["three"])  # a write, too, is not held up
+    assert time.monotonic() - t0 < 5 and hits[0][0][0].id == "a"
+    resume.set()
+    slow.join(30)
+    assert answer["r"].status_code == 200
+
+    async def both():
+        found = await shared.asearch(np.eye(1, 384, dtype=np.float32), k=2)
+        got = await shared.aget(["b", "slow"])
+        ids = await shared.aupsert(["d"], np.eye(1, 384, k=3, dtype=np.float32), ["four"])
+        words = await shared.akeyword_search(["three"], k=1)
+        await shared.aclose()
+        return found, got, ids, words
+
+    found, got, ids, words = asyncio.run(both())
+    assert [r.id for r, _ in found[0]] == [r.id for r, _ in shared.search(np.eye(1, 384, dtype=np.float32), k=2)[0]]
+    assert [r.id for r in got] == ["b", "slow"] and ids == ["d"] and words[0][0][0].id == "c"

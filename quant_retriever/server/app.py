@@ -49,12 +49,14 @@ log = logging.getLogger("quant_retriever.server")
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one request: body bytes, documents or queries a batch, ``k``, ids a search."""
+    """Bounds on one request: body bytes, documents or queries a batch (and records a page),
+    ``k``, the rescore multiplier, hits a search returns."""
 
     max_body: int = 64 << 20
     max_batch: int = 4096
     max_k: int = 10_000
     max_multiplier: int = 100
+    max_hits: int = 100_000  # queries x k of one search
 
 
 class _Strict(BaseModel):
@@ -192,8 +194,9 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
             if body.where is not None or body.limit is not None or body.offset:
                 raise ValueError("get takes ids, or where/limit/offset; not both.")
             records = store.get(body.ids)
-        else:
-            records = store.get(where=where_of(body.where), limit=body.limit, offset=body.offset)
+        else:  # a page at most max_batch long (RemoteStore pages through longer reads)
+            limit = batch if body.limit is None else body.limit
+            records = store.get(where=where_of(body.where), limit=limit, offset=body.offset)
         return _ok({"records": [record_to_json(r) for r in records]})
 
     @app.post("/documents/count")
@@ -231,6 +234,11 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
     @app.post("/search")
     def search(body: Search) -> JSONResponse:
         where, texts = where_of(body.where), body.texts
+        queries = len(body.vectors if body.vectors is not None else texts or [])
+        if queries * body.k > limits.max_hits:
+            raise ValueError(
+                f"a search returns at most {limits.max_hits} hits (queries x k); got {queries} x {body.k}."
+            )
         if body.mode == "keyword":
             if texts is None:
                 raise ValueError("keyword search takes texts.")

@@ -27,8 +27,9 @@ from quant_retriever.store.documents import Record
 
 __all__ = ["RemoteStore"]
 
-#: Documents (or ids) a request carries at most: larger calls go in several requests (an
-#: upsert of more is as many upserts, each all or nothing).
+#: Documents (or ids, or records of a page) a request carries at most, or the server's batch
+#: limit when lower: larger calls go in several requests (an upsert of more is as many
+#: upserts, each all or nothing).
 SEND_BATCH = 1024
 
 
@@ -71,6 +72,7 @@ class RemoteStore:
         self._async_args = dict(base_url=self.url, headers=headers, timeout=timeout)
         self._async = None
         self._info = self._call("GET", "/info")
+        self._batch = min(SEND_BATCH, int(self._info["limits"]["max_batch"]))  # what one request may carry
 
     # ------------------------------------------------------------------ transport
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
@@ -82,6 +84,9 @@ class RemoteStore:
         if self._async is None:
             self._async = httpx.AsyncClient(**self._async_args)
         return _raise_for(await self._async.request(method, path, json=body))
+
+    def _batches(self, items: list) -> list[list]:
+        return [items[i : i + self._batch] for i in range(0, len(items), self._batch)]
 
     # ------------------------------------------------------------------ description
     @property
@@ -120,8 +125,8 @@ class RemoteStore:
         rows = _vectors(vectors)
         metas = None if metadatas is None else list(metadatas)
         out: list[str] = []
-        for i in range(0, max(len(ids), 1), SEND_BATCH):
-            part = slice(i, i + SEND_BATCH)
+        for i in range(0, max(len(ids), 1), self._batch):
+            part = slice(i, i + self._batch)
             body = {"ids": ids[part], "texts": texts[part], "metadatas": None if metas is None else metas[part]}
             body["vectors"] = None if rows is None else rows[part]
             out += self._call("POST", "/documents", body)["ids"]
@@ -130,13 +135,20 @@ class RemoteStore:
     def get(self, ids: Sequence[str] | None = None, *, where=None, limit=None, offset: int = 0) -> list[Record]:
         if isinstance(ids, str):
             raise TypeError("ids must be a list of strings, not one string.")
-        if ids is None:
-            body = {"where": _where(where), "limit": limit, "offset": offset}
-            return [record_from_json(r) for r in self._call("POST", "/documents/get", body)["records"]]
+        if ids is None:  # pages (the server's are bounded by its batch limit)
+            out: list[Record] = []
+            while limit is None or len(out) < limit:
+                size = self._batch if limit is None else min(self._batch, limit - len(out))
+                body = {"where": _where(where), "limit": size, "offset": offset + len(out)}
+                page = [record_from_json(r) for r in self._call("POST", "/documents/get", body)["records"]]
+                out += page
+                if len(page) < size:
+                    break
+            return out
         if where is not None or limit is not None or offset:
             raise TypeError("get takes ids, or where/limit/offset; not both.")
         out = []
-        for part in _batches(list(dict.fromkeys(ids))):
+        for part in self._batches(list(dict.fromkeys(ids))):
             out += [record_from_json(r) for r in self._call("POST", "/documents/get", {"ids": part})["records"]]
         return out
 
@@ -145,7 +157,9 @@ class RemoteStore:
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         return [
-            i for part in _batches(list(ids)) for i in self._call("POST", "/documents/delete", {"ids": part})["deleted"]
+            i
+            for part in self._batches(list(ids))
+            for i in self._call("POST", "/documents/delete", {"ids": part})["deleted"]
         ]
 
     def delete_where(self, where) -> int:
@@ -153,15 +167,16 @@ class RemoteStore:
 
     def update_metadata(self, ids: Sequence[str], metadatas) -> list[str]:
         ids, metadatas = list(ids), list(metadatas)
-        if len(ids) > SEND_BATCH:  # one request: a change is all or nothing
-            raise ValueError(f"update_metadata takes at most {SEND_BATCH} documents a call over HTTP.")
+        if len(ids) > self._batch:  # one request: a change is all or nothing
+            raise ValueError(f"update_metadata takes at most {self._batch} documents a call over this server.")
         return self._call("POST", "/documents/metadata", {"ids": ids, "metadatas": metadatas})["ids"]
 
     def vectors(self, records: Sequence[Record]) -> np.ndarray:
         if not records:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
         parts = [
-            self._call("POST", "/documents/vectors", {"ids": p})["vectors"] for p in _batches([r.id for r in records])
+            self._call("POST", "/documents/vectors", {"ids": p})["vectors"]
+            for p in self._batches([r.id for r in records])
         ]
         return np.asarray([v for p in parts for v in p], dtype=np.float32)
 
@@ -220,10 +235,6 @@ class RemoteStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _batches(items: list) -> list[list]:
-    return [items[i : i + SEND_BATCH] for i in range(0, len(items), SEND_BATCH)]
 
 
 def _where(where) -> dict | None:

@@ -240,6 +240,14 @@ def test_limits_and_bad_requests_get_json_4xx_and_change_nothing(tmp_path):
         r = httpx.post(f"{url}/documents", content=_chunks(2 << 20), headers={"content-type": "application/json"})
         assert r.status_code == 413  # no content-length: counted as it arrives
         assert RemoteStore(url).count() == 1  # nothing half-applied
+        client = RemoteStore(url)  # pages and batches within this server's limit of 10
+        ids = [f"b{i:02d}" for i in range(25)]
+        assert client.upsert(ids, _rows(25, 4), ids) == ids
+        assert len(httpx.post(f"{url}/documents/get", json={}).json()["records"]) == 10  # a bounded page
+        assert [r.id for r in client.get()] == ["a", *ids]
+        assert [r.id for r in client.get(ids[::-1])] == ids[::-1]
+        assert client.vectors(client.get(ids)).shape == (25, 4)
+        assert sorted(client.delete(ids[:12])) == ids[:12] and client.count() == 14
 
 
 def _deep(depth: int) -> dict:
@@ -451,3 +459,17 @@ def test_a_slow_client_blocks_no_one_and_async_calls_work(shared):
     found, got, ids, words = asyncio.run(both())
     assert [r.id for r, _ in found[0]] == [r.id for r, _ in shared.search(np.eye(1, 384, dtype=np.float32), k=2)[0]]
     assert [r.id for r in got] == ["b", "slow"] and ids == ["d"] and words[0][0][0].id == "c"
+
+
+def test_long_reads_come_in_pages_and_big_searches_are_bounded(shared):
+    """A read of every record pages through the server's bounded pages (in order, nothing
+    twice); a search asking for more hits than the limit (queries x k) gets a 400."""
+    shared.clear()
+    ids = [f"p{i:05d}" for i in range(2500)]
+    shared.upsert(ids, _rows(2500, 384), ids, [{"i": i} for i in range(2500)])
+    assert [r.id for r in shared.get()] == ids
+    assert [r.id for r in shared.get(limit=1500, offset=100)] == ids[100:1600]
+    assert [r.id for r in shared.get(where=Cond("i", "gte", 1000), offset=1)] == ids[1001:]
+    assert len(list(shared.records())) == 2500
+    with pytest.raises(ValueError, match="at most 100000 hits"):
+        shared.search(_rows(20, 384), k=6000)

@@ -193,6 +193,18 @@ class Codec:
         (binary) override this."""
         return scan(n_cand)
 
+    def rerank(
+        self, q: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, n: int, dropped: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A second stage: each query's rows ``rows [nq, w]`` of ``codes`` scored again by
+        :meth:`rescore` (``dropped``: positions that score lowest), the best ``n`` kept as
+        ``(scores, rows)``."""
+        s = self.rescore(q, codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1))
+        if dropped is not None:
+            s = s.masked_fill(dropped, -torch.inf)
+        s, pos = torch.topk(s, min(n, s.shape[1]), dim=1)
+        return s, torch.gather(rows, 1, pos)
+
     def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Scores ``[nq, c]`` of each query against its own candidates ``rows [nq, c, row_bytes]``."""
         nq, c = rows.shape[0], rows.shape[1]

@@ -191,6 +191,4 @@ class Binary(Codec):
             if both is not None:  # the CPU kernel: both stages in one call
                 return both
         _, rows = scan(width)
-        s = self.rescore(q, codes[rows.reshape(-1)].view(rows.shape[0], rows.shape[1], -1))
-        s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)
-        return s, torch.gather(rows, 1, pos)
+        return self.rerank(q, codes, rows, n_cand)

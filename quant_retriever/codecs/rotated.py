@@ -212,8 +212,13 @@ class Rotated(Codec):
 
     def rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Each query against its own candidates ``rows [nq, c, row_bytes]``, in the rotated
-        space (nothing rotated back)."""
+        space (nothing rotated back): one native scan per query where the kernels run."""
         nq, c = rows.shape[0], rows.shape[1]
+        if nq and c and scans.available(rows.device):
+            planes, levels = self._planes(q), self._levels("cpu")
+            return torch.cat(
+                [scans.rq_scan(planes[i : i + 1], rows[i], self.code_bytes, self.bits, levels) for i in range(nq)]
+            )
         codes, norms, dots = self._fields(rows.reshape(nq * c, -1))
         xbar = self.levels_of(codes).view(nq, c, -1)
         return torch.einsum("qp,qcp->qc", self.rotate(q), xbar) * (norms / dots).view(nq, c)
@@ -260,13 +265,7 @@ class Rq1(Rotated):
         dist, rows = scans.hamming_select(
             torch.from_numpy(signs.reshape(len(q), -1)), codes, mask, width, words=self.code_bytes // 8
         )
-        levels = self._levels("cpu")
-        s = torch.stack(
-            [scans.rq_scan(planes[i : i + 1], codes[rows[i]], self.code_bytes, 1, levels)[0] for i in range(len(q))]
-        )
-        s = s.masked_fill(dist == torch.iinfo(torch.int32).max, -torch.inf)  # padding: too few valid rows
-        s, pos = torch.topk(s, min(n_cand, s.shape[1]), dim=1)
-        return s, torch.gather(rows, 1, pos)
+        return self.rerank(q, codes, rows, n_cand, dropped=dist == torch.iinfo(torch.int32).max)  # padding
 
 
 class Rq2(Rotated):

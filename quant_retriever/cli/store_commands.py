@@ -10,7 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from quant_retriever.cli.output import preview, quiet_transformers
-from quant_retriever.server.wire import filter_to_json
 
 __all__ = ["cmd_index", "show_index", "cmd_query", "show_query", "cmd_serve", "show_serve"]
 
@@ -121,11 +120,31 @@ def cmd_query(args) -> dict:
         seconds = time.perf_counter() - started
     finally:
         store.close()
+    model = None if encoder is None else portable_model_name(encoder.model_name)
+    return _query_result(
+        str(store_path), args, model, None if encoder is None else encoder.precision, seconds, questions, hits
+    )
+
+
+def _query_server(args, questions: list[str], where) -> dict:
+    """``query --url``: the server embeds the questions with the store's own model."""
+    from quant_retriever.server.client import RemoteStore
+    from quant_retriever.server.run import API_KEY_ENV
+
+    with RemoteStore(args.url, api_key=os.environ.get(API_KEY_ENV) or None) as store:
+        started = time.perf_counter()
+        hits = store.search_texts(questions, args.mode, args.k, args.multiplier, where=where)
+        seconds = time.perf_counter() - started
+        info = store.server_info()
+    return _query_result(args.url, args, info["model"], info["precision"], seconds, questions, hits)
+
+
+def _query_result(store: str, args, model, precision, seconds: float, questions: list[str], hits) -> dict:
     return {
-        "store": str(store_path),
+        "store": store,
         "mode": args.mode,
-        "model": None if encoder is None else portable_model_name(encoder.model_name),
-        "precision": None if encoder is None else encoder.precision,
+        "model": model,
+        "precision": precision,
         "k": args.k,
         "seconds": round(seconds, 4),
         "results": [
@@ -137,44 +156,6 @@ def cmd_query(args) -> dict:
                 ],
             }
             for q, row in zip(questions, hits)
-        ],
-    }
-
-
-def _query_server(args, questions: list[str], where) -> dict:
-    """``query --url``: the server embeds the questions with the store's own model."""
-    from quant_retriever.server.client import RemoteStore
-    from quant_retriever.server.run import API_KEY_ENV
-
-    with RemoteStore(args.url, api_key=os.environ.get(API_KEY_ENV) or None) as store:
-        started = time.perf_counter()
-        body = {"mode": args.mode, "texts": questions, "k": args.k, "rescore_multiplier": args.multiplier}
-        body["where"] = None if where is None else filter_to_json(where)
-        out = store._call("POST", "/search", body)
-        seconds = time.perf_counter() - started
-        info = store._info
-    return {
-        "store": args.url,
-        "mode": args.mode,
-        "model": info["model"],
-        "precision": info["precision"],
-        "k": args.k,
-        "seconds": round(seconds, 4),
-        "results": [
-            {
-                "query": q,
-                "hits": [
-                    {
-                        "rank": i + 1,
-                        "score": round(h["score"], 6),
-                        "id": h["id"],
-                        "text": h["text"],
-                        "metadata": h["metadata"],
-                    }
-                    for i, h in enumerate(row)
-                ],
-            }
-            for q, row in zip(questions, out["results"])
         ],
     }
 

@@ -260,8 +260,7 @@ def create_app(store, encoder=None, *, api_key: str | None = None, limits: Limit
     @app.post("/compact")
     def compact() -> JSONResponse:
         with writable():
-            if hasattr(store, "compact"):
-                store.compact()
+            store.compact()
         return _ok({"count": len(store)})
 
     @app.get("/meta/{name}")

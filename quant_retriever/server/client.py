@@ -91,21 +91,25 @@ class RemoteStore:
     # ------------------------------------------------------------------ description
     @property
     def settings(self) -> dict:
-        self._info = self._call("GET", "/info")
-        return self._info["settings"]
+        return self.server_info()["settings"]
 
     @property
     def dim(self) -> int | None:
         if self._info["settings"]["dim"] is None:
-            self._info = self._call("GET", "/info")
+            self.server_info()
         return self._info["settings"]["dim"]
 
     @property
     def read_only(self) -> bool:
         return bool(self._info["read_only"])
 
+    def server_info(self) -> dict:
+        """The server's ``/info``: count, settings, memory, model, precision, read_only, limits."""
+        self._info = self._call("GET", "/info")
+        return self._info
+
     def memory(self) -> MemoryUsage:
-        return MemoryUsage(**self._call("GET", "/info")["memory"])
+        return MemoryUsage(**self.server_info()["memory"])
 
     def __len__(self) -> int:
         return self.count()
@@ -199,6 +203,14 @@ class RemoteStore:
         """As ``QuantizedStore.hybrid_search``; ``options``: ``dense_top_k``, ``sparse_top_k``,
         ``fusion``, ``rrf_k``, ``weights``, ``alpha``."""
         body = {**_search("hybrid", queries, texts, k, rescore_multiplier, where, ids), **options}
+        return _hits(self._call("POST", "/search", body))
+
+    def search_texts(
+        self, texts: Sequence[str], mode: str = "dense", k: int = 4, rescore_multiplier: int = 4, where=None, ids=None
+    ) -> list:
+        """Search by texts alone, embedded by the server's model (``mode``: ``dense``,
+        ``keyword`` or ``hybrid``); a server started with ``--no-model`` refuses dense and hybrid."""
+        body = _search(mode, None, texts, k, rescore_multiplier, where, ids)
         return _hits(self._call("POST", "/search", body))
 
     async def asearch(self, queries, k: int = 4, rescore_multiplier: int = 4, where=None, ids=None) -> list:

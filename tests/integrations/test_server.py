@@ -282,7 +282,7 @@ def test_server_embeds_texts_with_the_stores_model(tmp_path, minilm_path):
     and ``query --url`` asks the running server."""
     with server(tmp_path / "s", "--model", minilm_path, model=True) as (url, _):
         store = RemoteStore(url)
-        assert store._info["model"] is not None
+        assert store.server_info()["model"] is not None
         r = httpx.post(
             f"{url}/documents", json={"ids": ["j", "f"], "texts": ["parse a JSON document", "open a file on disk"]}
         )
